@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The README's second command: install what the tests need, then run every test (unit and
+# integration against real Kafka, chDB, Prometheus and Alertmanager) and the linter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deploy/install.sh
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,34 @@
+"""`pinwatch kafka`: the local single-node broker (the same code tests and the demo use)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pinwatch.localkafka import KafkaError, LocalKafka, fetch
+from pinwatch.settings import Settings
+
+HELP = "fetch, start or stop the local single-node Kafka broker (KRaft, loopback)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action",
+        choices=["fetch", "start", "stop"],
+        help="fetch the jars once; start in the background; stop",
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    broker = LocalKafka.from_settings(settings)
+    try:
+        if args.action == "fetch":
+            print(fetch(settings))
+        elif args.action == "start":
+            broker.start()
+            print(f"Kafka ready at {broker.bootstrap} (log: {broker.log_path})")
+        else:
+            broker.stop()
+    except KafkaError as exc:
+        print(f"pinwatch kafka: {exc}")
+        return 1
+    return 0

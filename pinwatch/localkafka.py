@@ -1,0 +1,327 @@
+"""A single-node Apache Kafka (KRaft, combined broker+controller) on loopback.
+
+The jars come from Maven Central once (`deploy/kafka/pom.xml` is the dependency list) and are
+cached under `kafka_home`, outside the repo. Tests, the demo and CI all go through this module;
+`deploy/kafka.sh` is its shell face. Each broker instance gets its own data directory and ports,
+so several can run side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pinwatch.logs import event
+from pinwatch.settings import Settings
+
+log = logging.getLogger("pinwatch.kafka")
+
+REPO = Path(__file__).resolve().parent.parent
+POM = REPO / "deploy" / "kafka" / "pom.xml"
+LOG4J = REPO / "deploy" / "kafka" / "log4j2.properties"
+
+
+class KafkaError(RuntimeError):
+    pass
+
+
+def libs_dir(settings: Settings) -> Path:
+    return settings.kafka_home / settings.kafka_version / "libs"
+
+
+def fetch(settings: Settings) -> Path:
+    """Download the broker's jars with Maven, once. Returns the classpath directory."""
+    libs = libs_dir(settings)
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise KafkaError("Maven (mvn) is needed to fetch Kafka: apt-get install maven")
+    event(log, "kafka_fetch_started", version=settings.kafka_version, into=str(libs))
+    libs.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
+        f"-Dkafka.version={settings.kafka_version}",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KafkaError(f"fetching Kafka {settings.kafka_version} failed:\n{proc.stdout[-2000:]}")
+    if not any(libs.glob(f"kafka_2.13-{settings.kafka_version}.jar")):
+        raise KafkaError(f"Maven finished but {libs} has no kafka_2.13 jar")
+    marker.touch()
+    event(log, "kafka_fetch_done", jars=len(list(libs.glob("*.jar"))))
+    return libs
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalKafka:
+    """One broker process. `start()` formats storage on first use and waits until it answers."""
+
+    settings: Settings
+    data_dir: Path
+    port: int
+    controller_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalKafka:
+        host, _, port = settings.kafka_bootstrap.rpartition(":")
+        if host not in {"127.0.0.1", "localhost"}:
+            raise KafkaError(f"the local broker listens on loopback only, not {host!r}")
+        return cls(
+            settings=settings,
+            data_dir=settings.data_dir / "kafka",
+            port=int(port),
+            controller_port=settings.kafka_controller_port,
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    def _properties(self) -> Path:
+        path = self.data_dir / "server.properties"
+        path.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={(self.data_dir / 'logs').resolve()}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=4",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    # pinwatch creates its topics with explicit settings; a typo must not
+                    # silently create a new one.
+                    "auto.create.topics.enable=false",
+                    "group.initial.rebalance.delay.ms=0",
+                    "",
+                ]
+            )
+        )
+        return path
+
+    def _java(self, *args: str, heap: str = "256m") -> list[str]:
+        libs = fetch(self.settings)
+        java = shutil.which("java")
+        if java is None:
+            raise KafkaError(
+                "Java 17+ is needed for the local broker: apt-get install openjdk-17-jre-headless"
+            )
+        return [
+            java,
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={LOG4J}",
+            "-cp",
+            f"{libs}/*",
+            *args,
+        ]
+
+    def format_storage(self) -> None:
+        if (self.data_dir / "logs" / "meta.properties").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self._properties()
+        # A KRaft cluster id is the url-safe base64 of 16 random bytes, unpadded.
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        proc = subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise KafkaError(f"formatting Kafka storage failed: {proc.stdout}{proc.stderr}")
+        event(log, "kafka_storage_formatted", data_dir=str(self.data_dir))
+
+    def start(self, timeout: float = 90.0) -> None:
+        if port_open("127.0.0.1", self.port):
+            raise KafkaError(f"port {self.port} is already in use; is a broker already running?")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.format_storage()
+        props = self._properties()
+        event(log, "kafka_starting", bootstrap=self.bootstrap, log=str(self.log_path))
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(
+                self._java("kafka.Kafka", str(props), heap=self.settings.kafka_heap),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_path.write_text(str(self.process.pid))
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Ready means a metadata request succeeds, not just an open port."""
+        deadline = time.monotonic() + timeout
+        last_progress = 0.0
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise KafkaError(
+                    f"Kafka exited with {self.process.returncode}; see {self.log_path}:\n"
+                    + _tail(self.log_path)
+                )
+            if port_open("127.0.0.1", self.port) and _metadata_ok(self.bootstrap):
+                event(log, "kafka_ready", bootstrap=self.bootstrap)
+                return
+            if time.monotonic() - last_progress > 5:
+                event(log, "kafka_waiting", bootstrap=self.bootstrap)
+                last_progress = time.monotonic()
+            time.sleep(0.3)
+        self.stop()
+        raise KafkaError(f"Kafka not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        pid = self.process.pid if self.process else _read_pid(self.pid_path)
+        if pid is None:
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid, self.process):
+            time.sleep(0.2)
+        if _alive(pid, self.process):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.process is not None:
+            self.process.wait(timeout=5)
+        self.pid_path.unlink(missing_ok=True)
+        self.process = None
+        event(log, "kafka_stopped", bootstrap=self.bootstrap)
+
+
+def _metadata_ok(bootstrap: str) -> bool:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def probe() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+            return False
+        finally:
+            await admin.close()
+
+    return asyncio.run(probe())
+
+
+def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
+    if process is not None:
+        return process.poll() is None
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pinwatch kafka", description="Fetch, start or stop the local single-node Kafka."
+    )
+    parser.add_argument(
+        "action",
+        choices=["fetch", "start", "stop", "run"],
+        help="fetch jars; start (background); stop; run (foreground until Ctrl-C)",
+    )
+    args = parser.parse_args(argv)
+    from pinwatch.logs import setup_logging
+
+    settings = Settings()
+    setup_logging(settings.log_level, settings.log_format)
+    broker = LocalKafka.from_settings(settings)
+    try:
+        if args.action == "fetch":
+            print(fetch(settings))
+        elif args.action == "start":
+            broker.start()
+            print(broker.bootstrap)
+        elif args.action == "stop":
+            broker.stop()
+        else:
+            broker.start()
+            try:
+                assert broker.process is not None
+                broker.process.wait()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                broker.stop()
+    except KafkaError as exc:
+        print(f"pinwatch kafka: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The one typed settings object.
+
+Every knob pinwatch has lives here, read from `PINWATCH_*` environment variables, with defaults
+that run the whole pipeline on one machine. The README's settings table is generated from this
+class (`pinwatch settings --markdown`) and a test keeps the two in step, so a field's
+`description` is its documentation.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import certifi
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DATA_DIR = Path(".pinwatch")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PINWATCH_", extra="ignore")
+
+    # --- shared -------------------------------------------------------------------------------
+    policy_file: Path = Field(
+        Path("deploy/policy.example.yaml"), description="Pin policy YAML: apps, keys, hosts, pins."
+    )
+    data_dir: Path = Field(
+        _DATA_DIR, description="Where local state lives (chDB data, logs, certs)."
+    )
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    log_format: str = Field("json", description="`json` (one object per line) or `text`.")
+    device_hash_key: str = Field(
+        "pinwatch-local-development-key",
+        description="Secret for the keyed hash (HMAC-SHA256) of device ids. Set it in production.",
+    )
+    public_roots_file: Path = Field(
+        Path(certifi.where()),
+        description="PEM bundle of publicly trusted roots for the rotation/interception split.",
+    )
+
+    # --- Kafka --------------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    kafka_topic: str = Field("pinwatch.reports", description="Topic that carries report batches.")
+    kafka_dead_letter_topic: str = Field(
+        "pinwatch.reports.dead-letter", description="Topic for records consumers cannot process."
+    )
+    kafka_partitions: int = Field(2, ge=1, description="Partitions when pinwatch creates topics.")
+    kafka_replication_factor: int = Field(1, ge=1, description="Replication when creating topics.")
+    kafka_retention_hours: int = Field(168, ge=1, description="Topic retention (retention.ms).")
+    kafka_consumer_group: str = Field("pinwatch-consumers", description="Consumer group id.")
+    kafka_produce_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest an ingest request waits for Kafka before answering 503."
+    )
+    kafka_home: Path = Field(
+        Path.home() / ".cache" / "pinwatch" / "kafka",
+        description="Cache of the Kafka jars fetched from Maven Central (outside the repo).",
+    )
+    kafka_version: str = Field("4.1.1", description="Apache Kafka version the local broker runs.")
+    kafka_controller_port: int = Field(9094, description="Local broker's KRaft controller port.")
+    kafka_heap: str = Field("512m", description="Local broker's JVM heap (-Xmx).")
+
+    # --- ingest -------------------------------------------------------------------------------
+    ingest_host: str = Field("127.0.0.1", description="Ingest listen address.")
+    ingest_port: int = Field(8787, description="Ingest listen port.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body as sent (compressed or not)."
+    )
+    max_decompressed_bytes: int = Field(
+        4_194_304, ge=1024, description="Largest body after gzip decompression (bomb guard)."
+    )
+    max_reports_per_batch: int = Field(1000, ge=1, description="Most reports in one request.")
+    max_pins_per_report: int = Field(
+        16, ge=1, description="Most observed or known pins per report."
+    )
+    max_chain_certificates: int = Field(10, ge=1, description="Most certificates in one chain.")
+    max_certificate_bytes: int = Field(
+        16_384, ge=256, description="Largest single certificate (DER or PEM text)."
+    )
+    max_string_length: int = Field(
+        256, ge=16, description="Longest free-text field (host, version, detail, ids)."
+    )
+
+    # --- consumer -----------------------------------------------------------------------------
+    consumer_host: str = Field("127.0.0.1", description="Consumer metrics/query API address.")
+    consumer_port: int = Field(9787, description="Consumer metrics/query API port.")
+    clickhouse_dsn: str = Field(
+        "",
+        description="`chdb:///path` (embedded) or `http(s)://host:8123`. Empty: chDB in data_dir.",
+    )
+    clickhouse_database: str = Field("pinwatch", description="ClickHouse database name.")
+    retention_days: int = Field(30, ge=1, description="TTL of raw reports in ClickHouse.")
+    batch_max_rows: int = Field(
+        20_000, ge=1, description="Flush an insert batch at this many rows."
+    )
+    batch_max_bytes: int = Field(
+        16_777_216, ge=1024, description="Flush an insert batch at this many encoded bytes."
+    )
+    batch_max_seconds: float = Field(1.0, gt=0, description="Flush an insert batch at this age.")
+    metrics_max_app_versions: int = Field(
+        5, ge=1, description="Most recent app versions per app kept as metric labels; rest `other`."
+    )
+    admin_token: str = Field(
+        "pinwatch-local-admin-token", description="Bearer token for the query API (/v1/rollout)."
+    )
+
+    # --- monitoring stack ---------------------------------------------------------------------
+    prometheus_port: int = Field(9090, description="Local Prometheus port.")
+    alertmanager_port: int = Field(9093, description="Local Alertmanager port.")
+
+    @property
+    def clickhouse_url(self) -> str:
+        return self.clickhouse_dsn or f"chdb:///{(self.data_dir / 'chdb').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; apps and tests that need others build their own `Settings(...)`."""
+    return Settings()
+
+
+def settings_markdown() -> str:
+    """The README table: one row per setting, generated so it cannot drift from the code."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if name in {"kafka_home", "public_roots_file"}:
+            default = {"kafka_home": "~/.cache/pinwatch/kafka", "public_roots_file": "certifi"}[
+                name
+            ]
+        rows.append(f"| `PINWATCH_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,125 @@
+"""Session fixtures: real components started once, cleaned up even on failure.
+
+- Kafka: a real local broker (pinwatch.localkafka) on free loopback ports, or an already running
+  one named by PINWATCH_TEST_KAFKA_BOOTSTRAP (handy while developing: start one with
+  `deploy/kafka.sh start` and reuse it). Every test gets its own topics, so they never collide.
+- ClickHouse: chDB allows one data directory per process, so the whole test session shares one
+  (PINWATCH_TEST_CHDB_DSN) and each test isolates itself with its own database name.
+- Certificates: a fresh test PKI per session (pinwatch.certs), with a policy that pins it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pinwatch.certs import CertificateAuthority
+from pinwatch.localkafka import LocalKafka, free_port
+from pinwatch.settings import Settings
+
+TEST_HOST = "api.pinwatch.test"
+TEST_APP = "com.example.pinned"
+TEST_KEY = "test-ingest-key-0123456789"
+REPORT_ONLY_HOST = "cdn.pinwatch.test"
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pinwatch")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(session_dir: Path) -> Iterator[str]:
+    external = os.environ.get("PINWATCH_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    port = free_port()
+    settings = Settings(
+        kafka_bootstrap=f"127.0.0.1:{port}",
+        kafka_controller_port=free_port(),
+        data_dir=session_dir / "broker",
+    )
+    broker = LocalKafka.from_settings(settings)
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_dsn(session_dir: Path) -> str:
+    return os.environ.get("PINWATCH_TEST_CHDB_DSN") or f"chdb:///{session_dir / 'chdb'}"
+
+
+@pytest.fixture(scope="session")
+def ca(session_dir: Path) -> CertificateAuthority:
+    return CertificateAuthority.load(session_dir / "pki", host=TEST_HOST)
+
+
+@pytest.fixture(scope="session")
+def public_roots_file(ca: CertificateAuthority, session_dir: Path) -> Path:
+    path = session_dir / "public-roots.pem"
+    path.write_bytes(ca.public_roots_pem())
+    return path
+
+
+@pytest.fixture(scope="session")
+def policy_file(ca: CertificateAuthority, session_dir: Path) -> Path:
+    path = session_dir / "policy.yaml"
+    pins = (
+        f'      - {{sha256: "{ca.pin("primary")}", role: primary, label: leaf}}\n'
+        f'      - {{sha256: "{ca.pin("backup")}", role: backup, label: offline-backup}}\n'
+    )
+    path.write_text(
+        "apps:\n"
+        f"  - id: {TEST_APP}\n"
+        f'    ingest_keys: ["{TEST_KEY}"]\n'
+        "  - id: com.example.other\n"
+        '    ingest_keys: ["other-ingest-key-0123456789"]\n'
+        "hosts:\n"
+        f"  - host: {TEST_HOST}\n"
+        "    include_subdomains: true\n"
+        "    phase: enforce\n"
+        "    pins:\n" + pins + f"  - host: {REPORT_ONLY_HOST}\n"
+        "    phase: report_only\n"
+        "    pins:\n" + pins
+    )
+    return path
+
+
+@pytest.fixture
+def make_settings(
+    kafka_bootstrap: str,
+    chdb_dsn: str,
+    policy_file: Path,
+    public_roots_file: Path,
+    tmp_path: Path,
+) -> Callable[..., Settings]:
+    """Settings for one test: the session's real components, but topics, consumer group and
+    ClickHouse database of its own."""
+    suffix = uuid.uuid4().hex[:10]
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "kafka_bootstrap": kafka_bootstrap,
+            "kafka_topic": f"reports-{suffix}",
+            "kafka_dead_letter_topic": f"dead-letter-{suffix}",
+            "kafka_consumer_group": f"group-{suffix}",
+            "clickhouse_dsn": chdb_dsn,
+            "clickhouse_database": f"pw_{suffix}",
+            "policy_file": policy_file,
+            "public_roots_file": public_roots_file,
+            "data_dir": tmp_path / "data",
+            "log_format": "text",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
