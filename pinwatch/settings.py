@@ -119,6 +119,21 @@ def get_settings() -> Settings:
     return Settings()
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+_BEGIN, _END = "<!-- settings:begin -->\n", "<!-- settings:end -->"
+
+
+def write_readme_table(readme: Path = README) -> bool:
+    """Replace the table between the README's settings markers; True when it changed."""
+    text = readme.read_text()
+    head, rest = text.split(_BEGIN, 1)
+    _, tail = rest.split(_END, 1)
+    new = head + _BEGIN + settings_markdown() + _END + tail
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
 def settings_markdown() -> str:
     """The README table: one row per setting, generated so it cannot drift from the code."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
