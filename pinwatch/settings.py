@@ -103,6 +103,32 @@ class Settings(BaseSettings):
     admin_token: str = Field(
         "pinwatch-local-admin-token", description="Bearer token for the query API (/v1/rollout)."
     )
+    commit_interval_seconds: float = Field(
+        1.0, gt=0, description="Commit consumer offsets (of inserted batches) at most this often."
+    )
+    clickhouse_retry_max_seconds: float = Field(
+        10.0, gt=0, description="Longest pause between retries of a failed insert (backoff cap)."
+    )
+    dead_letter_max_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Consumer stops when more than this share of a window's records is "
+        "dead-lettered (and at least dead_letter_min_records were).",
+    )
+    dead_letter_min_records: int = Field(
+        100, ge=1, description="Dead letters in one window before the ratio limit can stop it."
+    )
+    dead_letter_window_seconds: float = Field(
+        60.0, gt=0, description="Window over which the dead-letter limit is evaluated."
+    )
+    evidence_per_pin_hour: int = Field(
+        5, ge=0, description="Full chains kept per host, observed leaf pin and hour (sampled)."
+    )
+    failing_refresh_seconds: float = Field(
+        10.0, gt=0, description="How often pinwatch_failing_devices/networks are read back."
+    )
+
 
     # --- monitoring stack ---------------------------------------------------------------------
     prometheus_port: int = Field(9090, description="Local Prometheus port.")

@@ -1,0 +1,169 @@
+"""The one way into ClickHouse: clickhouse-connect behind a single-thread executor.
+
+The DSN decides the engine: `chdb:///path` runs ClickHouse embedded in this process (chDB),
+`http(s)://host:8123` talks to a server; the code above this class does not care which. chDB has
+no async client and allows one data directory per process, so every blocking call runs on one
+worker thread (shared by every Store on the same chDB path), off the event loop. In embedded mode
+nothing else may open the data directory: the query API, the failing-devices gauge and tests all
+read through the consumer process's Store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+import clickhouse_connect
+
+from pinwatch.settings import Settings
+
+T = TypeVar("T")
+
+_shared_lock = threading.Lock()
+_shared_executors: dict[str, ThreadPoolExecutor] = {}
+
+
+def _executor_for(url: str) -> tuple[ThreadPoolExecutor, bool]:
+    """chDB: one worker thread per data directory for the whole process (the engine is
+    process-wide). Servers: a worker of the Store's own. Returns (executor, owned)."""
+    if not url.startswith("chdb:"):
+        return ThreadPoolExecutor(1, thread_name_prefix="clickhouse"), True
+    with _shared_lock:
+        executor = _shared_executors.get(url)
+        if executor is None:
+            executor = ThreadPoolExecutor(1, thread_name_prefix="chdb")
+            _shared_executors[url] = executor
+        return executor, False
+
+
+class StoreError(RuntimeError):
+    """ClickHouse refused or could not be reached; the message says which call."""
+
+
+class Store:
+    def __init__(self, url: str, database: str) -> None:
+        self.url = url
+        self.database = database
+        self._executor, self._owns_executor = _executor_for(url)
+        self._client: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        return cls(settings.clickhouse_url, settings.clickhouse_database)
+
+    @property
+    def embedded(self) -> bool:
+        return self.url.startswith("chdb:")
+
+    # --- blocking side (runs on the worker thread) ----------------------------------------------
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            # No `database=` here: the database may not exist before `migrate`; statements name
+            # tables as `{db}.table` and `query`/`command` substitute the database.
+            self._client = clickhouse_connect.get_client(dsn=self.url)
+        return self._client
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - one error type for callers, cause kept
+            raise StoreError(f"{getattr(fn, '__name__', 'call')}: {exc}") from exc
+
+    def _query(self, sql: str, parameters: dict[str, Any] | None) -> list[tuple[Any, ...]]:
+        client = self._get_client()
+        result = client.query(sql, parameters=parameters)
+        return [tuple(row) for row in result.result_rows]
+
+    def _query_dicts(self, sql: str, parameters: dict[str, Any] | None) -> list[dict[str, Any]]:
+        client = self._get_client()
+        result = client.query(sql, parameters=parameters)
+        names = result.column_names
+        return [dict(zip(names, row, strict=True)) for row in result.result_rows]
+
+    def _command(self, sql: str, parameters: dict[str, Any] | None) -> Any:
+        return self._get_client().command(sql, parameters=parameters)
+
+    def _insert(
+        self,
+        table: str,
+        data: Sequence[Sequence[Any]],
+        column_names: Sequence[str],
+        settings: dict[str, Any] | None,
+        column_oriented: bool,
+    ) -> int:
+        if not data:
+            return 0
+        summary = self._get_client().insert(
+            f"{self.database}.{table}",
+            data,
+            column_names=list(column_names),
+            settings=settings or {},
+            column_oriented=column_oriented,
+        )
+        return int(summary.written_rows or 0)
+
+    def _migrate(self, settings: Settings) -> list[int]:
+        from consumers.schema import migrate
+
+        return migrate(self._get_client(), settings)
+
+    # --- async side ------------------------------------------------------------------------------
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run any blocking function on the ClickHouse worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(self._call, fn, *args, **kwargs))
+
+    async def query(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows as tuples. Write table names as `{db}.table`: `sql` is formatted with db=."""
+        return await self.run(self._query, self._sql(sql), parameters)
+
+    async def query_dicts(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        return await self.run(self._query_dicts, self._sql(sql), parameters)
+
+    async def scalar(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        rows = await self.query(sql, parameters)
+        return rows[0][0] if rows else None
+
+    async def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return await self.run(self._command, self._sql(sql), parameters)
+
+    async def insert(
+        self,
+        table: str,
+        data: Sequence[Sequence[Any]],
+        column_names: Sequence[str],
+        *,
+        settings: dict[str, Any] | None = None,
+        column_oriented: bool = False,
+    ) -> int:
+        return await self.run(self._insert, table, data, column_names, settings, column_oriented)
+
+    async def migrate(self, settings: Settings) -> list[int]:
+        return await self.run(self._migrate, settings)
+
+    async def ping(self) -> bool:
+        try:
+            await self.query("SELECT 1")
+            return True
+        except StoreError:
+            return False
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("{db}", self.database)
+
+    async def close(self) -> None:
+        if self._owns_executor:
+            self._executor.shutdown(wait=False)
+        if self._client is not None and not self.embedded:
+            client, self._client = self._client, None
+            await asyncio.get_running_loop().run_in_executor(None, client.close)
