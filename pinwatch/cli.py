@@ -11,6 +11,7 @@ from pathlib import Path
 
 # name -> module implementing it. Keep alphabetical; modules are imported only when used.
 COMMANDS: dict[str, str] = {
+    "ingest": "ingest.cli",
     "kafka": "pinwatch.cmd_kafka",
     "policy": "pinwatch.cmd_policy",
     "settings": "pinwatch.cmd_settings",

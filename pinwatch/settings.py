@@ -81,6 +81,38 @@ class Settings(BaseSettings):
         256, ge=16, description="Longest free-text field (host, version, detail, ids)."
     )
 
+    max_report_count: int = Field(
+        1_000_000, ge=1, description="Largest `count` one report may stand for."
+    )
+    ingest_rate_limit_per_second: float = Field(
+        5000.0, ge=0, description="Requests per second per app (token bucket); 0 turns it off."
+    )
+    ingest_rate_limit_burst: int = Field(
+        10_000, ge=1, description="Requests an app may send at once before the rate applies."
+    )
+    ingest_retry_after_seconds: int = Field(
+        5, ge=1, description="`Retry-After` sent with 503 (Kafka down or slow) answers."
+    )
+    kafka_max_message_bytes: int = Field(
+        900_000,
+        ge=65_536,
+        description="Largest Kafka message ingest writes (below the broker's ~1 MB default); "
+        "bigger batches are split into several messages.",
+    )
+    kafka_compression: str = Field(
+        "none",
+        description="Producer compression: none or gzip (lz4, zstd, snappy need cramjam).",
+    )
+    ingest_max_pending_bytes: int = Field(
+        67_108_864,
+        ge=1_048_576,
+        description="Records waiting for Kafka acknowledgement, at most; beyond it ingest "
+        "answers 503 instead of queueing.",
+    )
+    ingest_ready_max_age_seconds: float = Field(
+        10.0, gt=0, description="/readyz fails when Kafka last answered longer ago than this."
+    )
+
     # --- consumer -----------------------------------------------------------------------------
     consumer_host: str = Field("127.0.0.1", description="Consumer metrics/query API address.")
     consumer_port: int = Field(9787, description="Consumer metrics/query API port.")

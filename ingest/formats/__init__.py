@@ -11,3 +11,7 @@ FORMATS: dict[str, FormatSpec] = {}
 def register(spec: FormatSpec) -> FormatSpec:
     FORMATS[spec.name] = spec
     return spec
+
+
+# Each module registers its FormatSpec on import; the order is the order of routes.
+from ingest.formats import native  # noqa: E402,F401

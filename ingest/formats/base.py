@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from pinwatch.policy import Policy
 from pinwatch.record import Record
 from pinwatch.settings import Settings
@@ -62,3 +64,6 @@ class FormatSpec:
     content_types: tuple[str, ...]  # accepted media types (parameters like charset ignored)
     parse: Parser
     summary: str = ""
+    # The request body's pydantic model for these settings' limits, for the OpenAPI document
+    # (optional: formats without one are documented as a plain JSON object).
+    request_model: Callable[[Settings], type[BaseModel]] | None = None

@@ -1,0 +1,58 @@
+"""`pinwatch ingest`: serve the report endpoints (uvicorn) until interrupted.
+
+The policy is loaded first: a bad one prints every problem with its line and exits 2 before
+anything starts. Topics are ensured, then uvicorn serves; on SIGINT/SIGTERM uvicorn stops
+accepting, the app flushes the producer (waiting, bounded, for acknowledgements) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from pinwatch.logs import event
+from pinwatch.policy import PolicyError, load_policy
+from pinwatch.settings import Settings
+
+HELP = "receive pin-validation reports over HTTP and put them on Kafka"
+
+log = logging.getLogger("pinwatch.ingest")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="listen address (default: settings)")
+    parser.add_argument("--port", type=int, default=None, help="listen port (default: settings)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        policy = load_policy(settings.policy_file)
+    except PolicyError as exc:
+        print(f"pinwatch ingest: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from ingest.app import create_app
+
+    host = args.host or settings.ingest_host
+    port = args.port or settings.ingest_port
+    app = create_app(settings, policy=policy)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # keep pinwatch's structured logging
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.kafka_produce_timeout_seconds) + 1,
+    )
+    server = uvicorn.Server(config)
+    event(log, "ingest_listening", url=f"http://{host}:{port}", policy=str(settings.policy_file))
+    try:
+        asyncio.run(server.serve())
+    except KeyboardInterrupt:
+        pass
+    # uvicorn reports a failed startup (e.g. Kafka unreachable) by not having started
+    return 0 if server.started else 1

@@ -1,0 +1,251 @@
+"""Getting records onto Kafka, and knowing when they are there.
+
+How records map to messages (measured in benchmarks/bench_ingest.py): aiokafka spends tens of
+microseconds of Python per message, so one message per report caps ingest at a few thousand
+reports/s. `KafkaSink` therefore coalesces: every request's records join a per-partition buffer,
+and a single flusher task turns whatever accumulated while the event loop served other requests
+into as few messages as fit under `kafka_max_message_bytes` (each value is exactly
+`pinwatch.record.encode_batch(records)`). A request is answered only when every message holding
+one of its records is acknowledged (`acks=all`, idempotent producer), or with a 503 when that
+takes longer than `kafka_produce_timeout_seconds`.
+
+Partitioning: by the record's device hash (or, without one, its client network, then its app),
+with Kafka's own murmur2 partitioner. A device's retries and duplicates land in one partition, so
+a consumer that deduplicates within a partition sees both copies; different devices spread
+evenly. The message key is left empty because one message mixes many devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+
+from pinwatch.logs import event
+from pinwatch.record import SCHEMA_VERSION, Record
+from pinwatch.settings import Settings
+
+log = logging.getLogger("pinwatch.ingest.producer")
+
+_HEAD = b'{"v":' + str(SCHEMA_VERSION).encode() + b',"records":['
+_TAIL = b"]}"
+
+
+class ProduceFailed(Exception):
+    """Kafka did not acknowledge in time (or refused): answer 503 with Retry-After.
+    `reason` is the label of pinwatch_ingest_produce_errors_total."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class RecordTooLarge(Exception):
+    """One record alone does not fit in a Kafka message: answer 413, retrying cannot help."""
+
+
+def envelope(parts: list[bytes]) -> bytes:
+    """The bytes `encode_batch(records)` produces, from records already encoded one by one
+    (orjson output is compact, so joining is exact); encoding each record once also gives the
+    sizes the split needs."""
+    return _HEAD + b",".join(parts) + _TAIL
+
+
+def partition_key(record: Record) -> bytes:
+    return (record.device or record.client_network or record.app_id).encode()
+
+
+@dataclass
+class _Pending:
+    parts: list[bytes] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    size: int = 0
+
+
+class KafkaSink:
+    """The ingest side of Kafka: start/stop, `await send(records)`, readiness."""
+
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer | None = None) -> None:
+        self.settings = settings
+        self.topic = settings.kafka_topic
+        compression = None if settings.kafka_compression == "none" else settings.kafka_compression
+        self.producer = producer or AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            compression_type=compression,
+            max_request_size=settings.kafka_max_message_bytes + 65_536,
+            max_batch_size=settings.kafka_max_message_bytes + 65_536,
+            linger_ms=0,
+            request_timeout_ms=int(max(settings.kafka_produce_timeout_seconds * 2, 10) * 1000),
+            client_id="pinwatch-ingest",
+        )
+        self._partitioner = DefaultPartitioner()
+        self._partitions: list[int] = []
+        self._pending: dict[int, _Pending] = defaultdict(_Pending)
+        self._pending_bytes = 0  # encoded bytes not yet acknowledged (buffered or in flight)
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Future[object]] = set()
+        self.started = False
+        self.last_ok = 0.0  # monotonic time Kafka last answered (metadata or an ack)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.producer.start()
+        self._partitions = sorted(await self.producer.partitions_for(self.topic))
+        self.started = True
+        self.last_ok = time.monotonic()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="pinwatch-ingest-flusher")
+        self._watcher = asyncio.create_task(self._watch(), name="pinwatch-ingest-kafka-watch")
+        event(log, "producer_started", topic=self.topic, partitions=len(self._partitions))
+
+    async def stop(self) -> None:
+        """Flush what is buffered, wait (bounded) for acknowledgements, close the producer."""
+        if not self.started:
+            return
+        self.started = False
+        self._drain()
+        waiting = list(self._in_flight)
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.settings.kafka_produce_timeout_seconds)
+        for task in (self._flusher, self._watcher):
+            if task is not None:
+                task.cancel()
+        try:
+            await asyncio.wait_for(
+                self.producer.stop(), self.settings.kafka_produce_timeout_seconds
+            )
+        except (TimeoutError, KafkaError) as exc:
+            event(log, "producer_stop_incomplete", logging.WARNING, error=repr(exc))
+        event(log, "producer_stopped", topic=self.topic)
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.started:
+            return False, "producer not started"
+        age = time.monotonic() - self.last_ok
+        if age > self.settings.ingest_ready_max_age_seconds:
+            return False, f"Kafka last answered {age:.0f}s ago"
+        return True, "ok"
+
+    async def _watch(self) -> None:
+        """Ask the cluster for metadata now and then: readiness means Kafka answered recently,
+        and the partition list follows topic changes."""
+        interval = max(self.settings.ingest_ready_max_age_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                cluster = await asyncio.wait_for(
+                    self.producer.client.fetch_all_metadata(), timeout=interval
+                )
+                partitions = cluster.partitions_for_topic(self.topic)
+                if partitions:
+                    self._partitions = sorted(partitions)
+                self.last_ok = time.monotonic()
+            except (TimeoutError, KafkaError, OSError) as exc:
+                event(log, "kafka_unreachable", logging.WARNING, error=repr(exc))
+
+    # --- sending ----------------------------------------------------------------------------
+
+    async def send(self, records: list[Record]) -> None:
+        """Return once Kafka acknowledged every record; raise `ProduceFailed` otherwise."""
+        if not records:
+            return
+        if not self.started:
+            raise ProduceFailed("not_started", "the Kafka producer is not running")
+        timeout = self.settings.kafka_produce_timeout_seconds
+        if self._pending_bytes > self.settings.ingest_max_pending_bytes:
+            raise ProduceFailed("backlog", "too many records are waiting for Kafka")
+        loop = asyncio.get_running_loop()
+        groups: dict[int, list[bytes]] = defaultdict(list)
+        partitions, available = self._partitions, self._partitions
+        limit = self.settings.kafka_max_message_bytes - len(_HEAD) - len(_TAIL) - 1
+        for record in records:
+            partition = self._partitioner(partition_key(record), partitions, available)
+            encoded = orjson.dumps(record)
+            if len(encoded) > limit:
+                raise RecordTooLarge(f"report {record.id!r} is {len(encoded)} bytes encoded")
+            groups[partition].append(encoded)
+        waiters = []
+        for partition, parts in groups.items():
+            size = sum(len(p) + 1 for p in parts)
+            pending = self._pending[partition]
+            if pending.size and pending.size + size > self.settings.kafka_max_message_bytes:
+                self._drain_partition(partition)
+                pending = self._pending[partition]
+            waiter: asyncio.Future[None] = loop.create_future()
+            pending.parts.extend(parts)
+            pending.waiters.append(waiter)
+            pending.size += size
+            self._pending_bytes += size
+            waiters.append(waiter)
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*waiters)
+        except TimeoutError:
+            raise ProduceFailed(
+                "timeout", f"Kafka did not acknowledge within {timeout:g}s"
+            ) from None
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        for partition in list(self._pending):
+            self._drain_partition(partition)
+
+    def _drain_partition(self, partition: int) -> None:
+        pending = self._pending.pop(partition, None)
+        if pending is None or not pending.parts:
+            return
+        limit = self.settings.kafka_max_message_bytes - len(_HEAD) - len(_TAIL)
+        # Split into messages under the limit. A request's records may straddle two messages:
+        # its waiter then resolves when the last of them is acknowledged.
+        messages: list[list[bytes]] = [[]]
+        size = 0
+        for part in pending.parts:
+            if messages[-1] and size + len(part) + 1 > limit:
+                messages.append([])
+                size = 0
+            messages[-1].append(part)
+            size += len(part) + 1
+        task = asyncio.ensure_future(
+            self._produce(partition, [envelope(m) for m in messages], pending)
+        )
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _produce(self, partition: int, values: list[bytes], pending: _Pending) -> None:
+        error: BaseException | None = None
+        try:
+            acks = [
+                await self.producer.send(self.topic, value, partition=partition) for value in values
+            ]
+            await asyncio.gather(*acks)
+            self.last_ok = time.monotonic()
+        except (KafkaError, OSError, AssertionError) as exc:
+            error = exc
+            event(log, "produce_failed", logging.WARNING, partition=partition, error=repr(exc))
+        finally:
+            self._pending_bytes -= pending.size
+        for waiter in pending.waiters:
+            if waiter.done():
+                continue  # the request already gave up (timeout): it answered 503
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(ProduceFailed("kafka_error", f"Kafka refused: {error!r}"))

@@ -1,0 +1,232 @@
+"""The report routes: one POST per registered format, all through the same request path.
+
+auth (401) -> rate limit (429) -> Content-Type (415) -> Content-Encoding (415) -> body within
+limits (413) -> JSON (400) -> the format's parser (400/413 naming the field) -> Kafka (202 only
+once acknowledged, else 503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from ingest.body import read_body
+from ingest.errors import REPORT_RESPONSES, ApiError
+from ingest.formats import FORMATS
+from ingest.formats.base import BadReport, FormatSpec, IngestContext, Parsed
+from ingest.metrics import IngestMetrics, Reason
+from ingest.producer import KafkaSink, ProduceFailed, RecordTooLarge
+from ingest.ratelimit import RateLimiter
+from pinwatch.logs import event
+from pinwatch.policy import Policy
+from pinwatch.privacy import DeviceHasher, network_prefix
+from pinwatch.settings import Settings
+
+log = logging.getLogger("pinwatch.ingest")
+
+KEY_HEADER = "x-pinwatch-key"
+
+_PARAMETERS = [
+    {
+        "name": "X-Pinwatch-Key",
+        "in": "header",
+        "required": False,
+        "description": "The app's ingest key (from the pin policy). Either this or `key`.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "key",
+        "in": "query",
+        "required": False,
+        "description": "The app's ingest key, for reporters that cannot set headers.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "Content-Encoding",
+        "in": "header",
+        "required": False,
+        "description": "identity (default) or gzip.",
+        "schema": {"type": "string", "enum": ["identity", "gzip"]},
+    },
+]
+
+
+class ReportPath:
+    """Everything a report route needs, built once per app (no module globals)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        sink: KafkaSink,
+        metrics: IngestMetrics,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.sink = sink
+        self.metrics = metrics
+        self.limiter = RateLimiter(
+            settings.ingest_rate_limit_per_second, settings.ingest_rate_limit_burst
+        )
+        self.hasher = DeviceHasher(settings.device_hash_key)
+
+    async def handle(self, spec: FormatSpec, request: Request) -> Response:
+        try:
+            accepted, rejected = await self._accept(spec, request)
+        except ApiError as exc:
+            self.metrics.requests.labels(spec.name, exc.status).inc()
+            if exc.reason:
+                self.metrics.rejected.labels(spec.name, exc.reason).inc()
+            return exc.response()
+        self.metrics.requests.labels(spec.name, 202).inc()
+        self.metrics.reports.labels(spec.name).inc(accepted)
+        if rejected:
+            self.metrics.rejected.labels(spec.name, Reason.BAD_ITEM).inc(len(rejected))
+        body: dict[str, Any] = {"accepted": accepted, "rejected": rejected}
+        return Response(orjson.dumps(body), 202, media_type="application/json")
+
+    async def _accept(self, spec: FormatSpec, request: Request) -> tuple[int, list[Any]]:
+        settings = self.settings
+        key = request.headers.get(KEY_HEADER) or request.query_params.get("key")
+        app_id = self.policy.app_for_key(key)
+        if app_id is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing ingest key" if not key else "unknown ingest key",
+                reason=Reason.UNAUTHORIZED,
+            )
+        wait = self.limiter.acquire(app_id)
+        if wait is not None:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"{app_id} exceeds {settings.ingest_rate_limit_per_second:g} requests/s",
+                retry_after=wait,
+                reason=Reason.RATE_LIMITED,
+            )
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media not in spec.content_types:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type {media or '(none)'!r} is not accepted here; send "
+                + " or ".join(spec.content_types),
+                reason=Reason.MEDIA_TYPE,
+            )
+        body = await read_body(request, settings.max_body_bytes, settings.max_decompressed_bytes)
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(
+                400, "bad_json", f"body is not JSON: {exc}", reason=Reason.BAD_JSON
+            ) from None
+        parsed = self._parse(spec, document, request, app_id)
+        if not parsed.records and parsed.rejected:
+            first = parsed.rejected[0]
+            raise ApiError(
+                400,
+                "bad_report",
+                f"no item was acceptable; first: {first.problem}",
+                field=first.field,
+                reason=Reason.BAD_REPORT,
+            )
+        started = time.perf_counter()
+        try:
+            await self.sink.send(parsed.records)
+        except ProduceFailed as exc:
+            self.metrics.produce_errors.labels(exc.reason).inc()
+            raise ApiError(
+                503,
+                "unavailable",
+                f"reports not accepted: {exc.detail}",
+                retry_after=settings.ingest_retry_after_seconds,
+                reason=Reason.UNAVAILABLE,
+            ) from None
+        except RecordTooLarge as exc:
+            raise ApiError(413, "too_large", str(exc), reason=Reason.TOO_LARGE) from None
+        self.metrics.produce_seconds.observe(time.perf_counter() - started)
+        rejected = [
+            {"index": r.index, "field": r.field, "detail": r.problem} for r in parsed.rejected
+        ]
+        return len(parsed.records), rejected
+
+    def _parse(self, spec: FormatSpec, document: Any, request: Request, app_id: str) -> Parsed:
+        ctx = IngestContext(
+            app_id=app_id,
+            received_at_ms=time.time_ns() // 1_000_000,
+            client_network=network_prefix(request.client.host if request.client else None),
+            hash_device=self.hasher,
+            settings=self.settings,
+            policy=self.policy,
+            user_agent=request.headers.get("user-agent", "")[: self.settings.max_string_length],
+        )
+        try:
+            return spec.parse(document, ctx)
+        except BadReport as exc:
+            error = "too_large" if exc.status == 413 else "bad_report"
+            reason = Reason.TOO_LARGE if exc.status == 413 else Reason.BAD_REPORT
+            raise ApiError(exc.status, error, exc.problem, field=exc.field, reason=reason) from None
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not become a 500 for input
+            event(log, "parser_failed", logging.ERROR, format=spec.name, error=repr(exc))
+            raise ApiError(
+                400, "bad_report", "the report could not be parsed", reason=Reason.BAD_REPORT
+            ) from None
+
+
+def report_router(path: ReportPath) -> APIRouter:
+    router = APIRouter(tags=["reports"])
+    for spec in FORMATS.values():
+        router.add_api_route(
+            spec.path,
+            _endpoint(path, spec),
+            methods=["POST"],
+            status_code=202,
+            summary=spec.summary or f"{spec.name} reports",
+            name=f"post_{spec.name}_reports",
+            response_class=Response,
+            responses=REPORT_RESPONSES,
+            openapi_extra=_openapi_extra(spec, path.settings),
+        )
+    return router
+
+
+def _endpoint(path: ReportPath, spec: FormatSpec):  # noqa: ANN202 - FastAPI reads its signature
+    async def post_reports(request: Request) -> Response:
+        return await path.handle(spec, request)
+
+    post_reports.__doc__ = spec.summary
+    return post_reports
+
+
+def _openapi_extra(spec: FormatSpec, settings: Settings) -> dict[str, Any]:
+    if spec.request_model is not None:
+        schema: dict[str, Any] = {
+            "$ref": f"#/components/schemas/{spec.request_model(settings).__name__}"
+        }
+    else:
+        schema = {"type": ["object", "array"], "description": f"A {spec.name} report document."}
+    return {
+        "parameters": _PARAMETERS,
+        "requestBody": {
+            "required": True,
+            "content": {ct: {"schema": schema} for ct in spec.content_types},
+        },
+    }
+
+
+def request_schemas(settings: Settings) -> dict[str, Any]:
+    """Component schemas of every format's request model, for the OpenAPI document."""
+    out: dict[str, Any] = {}
+    for spec in FORMATS.values():
+        if spec.request_model is None:
+            continue
+        model = spec.request_model(settings)
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
