@@ -14,7 +14,9 @@ COMMANDS: dict[str, str] = {
     "ingest": "ingest.cli",
     "kafka": "pinwatch.cmd_kafka",
     "policy": "pinwatch.cmd_policy",
+    "rollout": "consumers.rollout.cli",
     "settings": "pinwatch.cmd_settings",
+    "simulate": "pinwatch.cmd_simulate",
 }
 
 

@@ -166,6 +166,27 @@ class Settings(BaseSettings):
     prometheus_port: int = Field(9090, description="Local Prometheus port.")
     alertmanager_port: int = Field(9093, description="Local Alertmanager port.")
 
+    # --- simulator and demo -------------------------------------------------------------------
+    simulate_pki_dir: Path = Field(
+        Path("deploy/demo-pki"),
+        description="Keys the simulator's servers use (the example policy pins them).",
+    )
+    simulate_max_devices: int = Field(
+        100_000, ge=1, description="Most simulated devices one `pinwatch simulate` may run."
+    )
+    simulate_max_seconds: float = Field(
+        3600.0, gt=0, description="Longest `pinwatch simulate` run (--duration bound)."
+    )
+    simulate_max_requests: int = Field(
+        1_000_000, ge=1, description="Most HTTP requests one simulation sends."
+    )
+    demo_steady_seconds: float = Field(
+        30.0, gt=0, description="`pinwatch demo`: steady traffic before the rotation."
+    )
+    demo_timeout_seconds: float = Field(
+        600.0, gt=0, description="`pinwatch demo`: longest wait for the page after the rotation."
+    )
+
     @property
     def clickhouse_url(self) -> str:
         return self.clickhouse_dsn or f"chdb:///{(self.data_dir / 'chdb').resolve()}"

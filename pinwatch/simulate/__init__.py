@@ -1,0 +1,37 @@
+"""The traffic generator: a simulated app population reporting pin validations and network
+errors to ingest, driven by scenarios (steady state, rotations, interception, outages, a
+flooding device, a bad release).
+
+Pure parts (population, scenarios, payload builders, `generate`) need no I/O and serve
+benchmarks and unit tests; `Sender` and `Simulation` put the traffic on the wire.
+"""
+
+from pinwatch.simulate.emit import Chains, Request, device_requests
+from pinwatch.simulate.population import (
+    ClientFormat,
+    Population,
+    PopulationConfig,
+    build_population,
+)
+from pinwatch.simulate.runner import Simulation, describe, generate
+from pinwatch.simulate.scenarios import SCENARIOS, Scenario, get_scenario
+from pinwatch.simulate.sender import Sender, Tally, require_loopback
+
+__all__ = [
+    "SCENARIOS",
+    "Chains",
+    "ClientFormat",
+    "Population",
+    "PopulationConfig",
+    "Request",
+    "Scenario",
+    "Sender",
+    "Simulation",
+    "Tally",
+    "build_population",
+    "describe",
+    "device_requests",
+    "generate",
+    "get_scenario",
+    "require_loopback",
+]
