@@ -161,6 +161,41 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How often pinwatch_failing_devices/networks are read back."
     )
 
+    # --- rollout analysis ---------------------------------------------------------------------
+    rollout_default_since: str = Field(
+        "7d", description="Window of `pinwatch rollout` when --since is not given (30m, 24h, 7d)."
+    )
+    rollout_max_would_fail_share: float = Field(
+        0.001,
+        ge=0,
+        le=1,
+        description="Verdict bar: most devices (share) whose served chain the pin set would "
+        "reject, interception excluded; also applied to each app version and platform.",
+    )
+    rollout_min_devices: int = Field(
+        1000, ge=1, description="Verdict: fewer distinct devices than this is too few to judge."
+    )
+    rollout_min_group_devices: int = Field(
+        20, ge=1, description="Smallest app version or platform the per-group bar is applied to."
+    )
+    rollout_surprise_min_networks: int = Field(
+        3, ge=1, description="Verdict: a surprise pin (public chain) seen from this many networks."
+    )
+    rollout_max_interception_share: float = Field(
+        0.02, ge=0, le=1, description="Verdict bar: most devices (share) behind interception."
+    )
+    rollout_max_pins: int = Field(
+        50, ge=1, description="Most observed pins one rollout answer lists (by devices)."
+    )
+    rollout_max_networks: int = Field(
+        20, ge=1, description="Most network prefixes in the would-fail breakdown (worst first)."
+    )
+    rollout_evidence_samples: int = Field(
+        3, ge=1, le=20, description="Sample evidence chains shown per surprise pin."
+    )
+    rollout_query_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest `pinwatch rollout` waits for the query API."
+    )
 
     # --- monitoring stack ---------------------------------------------------------------------
     prometheus_port: int = Field(9090, description="Local Prometheus port.")

@@ -1,0 +1,231 @@
+"""Run the rollout queries through the consumer's Store and assemble one answer."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from consumers.rollout import sql
+from consumers.rollout.evidence import EvidenceChain, describe, load_public_roots
+from consumers.rollout.request import RolloutRequest
+from consumers.rollout.verdict import Group, SurprisePin, Thresholds, Verdict, decide
+from consumers.store import Store
+from pinwatch.logs import event
+from pinwatch.settings import Settings
+
+log = logging.getLogger("pinwatch.rollout")
+
+
+@dataclass(frozen=True)
+class ObservedPin:
+    pin: str
+    role: str  # primary | backup | none: the best role in the candidate pin set along its chain
+    label: str
+    reports: int
+    devices: int
+    networks: int
+    report_share: float
+    device_share: float
+    first_seen: str
+    last_seen: str
+    would_fail: bool
+    interception: bool
+
+
+@dataclass(frozen=True)
+class Surprise:
+    pin: str
+    reports: int
+    devices: int
+    networks: int
+    first_seen: str
+    last_seen: str
+    evidence: list[EvidenceChain] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Slice:
+    value: str
+    reports: int
+    devices: int
+    would_fail_devices: int
+    would_fail_share: float
+    intercepted_devices: int
+    interception_share: float
+
+
+@dataclass(frozen=True)
+class RolloutAnswer:
+    host: str
+    since: str
+    until: str
+    filters: dict[str, str]
+    pin_set: dict[str, Any]
+    method: str  # rollup: decided by leaf pins; raw: a candidate pin sits deeper in chains
+    reports: int
+    devices: int
+    networks: int
+    would_fail: Slice
+    by_app_version: list[Slice]
+    by_platform: list[Slice]
+    by_network: list[Slice]
+    pins: list[ObservedPin]
+    unobserved_candidates: list[str]
+    surprise_pins: list[Surprise]
+    verdict: Verdict
+    thresholds: Thresholds
+    query_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        value = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
+
+
+def _group(row: dict[str, Any]) -> Group:
+    return Group(
+        value=row.get("value", ""),
+        reports=int(row["reports"]),
+        devices=int(row["device_count"]),
+        failing=int(row["failing"]),
+        server_failing=int(row["server_failing"]),
+        intercepted=int(row["intercepted"]),
+    )
+
+
+def _slice(g: Group) -> Slice:
+    return Slice(
+        value=g.value,
+        reports=g.reports,
+        devices=g.devices,
+        would_fail_devices=g.server_failing,
+        would_fail_share=g.would_fail_share,
+        intercepted_devices=g.intercepted,
+        interception_share=g.interception_share,
+    )
+
+
+async def analyze(store: Store, req: RolloutRequest, settings: Settings) -> RolloutAnswer:
+    started = time.perf_counter()
+    deep = await store.scalar(
+        sql.deep_candidates_query(req).sql, sql.deep_candidates_query(req).parameters
+    )
+    method = "raw" if deep else "rollup"
+    source = sql.raw_source(chain=True) if deep else sql.rollup_source()
+    # The network breakdown always reads the raw table; the leaf-pin test is enough there unless
+    # a candidate pin sits deeper in the chain.
+    raw = sql.raw_source(chain=bool(deep))
+    pins_q = sql.pins_query(source, req, settings.rollout_max_pins)
+    groups_q = sql.groups_query(source, req)
+    networks_q = sql.networks_query(raw, req, settings.rollout_max_networks)
+    pin_rows, group_rows, network_rows = await asyncio.gather(
+        store.query_dicts(pins_q.sql, pins_q.parameters),
+        store.query_dicts(groups_q.sql, groups_q.parameters),
+        store.query_dicts(networks_q.sql, networks_q.parameters),
+    )
+    total = next(
+        (_group(r) for r in group_rows if r["dimension"] == ""),
+        Group("", 0, 0, 0, 0, 0),
+    )
+    total_networks = next((int(r["network_count"]) for r in group_rows if r["dimension"] == ""), 0)
+    by_version = [_group(r) for r in group_rows if r["dimension"] == "app_version"]
+    by_platform = [_group(r) for r in group_rows if r["dimension"] == "platform"]
+
+    labels = {p.sha256: p.label for p in req.pin_set.pins}
+    pins: list[ObservedPin] = []
+    for r in pin_rows:
+        failing, intercepted = int(r["failing_reports"]), int(r["intercepted_reports"])
+        pins.append(
+            ObservedPin(
+                pin=r["pin"],
+                role=req.pin_set.role_of(list(r["chain"])),
+                label=labels.get(r["pin"], ""),
+                reports=int(r["reports"]),
+                devices=int(r["device_count"]),
+                networks=int(r["network_count"]),
+                report_share=int(r["reports"]) / total.reports if total.reports else 0.0,
+                device_share=int(r["device_count"]) / total.devices if total.devices else 0.0,
+                first_seen=_iso(r["first_seen"]),
+                last_seen=_iso(r["last_seen"]),
+                would_fail=failing > 0,
+                # A key is one party's: a proxy's forged leaves all carry the proxy's key.
+                interception=failing > 0 and intercepted * 2 > failing,
+            )
+        )
+    surprises = [p for p in pins if p.would_fail and not p.interception]
+    evidence = await _evidence(store, req, settings, [p.pin for p in surprises])
+    surprise_pins = [
+        Surprise(
+            p.pin,
+            p.reports,
+            p.devices,
+            p.networks,
+            p.first_seen,
+            p.last_seen,
+            evidence.get(p.pin, []),
+        )
+        for p in surprises
+    ]
+    thresholds = Thresholds.from_settings(settings)
+    verdict = decide(
+        total,
+        by_version,
+        by_platform,
+        [SurprisePin(s.pin, s.reports, s.devices, s.networks) for s in surprise_pins],
+        thresholds,
+    )
+    seen = {p.pin for p in pins}
+    elapsed = time.perf_counter() - started
+    event(
+        log,
+        "rollout_answered",
+        host=req.host,
+        method=method,
+        devices=total.devices,
+        ready=verdict.ready,
+        seconds=round(elapsed, 3),
+    )
+    return RolloutAnswer(
+        host=req.host,
+        since=_iso(req.since),
+        until=_iso(req.until),
+        filters=req.filters,
+        pin_set={"name": req.pin_set.name, "pins": [asdict(p) for p in req.pin_set.pins]},
+        method=method,
+        reports=total.reports,
+        devices=total.devices,
+        networks=total_networks,
+        would_fail=_slice(total),
+        by_app_version=[_slice(g) for g in by_version],
+        by_platform=[_slice(g) for g in by_platform],
+        by_network=[_slice(_group({**r, "value": r["prefix"]})) for r in network_rows],
+        pins=pins,
+        unobserved_candidates=[h for h in req.pin_set.hashes if h not in seen],
+        surprise_pins=surprise_pins,
+        verdict=verdict,
+        thresholds=thresholds,
+        query_seconds=elapsed,
+    )
+
+
+async def _evidence(
+    store: Store, req: RolloutRequest, settings: Settings, pins: list[str]
+) -> dict[str, list[EvidenceChain]]:
+    if not pins:
+        return {}
+    q = sql.evidence_query(req, pins, settings.rollout_evidence_samples)
+    rows = await store.query_dicts(q.sql, q.parameters)
+    roots = load_public_roots(settings.public_roots_file)
+    found: dict[str, list[EvidenceChain]] = {}
+    for row in rows:
+        found.setdefault(row["leaf_pin"], []).append(describe(row, roots))
+    return found

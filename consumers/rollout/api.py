@@ -1,0 +1,73 @@
+"""`GET /v1/rollout/{host}`: the rollout answer as JSON, for the admin token only.
+
+Mounted by `consumers.api.create_api`, which puts `settings`, `store` and `policy` on
+`app.state`: in embedded mode only the consumer process may open ClickHouse, so the query API
+lives beside the consumer and reads through its Store.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import ORJSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from consumers.rollout.analysis import analyze
+from consumers.rollout.request import RolloutRequestError, build_request
+from consumers.store import StoreError
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 without a bearer token, 403 with a wrong one (compared in constant time)."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            401, "admin bearer token required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    expected = request.app.state.settings.admin_token.encode()
+    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise HTTPException(403, "admin token not accepted")
+
+
+router = APIRouter(prefix="/v1/rollout", tags=["rollout"], dependencies=[Depends(require_admin)])
+
+
+@router.get("/{host}", response_class=ORJSONResponse)
+async def rollout(
+    request: Request,
+    host: str,
+    since: Annotated[str | None, Query(description="30m, 24h, 7d or an ISO 8601 time")] = None,
+    app: Annotated[str | None, Query(max_length=256)] = None,
+    app_version: Annotated[str | None, Query(max_length=256)] = None,
+    platform: Annotated[str | None, Query(max_length=64)] = None,
+    pin: Annotated[list[str] | None, Query(description="candidate pin, [role:]sha256")] = None,
+    pin_set: Annotated[str | None, Query(description="a pin set of the host's policy")] = None,
+) -> Any:
+    state = request.app.state
+    settings = state.settings
+    if pin and len(pin) > settings.max_pins_per_report:
+        raise HTTPException(400, f"pin: at most {settings.max_pins_per_report} candidate pins")
+    try:
+        req = build_request(
+            state.policy,
+            host,
+            since=since or settings.rollout_default_since,
+            pins=pin,
+            pin_set=pin_set,
+            app=app,
+            app_version=app_version,
+            platform=platform,
+        )
+    except RolloutRequestError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    try:
+        answer = await analyze(state.store, req, settings)
+    except StoreError as exc:
+        raise HTTPException(503, f"ClickHouse query failed: {exc}") from None
+    return ORJSONResponse(answer.to_dict())

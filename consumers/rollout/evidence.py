@@ -1,0 +1,93 @@
+"""Sampled evidence chains made readable for a review: who each certificate names, who issued
+it, how long it is valid, and whether the chain ends in a publicly trusted root."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from pinwatch.pins import spki_pin
+
+
+@dataclass(frozen=True)
+class CertSummary:
+    subject: str
+    issuer: str
+    not_before: str
+    not_after: str
+    pin: str
+
+
+@dataclass(frozen=True)
+class EvidenceChain:
+    received_at: str
+    app_version: str
+    platform: str
+    client_network: str
+    cause: str
+    root: str  # public | private | unknown (no chain was sent, only pins)
+    observed_pins: list[str]
+    certificates: list[CertSummary] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PublicRoots:
+    """Subjects and SPKI pins of the public root bundle (settings.public_roots_file)."""
+
+    subjects: frozenset[bytes]
+    pins: frozenset[str]
+
+    def ends_chain(self, chain: list[x509.Certificate]) -> bool:
+        top = chain[-1]
+        return spki_pin(top) in self.pins or top.issuer.public_bytes() in self.subjects
+
+
+@lru_cache(maxsize=4)
+def load_public_roots(path: Path) -> PublicRoots:
+    certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    return PublicRoots(
+        frozenset(c.subject.public_bytes() for c in certs), frozenset(spki_pin(c) for c in certs)
+    )
+
+
+def _when(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe(row: dict[str, Any], roots: PublicRoots) -> EvidenceChain:
+    """One evidence row (consumers.schema EVIDENCE_COLUMNS) as a reviewable chain."""
+    certs: list[x509.Certificate] = []
+    for item in row.get("served_chain") or []:
+        try:
+            certs.append(x509.load_der_x509_certificate(base64.b64decode(item)))
+        except (binascii.Error, ValueError):
+            break  # stored evidence is what a client sent; show what parses, stop at the rest
+    received = row["received_at"]
+    if isinstance(received, dt.datetime):
+        received = _when(received if received.tzinfo else received.replace(tzinfo=dt.UTC))
+    return EvidenceChain(
+        received_at=str(received),
+        app_version=row.get("app_version", ""),
+        platform=row.get("platform", ""),
+        client_network=row.get("client_network", ""),
+        cause=row.get("cause", ""),
+        root=("public" if roots.ends_chain(certs) else "private") if certs else "unknown",
+        observed_pins=list(row.get("observed_pins") or []),
+        certificates=[
+            CertSummary(
+                subject=c.subject.rfc4514_string(),
+                issuer=c.issuer.rfc4514_string(),
+                not_before=_when(c.not_valid_before_utc),
+                not_after=_when(c.not_valid_after_utc),
+                pin=spki_pin(c),
+            )
+            for c in certs
+        ],
+    )
