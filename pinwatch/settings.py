@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     max_string_length: int = Field(
         256, ge=16, description="Longest free-text field (host, version, detail, ids)."
     )
+    max_raw_payload_bytes: int = Field(
+        32_768,
+        ge=1024,
+        description="Longest original payload (TrustKit, HPKP, NEL item) kept per report as "
+        "evidence; longer ones are cut and marked.",
+    )
 
     max_report_count: int = Field(
         1_000_000, ge=1, description="Largest `count` one report may stand for."

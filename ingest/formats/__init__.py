@@ -14,4 +14,4 @@ def register(spec: FormatSpec) -> FormatSpec:
 
 
 # Each module registers its FormatSpec on import; the order is the order of routes.
-from ingest.formats import native  # noqa: E402,F401
+from ingest.formats import hpkp, native, nel, trustkit  # noqa: E402,F401
