@@ -11,8 +11,10 @@ from pathlib import Path
 
 # name -> module implementing it. Keep alphabetical; modules are imported only when used.
 COMMANDS: dict[str, str] = {
+    "consume": "consumers.cli",
     "ingest": "ingest.cli",
     "kafka": "pinwatch.cmd_kafka",
+    "migrate": "consumers.cmd_migrate",
     "policy": "pinwatch.cmd_policy",
     "rollout": "consumers.rollout.cli",
     "settings": "pinwatch.cmd_settings",

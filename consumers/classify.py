@@ -1,0 +1,187 @@
+"""What a report means against the pin policy: observed pins, pin match, enforcement, cause.
+
+One `Classifier` per consumer. Certificate parsing is the expensive part and the same few chains
+arrive over and over (one per server key and CDN edge), so chain facts are cached per chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from consumers.roots import PublicRoots
+from pinwatch.pins import spki_pin
+from pinwatch.policy import HostPolicy, Phase, Policy
+from pinwatch.record import Kind, Record, Result
+
+
+class Cause:
+    ROTATION = "rotation_suspected"
+    INTERCEPTION = "interception_suspected"
+    UNKNOWN = "unknown"
+
+
+class ClassifyError(ValueError):
+    """The record cannot be classified (e.g. its chain is not DER certificates): dead-letter."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChainFacts:
+    pins: tuple[str, ...]  # SPKI pins, leaf first
+    public_root: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    policy_host: str  # '' when no policy entry covers the host
+    observed_pins: list[str]
+    client_pins_consistent: bool
+    pin_match: str  # primary | backup | none | ''
+    enforced: bool
+    phase: str  # enforce | report_only | ''
+    cause: str  # rotation_suspected | interception_suspected | unknown | ''
+    public_root: bool
+    has_chain: bool
+
+    @property
+    def leaf_pin(self) -> str:
+        return self.observed_pins[0] if self.observed_pins else ""
+
+
+_CHAIN_CACHE_SIZE = 4096
+
+
+class Classifier:
+    def __init__(self, policy: Policy, roots: PublicRoots) -> None:
+        self.policy = policy
+        self.roots = roots
+        self._chains: OrderedDict[tuple[str, ...], ChainFacts] = OrderedDict()
+        self._hosts: dict[str, HostPolicy | None] = {}
+
+    def host_policy(self, host: str) -> HostPolicy | None:
+        try:
+            return self._hosts[host]
+        except KeyError:
+            found = self.policy.host(host)
+            if len(self._hosts) > 65_536:  # hosts come from clients: keep the memo bounded
+                self._hosts.clear()
+            self._hosts[host] = found
+            return found
+
+    def chain_facts(self, chain: list[str]) -> ChainFacts:
+        key = tuple(chain)
+        facts = self._chains.get(key)
+        if facts is not None:
+            self._chains.move_to_end(key)
+            return facts
+        certs = []
+        for i, b64 in enumerate(chain):
+            try:
+                certs.append(x509.load_der_x509_certificate(base64.b64decode(b64, validate=True)))
+            except (binascii.Error, ValueError) as exc:
+                raise ClassifyError(f"served_chain[{i}] is not a DER certificate: {exc}") from exc
+        facts = ChainFacts(
+            pins=tuple(spki_pin(c) for c in certs),
+            public_root=self.roots.ends_in_public_root(certs),
+        )
+        self._chains[key] = facts
+        if len(self._chains) > _CHAIN_CACHE_SIZE:
+            self._chains.popitem(last=False)
+        return facts
+
+    def classify(self, record: Record) -> Classification:
+        hp = self.host_policy(record.host)
+        phase = hp.phase.value if hp is not None else ""
+        if record.kind is not Kind.PIN_VALIDATION:
+            return Classification(
+                policy_host=hp.host if hp is not None else "",
+                observed_pins=[],
+                client_pins_consistent=True,
+                pin_match="",
+                enforced=False,
+                phase=phase,
+                cause="",
+                public_root=False,
+                has_chain=False,
+            )
+        client_pins = record.observed_pins
+        if record.served_chain:
+            facts = self.chain_facts(record.served_chain)
+            observed = list(facts.pins)
+            public_root = facts.public_root
+            # The chain is the evidence; the client's own pin list is checked against it (a
+            # client bug or a tampered report shows up as an inconsistent leaf pin).
+            consistent = not client_pins or client_pins[0] == observed[0]
+        else:
+            observed, public_root, consistent = list(client_pins), False, True
+        if hp is not None:
+            pin_match = hp.match(observed).value
+        else:
+            pin_match = ""
+        if record.enforced is not None:
+            enforced = record.enforced
+        else:
+            enforced = hp is not None and hp.phase is Phase.ENFORCE
+        if record.result is Result.OK:
+            cause = ""
+        elif not record.served_chain:
+            cause = Cause.UNKNOWN
+        else:
+            cause = Cause.ROTATION if public_root else Cause.INTERCEPTION
+        return Classification(
+            policy_host=hp.host if hp is not None else "",
+            observed_pins=observed,
+            client_pins_consistent=consistent,
+            pin_match=pin_match,
+            enforced=enforced,
+            phase=phase,
+            cause=cause,
+            public_root=public_root,
+            has_chain=bool(record.served_chain),
+        )
+
+
+def report_row(
+    record: Record, c: Classification, topic: str, partition: int, offset: int
+) -> tuple[Any, ...]:
+    """One `reports` row, in consumers.schema.REPORT_COLUMN_NAMES order. Times stay integer
+    milliseconds: DateTime64(3) takes raw ticks, which spares a datetime per row."""
+    return (
+        record.id,
+        record.received_at_ms,
+        record.event_at_ms,
+        record.sent_at_ms,
+        record.app_id,
+        record.app_version,
+        record.platform,
+        record.os_version,
+        record.device,
+        record.network,
+        record.client_network,
+        record.host,
+        c.policy_host,
+        record.port,
+        record.kind.value,
+        record.format.value,
+        record.result.value if record.result is not None else "",
+        c.pin_match,
+        1 if c.enforced else 0,
+        c.phase,
+        c.cause,
+        c.observed_pins,
+        record.observed_pins,
+        1 if c.client_pins_consistent else 0,
+        c.leaf_pin,
+        1 if c.public_root else 0,
+        record.error.value if record.error is not None else "",
+        record.detail,
+        record.count,
+        topic,
+        partition,
+        offset,
+    )

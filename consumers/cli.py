@@ -1,0 +1,68 @@
+"""`pinwatch consume`: migrate, then the consumer and its API until SIGINT/SIGTERM.
+
+(`pinwatch migrate` alone is consumers/cmd_migrate.py.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from pinwatch.logs import event
+from pinwatch.settings import Settings
+
+log = logging.getLogger("pinwatch.consumer")
+
+HELP = "consume reports from Kafka into ClickHouse and serve /metrics (runs migrate first)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="API listen address (default: setting)")
+    parser.add_argument("--port", type=int, default=None, help="API listen port (default: setting)")
+
+
+async def serve(settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+
+    from consumers.api import create_api
+    from consumers.consumer import Consumer
+    from consumers.steps import DeadLetterLimitExceeded
+    from consumers.store import Store
+
+    store = Store.from_settings(settings)
+    applied = await store.migrate(settings)
+    event(log, "migrated", applied=applied, database=settings.clickhouse_database)
+    consumer = Consumer(settings, store)
+    await consumer.start()
+    api = create_api(settings, store, consumer=consumer)
+    server = uvicorn.Server(
+        uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False, lifespan="off")
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, consumer.stop)
+    api_task = asyncio.create_task(server.serve())
+    event(log, "consumer_api_listening", url=f"http://{host}:{port}")
+    code = 0
+    try:
+        await consumer.run()
+    except DeadLetterLimitExceeded as exc:
+        print(f"pinwatch consume: stopped: {exc}", file=sys.stderr)
+        code = 3
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await api_task
+        await store.close()
+    return code
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    host = args.host or settings.consumer_host
+    port = args.port or settings.consumer_port
+    return asyncio.run(serve(settings, host, port))

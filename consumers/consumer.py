@@ -1,0 +1,345 @@
+"""The consumer engine: an aiokafka consumer group driving the steps of consumers/steps.py.
+
+    Kafka --getmany--> decode -> enrich/classify -> batch --(full or aged)--> write -> commit
+                          \\-> dead-letter topic (with limits)
+
+One insert runs at a time, off the event loop, while the next batch fills. A full batch with the
+writer still busy, or ClickHouse failing, pauses every assigned partition (backpressure without
+sleeping); `getmany` keeps being called, so the group membership stays alive. Offsets are
+committed after the insert returned, at most every `commit_interval_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.structs import TopicPartition
+
+from consumers.classify import Classifier, ClassifyError
+from consumers.metrics import ConsumerMetrics
+from consumers.roots import PublicRoots
+from consumers.steps import (
+    Batch,
+    Committer,
+    DeadLetterLimitExceeded,
+    DeadLetterReason,
+    DeadLetters,
+    Enricher,
+    Progress,
+    Rejected,
+    Writer,
+    decode,
+)
+from consumers.store import Store, StoreError
+from pinwatch.logs import event
+from pinwatch.policy import Policy, load_policy
+from pinwatch.record import encode_batch
+from pinwatch.settings import Settings
+from pinwatch.topics import ensure_topics
+
+log = logging.getLogger("pinwatch.consumer")
+
+_POLL_MS = 100
+_MAX_POLL_RECORDS = 500  # Kafka messages per getmany; each carries up to max_reports_per_batch
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, engine: Consumer) -> None:
+        self.engine = engine
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.engine._on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.engine._on_assigned(list(assigned))
+
+
+class Consumer:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: ConsumerMetrics | None = None,
+        *,
+        policy: Policy | None = None,
+        roots: PublicRoots | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics or ConsumerMetrics(settings.metrics_max_app_versions)
+        self.policy = policy or load_policy(settings.policy_file)
+        roots = roots or PublicRoots.load(settings.public_roots_file)
+        self.classifier = Classifier(self.policy, roots)
+        self.enricher = Enricher(self.classifier, self.metrics, settings.evidence_per_pin_hour)
+        self.progress = Progress()
+        self.writer = Writer(
+            store, self.metrics, settings.clickhouse_retry_max_seconds, self._set_trouble
+        )
+        self._kafka: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.committer: Committer | None = None
+        self.dead_letters: DeadLetters | None = None
+        self._batch = Batch()
+        self._writing: Batch | None = None
+        self._write_task: asyncio.Task[bool] | None = None
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._trouble = False
+        self._paused = False
+        self._position: dict[tuple[str, int], int] = {}
+        self._last_lag = 0.0
+        self._refresher: asyncio.Task[None] | None = None
+        self.started = False
+        self.fatal: str | None = None  # why the consumer stopped by itself
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        await ensure_topics(s)
+        await self._seed_versions()
+        self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+        await self._producer.start()
+        self._kafka = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=s.kafka_consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+        )
+        await self._kafka.start()
+        self._kafka.subscribe([s.kafka_topic], listener=_Rebalance(self))
+        self.committer = Committer(self._commit, self.metrics, s.commit_interval_seconds)
+        self.dead_letters = DeadLetters(self._send_dead_letter, s, self.metrics)
+        self._refresher = asyncio.create_task(self._refresh_failing())
+        self.started = True
+        event(log, "consumer_started", topic=s.kafka_topic, group=s.kafka_consumer_group)
+
+    def stop(self) -> None:
+        """Ask `run` to finish: it writes and commits what it holds, then returns."""
+        self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.started and self.fatal is None and not self._trouble
+
+    async def run(self) -> None:
+        """Consume until `stop()`; raises DeadLetterLimitExceeded after a clean shutdown."""
+        assert self._kafka is not None
+        try:
+            while not self._stop.is_set():
+                chunks = await self._kafka.getmany(
+                    timeout_ms=_POLL_MS, max_records=_MAX_POLL_RECORDS
+                )
+                async with self._lock:
+                    for tp, messages in chunks.items():
+                        for message in messages:
+                            await self._handle(tp, message)
+                    await self._advance()
+                # Outside the lock: a commit may wait on a rebalance, whose revoke callback
+                # takes the lock to drain.
+                assert self.committer is not None
+                await self.committer.maybe_commit()
+                self._update_lag()
+        except DeadLetterLimitExceeded as exc:
+            self.fatal = str(exc)
+            event(log, "consumer_stopping", logging.ERROR, reason=self.fatal)
+            # Rows of the message being handled are half in the batch: never insert those.
+            self._batch = Batch()
+            raise
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.writer.stopping = True
+        with contextlib.suppress(Exception):
+            await self._drain(write_open_batch=self.fatal is None)
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._refresher
+        if self._kafka is not None:
+            with contextlib.suppress(Exception):
+                await self._kafka.stop()
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+        self.started = False
+        event(log, "consumer_stopped", reason=self.fatal or "asked")
+
+    # --- the steps -------------------------------------------------------------------------------
+
+    async def _handle(self, tp: TopicPartition, message: Any) -> None:
+        assert self.dead_letters is not None
+        batch = self._batch
+        key = (tp.topic, tp.partition)
+        origin = (tp.topic, tp.partition, message.offset)
+        records, rejected = decode(message.value)
+        self.dead_letters.observe(len(records) + len(rejected))
+        for bad in rejected:
+            await self.dead_letters.send(bad, origin)
+        store = not self.progress.is_stored(tp.topic, tp.partition, message.offset)
+        for index, record in enumerate(records):
+            try:
+                self.enricher.add(record, batch, tp.topic, tp.partition, message.offset, store)
+            except ClassifyError as exc:
+                bad = Rejected(
+                    DeadLetterReason.UNCLASSIFIABLE_RECORD, str(exc), encode_batch([record]), index
+                )
+                await self.dead_letters.send(bad, origin)
+        if batch.empty:
+            batch.started = time.monotonic()
+        batch.first.setdefault(key, message.offset)
+        batch.last[key] = message.offset
+        batch.nbytes += len(message.value or b"")
+        batch.tally.messages += 1
+        self._position[key] = message.offset + 1
+
+    def _batch_full(self) -> bool:
+        s = self.settings
+        return len(self._batch.rows) >= s.batch_max_rows or self._batch.nbytes >= s.batch_max_bytes
+
+    async def _advance(self) -> None:
+        await self._collect_write()
+        batch = self._batch
+        due = not batch.empty and (
+            self._batch_full()
+            or time.monotonic() - batch.started >= self.settings.batch_max_seconds
+        )
+        if due and self._write_task is None:
+            self._writing, self._batch = batch, Batch()
+            self._write_task = asyncio.create_task(self.writer.write(batch))
+        self._set_paused(self._trouble or (self._write_task is not None and self._batch_full()))
+
+    async def _collect_write(self, wait: bool = False) -> None:
+        task = self._write_task
+        if task is None or not (wait or task.done()):
+            return
+        self._write_task = None
+        batch, self._writing = self._writing, None
+        if await task and batch is not None:
+            assert self.committer is not None
+            self.committer.stage(batch)
+
+    async def _drain(self, write_open_batch: bool) -> None:
+        """Finish the insert in flight, insert the open batch, commit everything written."""
+        assert self.committer is not None
+        await self._collect_write(wait=True)
+        if write_open_batch and not self._batch.empty:
+            batch, self._batch = self._batch, Batch()
+            if await self.writer.write(batch):
+                self.committer.stage(batch)
+        await self.committer.maybe_commit(force=True)
+
+    # --- Kafka plumbing --------------------------------------------------------------------------
+
+    async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        assert self._kafka is not None
+        await self._kafka.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+
+    async def _send_dead_letter(self, topic: str, value: bytes, headers: list[Any]) -> None:
+        assert self._producer is not None
+        await self._producer.send_and_wait(topic, value, headers=headers)
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        if not self.started:
+            return
+        async with self._lock:
+            try:
+                await self._drain(write_open_batch=True)
+            finally:
+                assert self.committer is not None
+                self.committer.clear()
+                self._batch = Batch()
+                keys = [(tp.topic, tp.partition) for tp in revoked]
+                self.progress.forget(keys)
+                for key in keys:
+                    self._position.pop(key, None)
+                    with contextlib.suppress(KeyError):
+                        self.metrics.lag.remove(key[0], str(key[1]))
+        event(log, "partitions_revoked", partitions=[tp.partition for tp in revoked])
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        topic = self.settings.kafka_topic
+        await self.progress.load(self.store, topic, [tp.partition for tp in assigned])
+        self._paused = False
+        self.metrics.paused.set(1 if self._trouble else 0)
+        event(
+            log,
+            "partitions_assigned",
+            partitions=[tp.partition for tp in assigned],
+            stored_up_to={str(p): o for (_, p), o in self.progress.stored.items()},
+        )
+
+    def _set_paused(self, paused: bool) -> None:
+        assert self._kafka is not None
+        if paused == self._paused:
+            return
+        assignment = list(self._kafka.assignment())
+        if paused:
+            self._kafka.pause(*assignment)
+        else:
+            self._kafka.resume(*assignment)
+        self._paused = paused
+        self.metrics.paused.set(1 if paused else 0)
+        event(log, "consumption_paused" if paused else "consumption_resumed", trouble=self._trouble)
+
+    def _set_trouble(self, trouble: bool) -> None:
+        self._trouble = trouble
+        if trouble and self._kafka is not None:
+            self._set_paused(True)
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < 1.0 or self._kafka is None:
+            return
+        self._last_lag = now
+        for tp in self._kafka.assignment():
+            end = self._kafka.highwater(tp)
+            if end is None:
+                continue
+            position = self._position.get((tp.topic, tp.partition))
+            if position is None:
+                committed = self.committer.committed if self.committer else {}
+                position = committed.get((tp.topic, tp.partition), end)
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+
+    # --- ClickHouse reads ------------------------------------------------------------------------
+
+    async def _seed_versions(self) -> None:
+        try:
+            rows = await self.store.query(
+                "SELECT DISTINCT app_id, app_version FROM {db}.rollup_minute "
+                "WHERE minute >= now() - INTERVAL 30 DAY AND app_version != ''"
+            )
+        except StoreError as exc:
+            event(log, "version_seed_failed", logging.WARNING, error=str(exc)[:200])
+            return
+        self.metrics.versions.seed((str(a), str(v)) for a, v in rows)
+
+    async def refresh_failing(self) -> None:
+        rows = await self.store.query(
+            "SELECT app_id, policy_host, cause, uniqMerge(devices), uniqMerge(client_networks) "
+            "FROM {db}.rollup_minute "
+            "WHERE minute >= now() - INTERVAL 5 MINUTE AND kind = 'pin_validation' "
+            "AND result != 'ok' AND enforced = 1 "
+            "GROUP BY app_id, policy_host, cause"
+        )
+        self.metrics.set_failing(
+            ((str(a), str(h), str(c), int(d), int(n)) for a, h, c, d, n in rows),
+            frozenset(self.policy.app_ids),
+        )
+
+    async def _refresh_failing(self) -> None:
+        while True:
+            try:
+                await self.refresh_failing()
+            except StoreError as exc:
+                event(log, "failing_refresh_failed", logging.WARNING, error=str(exc)[:200])
+            await asyncio.sleep(self.settings.failing_refresh_seconds)

@@ -1,0 +1,199 @@
+"""Every metric the consumer exposes, on its own CollectorRegistry (one per consumer, so tests can
+run several in one process).
+
+Report counters (`pinwatch_pin_validations_total`, `pinwatch_network_errors_total`,
+`pinwatch_consumer_consumed_records_total`, `pinwatch_consumer_inserted_reports_total`) move
+only when the offsets of the batch they describe are committed: the process that commits a batch
+is the one that counts it, so a batch replayed after a crash between insert and commit is counted
+once (by the new process), never twice. `dead_lettered_total` moves when the dead-letter topic
+acknowledged the record.
+
+Label bounds: `app` is an app of the policy (else `other`); `host` is the policy entry covering
+the reported host (a subdomain under `include_subdomains` is counted under its entry), `other` for
+hosts outside the policy; `platform` one of the wire platforms (else `other`); `app_version` one
+of the `metrics_max_app_versions` highest versions seen per app (see `VersionLabels`), else
+`other`; `pin_match` is `unknown` for hosts outside the policy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter as Tally
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OTHER = "other"
+PLATFORMS = frozenset({"ios", "android", "tvos", "watchos", "macos", "web", "other"})
+
+PinKey = tuple[str, str, str, str, str, str, str, str]  # app,host,platform,version,result,...
+NetKey = tuple[str, str, str, str]  # app, host, platform, category
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Numeric-aware ordering: 5.10.0 > 5.9.1 > 5.9.1-beta (a text part ranks below a number)."""
+    return tuple(
+        (1, int(p)) if p.isdigit() else (0, p) for p in re.findall(r"\d+|[A-Za-z]+", version)
+    )
+
+
+class VersionLabels:
+    """Which app versions get their own label: the N *highest* versions seen per app.
+
+    "Recent" is decided by version order, not by arrival: a version string is a release, and the
+    newest releases are the ones a rollout watches. A newly seen higher version takes a slot and
+    the lowest labelled one folds into `other` from then on. At start the set is seeded from the
+    versions ClickHouse holds (`seed`), so a restart keeps the same labels.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._top: dict[str, list[str]] = {}  # app -> versions, highest first
+        self._memo: dict[tuple[str, str], str] = {}
+
+    def seed(self, pairs: Iterable[tuple[str, str]]) -> None:
+        for app, version in pairs:
+            self.label(app, version)
+
+    def label(self, app: str, version: str) -> str:
+        try:
+            return self._memo[(app, version)]
+        except KeyError:
+            pass
+        if not version:
+            return ""
+        top = self._top.setdefault(app, [])
+        if version not in top:
+            key = version_key(version)
+            if len(top) < self.limit or key > version_key(top[-1]):
+                top.append(version)
+                top.sort(key=version_key, reverse=True)
+                del top[self.limit :]
+                self._memo.clear()  # a slot moved: earlier decisions may be stale
+        result = version if version in top else OTHER
+        if len(self._memo) > 100_000:
+            self._memo.clear()
+        self._memo[(app, version)] = result
+        return result
+
+
+class ConsumerMetrics:
+    def __init__(self, max_app_versions: int = 5) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.versions = VersionLabels(max_app_versions)
+        self.pin_validations = Counter(
+            "pinwatch_pin_validations_total",
+            "Pin validations reported (by each report's count), once their offsets committed.",
+            ["app", "host", "platform", "app_version", "result", "pin_match", "enforced", "cause"],
+            registry=r,
+        )
+        self.network_errors = Counter(
+            "pinwatch_network_errors_total",
+            "Network errors reported (by each report's count); never pin failures.",
+            ["app", "host", "platform", "category"],
+            registry=r,
+        )
+        self.failing_devices = Gauge(
+            "pinwatch_failing_devices",
+            "Distinct devices with enforced pin failures in the last 5 minutes (ClickHouse).",
+            ["app", "host", "cause"],
+            registry=r,
+        )
+        self.failing_networks = Gauge(
+            "pinwatch_failing_networks",
+            "Distinct client network prefixes with enforced pin failures, last 5 minutes.",
+            ["app", "host", "cause"],
+            registry=r,
+        )
+        self.consumed = Counter(
+            "pinwatch_consumer_consumed_records",
+            "Kafka records (report batches) consumed and committed.",
+            registry=r,
+        )
+        self.inserted = Counter(
+            "pinwatch_consumer_inserted_reports",
+            "Reports stored in ClickHouse and committed, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.insert_seconds = Histogram(
+            "pinwatch_consumer_insert_seconds",
+            "Duration of one successful ClickHouse batch insert.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.insert_errors = Counter(
+            "pinwatch_consumer_insert_errors", "Failed ClickHouse insert attempts.", registry=r
+        )
+        self.lag = Gauge(
+            "pinwatch_consumer_lag",
+            "Records between the partition's end and what this consumer has processed.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.last_insert = Gauge(
+            "pinwatch_consumer_last_insert_timestamp_seconds",
+            "Unix time of the last successful ClickHouse insert.",
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "pinwatch_consumer_dead_lettered",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "pinwatch_consumer_paused",
+            "1 while consumption is paused (ClickHouse unavailable or inserts behind).",
+            registry=r,
+        )
+        for kind in ("pin_validation", "network_error"):
+            self.inserted.labels(kind=kind)
+
+    def apply(self, tally: BatchTally) -> None:
+        """Add a committed batch's counts. Called with no await in between the commit and this,
+        so a scrape sees either none or all of a batch."""
+        for key, n in tally.pins.items():
+            self.pin_validations.labels(*key).inc(n)
+        for key, n in tally.network.items():
+            self.network_errors.labels(*key).inc(n)
+        for kind, n in tally.kinds.items():
+            self.inserted.labels(kind=kind).inc(n)
+        if tally.messages:
+            self.consumed.inc(tally.messages)
+
+    def set_failing(
+        self, rows: Iterable[tuple[str, str, str, int, int]], known_apps: frozenset[str]
+    ) -> None:
+        """Replace both gauges with fresh (app, host, cause, devices, networks) rows."""
+        devices: Tally[tuple[str, str, str]] = Tally()
+        networks: Tally[tuple[str, str, str]] = Tally()
+        for app, host, cause, n_devices, n_networks in rows:
+            key = (app if app in known_apps else OTHER, host or OTHER, cause)
+            devices[key] += n_devices
+            networks[key] += n_networks
+        self.failing_devices.clear()
+        self.failing_networks.clear()
+        for key, n in devices.items():
+            self.failing_devices.labels(*key).set(n)
+        for key, n in networks.items():
+            self.failing_networks.labels(*key).set(n)
+
+
+class BatchTally:
+    """The metric increments a batch will cause once committed (aggregated per label set)."""
+
+    __slots__ = ("pins", "network", "kinds", "messages")
+
+    def __init__(self) -> None:
+        self.pins: Tally[PinKey] = Tally()
+        self.network: Tally[NetKey] = Tally()
+        self.kinds: Tally[str] = Tally()
+        self.messages = 0
+
+    def merge(self, other: BatchTally) -> None:
+        self.pins.update(other.pins)
+        self.network.update(other.network)
+        self.kinds.update(other.kinds)
+        self.messages += other.messages

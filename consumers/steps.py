@@ -1,0 +1,423 @@
+"""The consumer's steps, in order: decode -> enrich (classify) -> batch -> write -> commit.
+
+Each step is small and knows nothing of Kafka's client: the engine (consumers/consumer.py)
+feeds messages in and moves batches along. Modelled on getsentry/arroyo's strategies: a batch is
+committed only after its insert returned, a full batch with the writer busy is backpressure
+(the engine pauses partitions), and invalid input goes to the dead-letter topic under a limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from consumers.classify import Classifier, report_row
+from consumers.metrics import OTHER, PLATFORMS, BatchTally, ConsumerMetrics
+from consumers.schema import EVIDENCE_COLUMN_NAMES, REPORT_COLUMN_NAMES
+from consumers.store import Store, StoreError
+from pinwatch.logs import event
+from pinwatch.record import SCHEMA_VERSION, Kind, Record
+from pinwatch.settings import Settings
+
+log = logging.getLogger("pinwatch.consumer")
+
+TopicPartition = tuple[str, int]
+
+
+# --- decode ------------------------------------------------------------------------------------
+
+
+class DeadLetterReason:
+    UNDECODABLE_MESSAGE = "undecodable_message"  # not a record batch envelope at all
+    INVALID_RECORD = "invalid_record"  # one record of a batch does not fit the schema
+    UNCLASSIFIABLE_RECORD = "unclassifiable_record"  # e.g. its chain is not certificates
+
+
+@dataclass(slots=True)
+class Rejected:
+    reason: str
+    detail: str
+    value: bytes
+    index: int | None  # the record's position in its batch, None for the whole message
+
+
+def decode(value: bytes | None) -> tuple[list[Record], list[Rejected]]:
+    """Decode one Kafka message record by record, so one bad record does not sink its batch."""
+    try:
+        envelope = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        return [], [Rejected(DeadLetterReason.UNDECODABLE_MESSAGE, str(exc), value or b"", None)]
+    if not isinstance(envelope, dict) or envelope.get("v") != SCHEMA_VERSION:
+        detail = f"not a v{SCHEMA_VERSION} record batch envelope"
+        return [], [Rejected(DeadLetterReason.UNDECODABLE_MESSAGE, detail, value or b"", None)]
+    items = envelope.get("records")
+    if not isinstance(items, list):
+        detail = "envelope has no `records` list"
+        return [], [Rejected(DeadLetterReason.UNDECODABLE_MESSAGE, detail, value or b"", None)]
+    records: list[Record] = []
+    rejected: list[Rejected] = []
+    for i, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise TypeError("record is not an object")
+            records.append(Record.from_dict(item))
+        except (KeyError, TypeError, ValueError) as exc:
+            rejected.append(
+                Rejected(
+                    DeadLetterReason.INVALID_RECORD,
+                    f"{type(exc).__name__}: {exc}",
+                    orjson.dumps({"v": SCHEMA_VERSION, "records": [item]}),
+                    i,
+                )
+            )
+    return records, rejected
+
+
+# --- dead letters ------------------------------------------------------------------------------
+
+
+class DeadLetterLimitExceeded(RuntimeError):
+    """Too much is going to the dead-letter topic: something is broken, stop and say so."""
+
+
+class DeadLetters:
+    """Sends rejected records to the dead-letter topic (reason and origin in headers) and stops
+    the consumer when, within one window, more than `dead_letter_max_ratio` of the records were
+    dead-lettered and at least `dead_letter_min_records` of them."""
+
+    def __init__(
+        self,
+        send: Callable[[str, bytes, list[tuple[str, bytes]]], Awaitable[Any]],
+        settings: Settings,
+        metrics: ConsumerMetrics,
+    ) -> None:
+        self._send = send
+        self.topic = settings.kafka_dead_letter_topic
+        self.max_ratio = settings.dead_letter_max_ratio
+        self.min_records = settings.dead_letter_min_records
+        self.window = settings.dead_letter_window_seconds
+        self.metrics = metrics
+        self._window_start = time.monotonic()
+        self._seen = 0
+        self._dead = 0
+
+    def _roll(self) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.window:
+            self._window_start, self._seen, self._dead = now, 0, 0
+
+    def observe(self, records: int) -> None:
+        self._roll()
+        self._seen += records
+
+    async def send(self, rejected: Rejected, origin: tuple[str, int, int]) -> None:
+        topic, partition, offset = origin
+        headers = [
+            ("pinwatch-reason", rejected.reason.encode()),
+            ("pinwatch-detail", rejected.detail[:1000].encode()),
+            ("pinwatch-source", f"{topic}/{partition}/{offset}".encode()),
+        ]
+        if rejected.index is not None:
+            headers.append(("pinwatch-record-index", str(rejected.index).encode()))
+        await self._send(self.topic, rejected.value, headers)
+        self.metrics.dead_lettered.labels(reason=rejected.reason).inc()
+        event(
+            log,
+            "dead_lettered",
+            logging.WARNING,
+            reason=rejected.reason,
+            detail=rejected.detail[:200],
+            source=f"{topic}/{partition}/{offset}",
+        )
+        self._roll()
+        self._dead += 1
+        if self._dead >= self.min_records and self._dead > self.max_ratio * max(self._seen, 1):
+            raise DeadLetterLimitExceeded(
+                f"{self._dead} of {self._seen} records in the last {self.window:.0f}s went to "
+                f"{self.topic} (limit: more than {self.max_ratio:.0%} once at least "
+                f"{self.min_records}); last reason {rejected.reason}: {rejected.detail[:200]}"
+            )
+
+
+# --- enrich + batch ----------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Rows of consecutive Kafka messages, and what committing them will count."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    evidence: list[tuple[Any, ...]] = field(default_factory=list)
+    first: dict[TopicPartition, int] = field(default_factory=dict)
+    last: dict[TopicPartition, int] = field(default_factory=dict)
+    tally: BatchTally = field(default_factory=BatchTally)
+    nbytes: int = 0
+    started: float = 0.0
+
+    @property
+    def empty(self) -> bool:
+        return not self.last
+
+    def token(self) -> str:
+        """Insert deduplication token: the exact offset ranges this batch holds."""
+        spans = ",".join(
+            f"{t}:{p}:{self.first[(t, p)]}-{o}" for (t, p), o in sorted(self.last.items())
+        )
+        return hashlib.sha256(spans.encode()).hexdigest()[:40]
+
+    def commit_offsets(self) -> dict[TopicPartition, int]:
+        return {tp: offset + 1 for tp, offset in self.last.items()}
+
+
+class Enricher:
+    """Classifies records into `reports` rows and the metric keys they will count under;
+    samples evidence (full chains / raw payloads) per host, leaf pin and hour."""
+
+    def __init__(
+        self, classifier: Classifier, metrics: ConsumerMetrics, evidence_per_key: int
+    ) -> None:
+        self.classifier = classifier
+        self.versions = metrics.versions
+        self.apps = frozenset(classifier.policy.app_ids)
+        self.evidence_per_key = evidence_per_key
+        self._evidence_seen: dict[tuple[str, str, int], int] = {}
+        self._evidence_hour = 0
+
+    def add(
+        self, record: Record, batch: Batch, topic: str, partition: int, offset: int, store: bool
+    ) -> None:
+        """Classify `record` into `batch`; `store=False` counts it without inserting (already
+        stored before a crash, see `Progress`). Raises ClassifyError."""
+        c = self.classifier.classify(record)
+        app = record.app_id if record.app_id in self.apps else OTHER
+        host = c.policy_host or OTHER
+        platform = record.platform if record.platform in PLATFORMS else OTHER
+        tally = batch.tally
+        if record.kind is Kind.PIN_VALIDATION:
+            tally.pins[
+                (
+                    app,
+                    host,
+                    platform,
+                    self.versions.label(record.app_id, record.app_version),
+                    record.result.value if record.result is not None else "",
+                    c.pin_match or "unknown",
+                    "true" if c.enforced else "false",
+                    c.cause or "none",
+                )
+            ] += record.count
+        else:
+            category = record.error.value if record.error is not None else OTHER
+            tally.network[(app, host, platform, category)] += record.count
+        tally.kinds[record.kind.value] += 1
+        if not store:
+            return
+        batch.rows.append(report_row(record, c, topic, partition, offset))
+        if (record.served_chain or record.raw) and self.evidence_per_key:
+            self._sample(record, c.leaf_pin, c.pin_match, c.cause, batch)
+
+    def _sample(
+        self, record: Record, leaf_pin: str, pin_match: str, cause: str, batch: Batch
+    ) -> None:
+        hour = record.received_at_ms // 3_600_000
+        if hour != self._evidence_hour:  # a new hour: earlier keys can never be hit again
+            self._evidence_seen.clear()
+            self._evidence_hour = hour
+        key = (record.host, leaf_pin, hour)
+        seen = self._evidence_seen.get(key, 0)
+        if seen >= self.evidence_per_key or len(self._evidence_seen) > 100_000:
+            return
+        self._evidence_seen[key] = seen + 1
+        batch.evidence.append(
+            (
+                hour * 3600,
+                record.host,
+                leaf_pin,
+                record.id,
+                record.received_at_ms,
+                record.app_id,
+                record.app_version,
+                record.platform,
+                record.format.value,
+                record.result.value if record.result is not None else "",
+                pin_match,
+                cause,
+                record.client_network,
+                record.observed_pins,
+                record.served_chain,
+                record.raw,
+            )
+        )
+
+
+class Progress:
+    """Highest offset per partition already in ClickHouse (`kafka_progress`), read when
+    partitions are assigned. Messages at or below it were inserted by a consumer that crashed
+    before committing: they are counted (that consumer never counted them) but not re-inserted.
+    """
+
+    def __init__(self) -> None:
+        self.stored: dict[TopicPartition, int] = {}
+
+    async def load(self, store: Store, topic: str, partitions: list[int]) -> None:
+        if not partitions:
+            return
+        rows = await store.query(
+            "SELECT kafka_partition, max(max_offset) FROM {db}.kafka_progress "
+            "WHERE kafka_topic = {topic:String} AND kafka_partition IN {parts:Array(UInt32)} "
+            "GROUP BY kafka_partition",
+            {"topic": topic, "parts": partitions},
+        )
+        for partition, offset in rows:
+            self.stored[(topic, int(partition))] = int(offset)
+
+    def is_stored(self, topic: str, partition: int, offset: int) -> bool:
+        stored = self.stored.get((topic, partition))
+        return stored is not None and offset <= stored
+
+    def forget(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.stored.pop(tp, None)
+
+
+# --- write -------------------------------------------------------------------------------------
+
+
+class Writer:
+    """Inserts a batch: `reports` (its views follow) then sampled `evidence`. Retries with
+    bounded exponential backoff until it succeeds or the consumer stops; `on_trouble(True)` while
+    failing, so the engine keeps partitions paused and reports it."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: ConsumerMetrics,
+        retry_max_seconds: float,
+        on_trouble: Callable[[bool], None],
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.retry_max = retry_max_seconds
+        self.on_trouble = on_trouble
+        self.stopping = False
+
+    async def write(self, batch: Batch) -> bool:
+        """True once stored; False only when asked to stop while ClickHouse was failing."""
+        if not batch.rows:
+            return True
+        token = batch.token()
+        columns = [list(col) for col in zip(*batch.rows, strict=True)]
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                await self.store.insert(
+                    "reports",
+                    columns,
+                    REPORT_COLUMN_NAMES,
+                    column_oriented=True,
+                    settings={
+                        "insert_deduplication_token": token,
+                        "deduplicate_blocks_in_dependent_materialized_views": 1,
+                    },
+                )
+                if batch.evidence:
+                    await self.store.insert(
+                        "evidence",
+                        batch.evidence,
+                        EVIDENCE_COLUMN_NAMES,
+                        settings={"insert_deduplication_token": token + ":evidence"},
+                    )
+            except StoreError as exc:
+                self.metrics.insert_errors.inc()
+                self.on_trouble(True)
+                event(
+                    log,
+                    "insert_failed",
+                    logging.WARNING,
+                    attempt=attempt,
+                    rows=len(batch.rows),
+                    retry_in=round(delay, 2),
+                    error=str(exc)[:300],
+                )
+                if self.stopping:
+                    return False
+                await asyncio.sleep(delay)  # retry backoff; consumption is paused meanwhile
+                delay = min(delay * 2, self.retry_max)
+                continue
+            self.metrics.insert_seconds.observe(time.perf_counter() - started)
+            self.metrics.last_insert.set(time.time())
+            if attempt > 1:
+                event(log, "insert_recovered", attempts=attempt, rows=len(batch.rows))
+            self.on_trouble(False)
+            return True
+
+
+# --- commit ------------------------------------------------------------------------------------
+
+
+class Committer:
+    """Commits the offsets of written batches at most every `interval` seconds, and only then
+    applies their metric tallies."""
+
+    def __init__(
+        self,
+        commit: Callable[[dict[TopicPartition, int]], Awaitable[None]],
+        metrics: ConsumerMetrics,
+        interval: float,
+    ) -> None:
+        self._commit = commit
+        self.metrics = metrics
+        self.interval = interval
+        self._offsets: dict[TopicPartition, int] = {}
+        self._tally = BatchTally()
+        self._last = 0.0
+        self.committed: dict[TopicPartition, int] = {}
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._offsets)
+
+    def stage(self, batch: Batch) -> None:
+        self._offsets.update(batch.commit_offsets())
+        self._tally.merge(batch.tally)
+
+    async def maybe_commit(self, force: bool = False) -> None:
+        if not self._offsets:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        offsets, tally = self._offsets, self._tally
+        self._offsets, self._tally = {}, BatchTally()
+        self._last = now
+        try:
+            await self._commit(offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced: these partitions are someone else's now, and that consumer
+            # counts (and, thanks to kafka_progress, does not re-insert) what we could not commit.
+            event(log, "commit_rejected", logging.WARNING, error=str(exc)[:300])
+            return
+        except KafkaError:
+            # Transient: keep both for the next attempt, so nothing is left uncounted.
+            for tp, offset in offsets.items():
+                self._offsets.setdefault(tp, offset)
+            tally.merge(self._tally)
+            self._tally = tally
+            raise
+        # No await between the commit returning and the count: a scrape sees both or neither.
+        self.metrics.apply(tally)
+        self.committed.update(offsets)
+
+    def clear(self) -> None:
+        self._offsets, self._tally = {}, BatchTally()

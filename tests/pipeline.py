@@ -1,0 +1,166 @@
+"""The real pipeline inside a test's event loop: ingest (uvicorn) -> Kafka -> consumer -> chDB,
+and the consumer's API (/metrics, /readyz, /v1/rollout) on a free port.
+
+    async with run_pipeline(settings) as p:
+        await p.post(native_batch([...], app=TEST_APP))
+        await p.wait_inserted(3)
+        rows = await p.store.query("SELECT ... FROM {db}.reports")
+        text = await p.metrics_text()
+
+chDB allows one engine per process, so ClickHouse is read through `p.store` (the consumer's own
+Store), never through a second client. Everything started is stopped on the way out, also when
+the test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumers.api import create_api
+from consumers.consumer import Consumer
+from consumers.store import Store
+from pinwatch.localkafka import free_port
+from pinwatch.settings import Settings
+from pinwatch.topics import ensure_topics
+
+DEFAULT_KEY = "test-ingest-key-0123456789"  # tests/conftest.py TEST_KEY
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    store: Store
+    consumer: Consumer | None
+    ingest_url: str
+    consumer_url: str
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def post(
+        self,
+        body: Any,
+        *,
+        path: str = "/v1/reports",
+        key: str = DEFAULT_KEY,
+        expect: int | None = 202,
+    ) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.ingest_url, timeout=30) as client:
+            response = await client.post(path, json=body, headers={"X-Pinwatch-Key": key})
+        if expect is not None and response.status_code != expect:
+            raise AssertionError(f"POST {path}: {response.status_code} {response.text[:500]}")
+        return response
+
+    async def rows(self) -> int:
+        return int(await self.store.scalar("SELECT count() FROM {db}.reports") or 0)
+
+    def committed_reports(self) -> int:
+        """Reports this process's consumer has counted (i.e. committed)."""
+        if self.consumer is None:
+            return 0
+        registry = self.consumer.metrics.registry
+        return int(
+            sum(
+                registry.get_sample_value("pinwatch_consumer_inserted_reports_total", {"kind": k})
+                or 0
+                for k in ("pin_validation", "network_error")
+            )
+        )
+
+    async def wait_inserted(self, n_reports: int, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Until at least `n_reports` report rows are in ClickHouse *and* committed (so the
+        report counters on /metrics include them)."""
+        deadline = time.monotonic() + timeout
+        rows = 0
+        while time.monotonic() < deadline:
+            rows = await self.rows()
+            if rows >= n_reports and self.committed_reports() >= n_reports:
+                return
+            if self.consumer is not None and self.consumer.fatal:
+                raise AssertionError(f"consumer stopped: {self.consumer.fatal}")
+            await asyncio.sleep(0.1)
+        raise AssertionError(
+            f"{rows} rows in ClickHouse and {self.committed_reports()} committed after "
+            f"{timeout}s; waited for {n_reports}"
+        )
+
+    async def metrics_text(self) -> str:
+        async with httpx.AsyncClient(base_url=self.consumer_url, timeout=10) as client:
+            response = await client.get("/metrics")
+        response.raise_for_status()
+        return response.text
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`, as /metrics serves it."""
+        total = 0.0
+        for family in text_string_to_metric_families(await self.metrics_text()):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    total += sample.value
+        return total
+
+
+async def _serve(app: Any, *, lifespan: str) -> tuple[uvicorn.Server, asyncio.Task[Any], str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan=lifespan, log_config=None, access_log=False
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if task.done():
+            task.result()  # raises the startup failure
+            raise RuntimeError("uvicorn exited during startup")
+        if time.monotonic() > deadline:
+            raise TimeoutError("uvicorn did not start in 30s")
+        await asyncio.sleep(0.02)
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+@contextlib.asynccontextmanager
+async def run_pipeline(
+    settings: Settings, *, ingest: bool = True, consumer: bool = True
+) -> AsyncIterator[Pipeline]:
+    """Start ingest (optional), the consumer (optional) and the consumer API; stop them all."""
+    servers: list[tuple[uvicorn.Server, asyncio.Task[Any]]] = []
+    store = Store.from_settings(settings)
+    engine: Consumer | None = None
+    run_task: asyncio.Task[None] | None = None
+    try:
+        await ensure_topics(settings)
+        await store.migrate(settings)
+        ingest_url = ""
+        if ingest:
+            from ingest.app import create_app
+
+            server, task, ingest_url = await _serve(create_app(settings), lifespan="on")
+            servers.append((server, task))
+        if consumer:
+            engine = Consumer(settings, store)
+            await engine.start()
+            run_task = asyncio.create_task(engine.run())
+        api = create_api(settings, store, consumer=engine)
+        server, task, consumer_url = await _serve(api, lifespan="off")
+        servers.append((server, task))
+        yield Pipeline(settings, store, engine, ingest_url, consumer_url)
+    finally:
+        if engine is not None and run_task is not None:
+            engine.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(run_task, 30)
+        for server, task in reversed(servers):
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+        await store.close()
