@@ -581,3 +581,37 @@ def test_nel_ids_survive_a_retry_with_a_larger_age(context):
     different = one(nel.parse([nel_report(URL, "tls.cert.pinned_key_not_in_cert_chain",
                                           elapsed_time=99)], context())).id  # fmt: skip
     assert first == retried != different
+
+
+WEIRD: list[object] = [None, True, -1, 0.5, 1e308, "", "x" * 5000, [], {}, [None], {"a": []}]
+
+
+def test_wrong_shapes_anywhere_are_bad_reports_not_crashes(ca: CertificateAuthority, context):
+    """Every field of every format replaced by every wrong shape: the parser either accepts
+    it or raises BadReport (never another exception, which the HTTP layer would have to hide)."""
+    chain = ca.chain("rotated")
+    cases = [
+        (trustkit.parse, trustkit_ios(TEST_HOST, chain, known_pins=[ca.pin("primary")])),
+        (trustkit.parse, trustkit_android(TEST_HOST, chain, known_pins=[ca.pin("primary")])),
+        (hpkp.parse, hpkp_report(TEST_HOST, chain, known_pins=[ca.pin("primary")])),
+    ]
+    outcomes = {"accepted": 0, "refused": 0}
+    for parse, base in cases:
+        for key in base:
+            for value in WEIRD:
+                try:
+                    parse({**base, key: value}, context())
+                    outcomes["accepted"] += 1
+                except BadReport:
+                    outcomes["refused"] += 1
+    item = nel_report("https://api.pinwatch.test/", "tcp.reset")
+    for key in [*item, *(f"body.{k}" for k in item["body"])]:
+        for value in WEIRD:
+            mangled = orjson.loads(orjson.dumps(item))
+            if key.startswith("body."):
+                mangled["body"][key[5:]] = value
+            else:
+                mangled[key] = value
+            parsed = nel.parse([mangled], context())
+            outcomes["accepted" if parsed.records else "refused"] += 1
+    assert outcomes["accepted"] > 0 and outcomes["refused"] > 0
