@@ -8,10 +8,10 @@ lives beside the consumer and reads through its Store.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import ORJSONResponse
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from consumers.rollout.analysis import analyze
@@ -38,7 +38,7 @@ def require_admin(
 router = APIRouter(prefix="/v1/rollout", tags=["rollout"], dependencies=[Depends(require_admin)])
 
 
-@router.get("/{host}", response_class=ORJSONResponse)
+@router.get("/{host}")
 async def rollout(
     request: Request,
     host: str,
@@ -48,7 +48,7 @@ async def rollout(
     platform: Annotated[str | None, Query(max_length=64)] = None,
     pin: Annotated[list[str] | None, Query(description="candidate pin, [role:]sha256")] = None,
     pin_set: Annotated[str | None, Query(description="a pin set of the host's policy")] = None,
-) -> Any:
+) -> Response:
     state = request.app.state
     settings = state.settings
     if pin and len(pin) > settings.max_pins_per_report:
@@ -70,4 +70,4 @@ async def rollout(
         answer = await analyze(state.store, req, settings)
     except StoreError as exc:
         raise HTTPException(503, f"ClickHouse query failed: {exc}") from None
-    return ORJSONResponse(answer.to_dict())
+    return Response(orjson.dumps(answer.to_dict()), media_type="application/json")

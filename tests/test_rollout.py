@@ -1,0 +1,327 @@
+"""The rollout API against real chDB: every number of the answer checked against what was sent,
+and the verdict for a clean rollout, a surprise CDN edge, and a pin set that strands a release."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import TEST_APP, TEST_HOST
+from fastapi import FastAPI
+from rollout_traffic import Traffic
+
+from consumers.rollout.api import router
+from consumers.schema import EVIDENCE_COLUMN_NAMES, REPORT_COLUMN_NAMES
+from consumers.store import Store
+from pinwatch.certs import CertificateAuthority
+from pinwatch.policy import load_policy
+from pinwatch.privacy import DeviceHasher
+from pinwatch.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+NEXT_BACKUP = base64.b64encode(hashlib.sha256(b"next offline backup key").digest()).decode()
+TOKEN = "rollout-test-admin-token"
+
+
+@pytest.fixture
+def rollout_policy(ca: CertificateAuthority, tmp_path: Path) -> Path:
+    """The host pinned to primary + backup, and a candidate set "next" that drops the backup."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        f"""apps:
+  - id: {TEST_APP}
+    ingest_keys: ["rollout-test-ingest-key-0123"]
+hosts:
+  - host: {TEST_HOST}
+    phase: report_only
+    pins:
+      - {{sha256: "{ca.pin("primary")}", role: primary, label: leaf}}
+      - {{sha256: "{ca.pin("backup")}", role: backup, label: offline-backup}}
+    candidate_pin_sets:
+      next:
+        - {{sha256: "{ca.pin("primary")}", role: primary, label: leaf}}
+        - {{sha256: "{NEXT_BACKUP}", role: backup, label: next-backup}}
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], rollout_policy: Path) -> Settings:
+    return make_settings(
+        policy_file=rollout_policy,
+        admin_token=TOKEN,
+        rollout_min_devices=30,
+        rollout_max_would_fail_share=0.01,
+        rollout_min_group_devices=5,
+        rollout_surprise_min_networks=3,
+        rollout_max_interception_share=0.1,
+    )
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    store = Store.from_settings(settings)
+    await store.migrate(settings)
+    yield store
+    await store.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+    await store.close()
+
+
+@pytest.fixture
+async def api(settings: Settings, store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    app = FastAPI()
+    app.state.settings, app.state.store = settings, store
+    app.state.policy = load_policy(settings.policy_file)
+    app.include_router(router)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://consumer") as client:
+        yield client
+
+
+async def store_traffic(store: Store, settings: Settings, traffic: Traffic) -> None:
+    """Rows as the consumer classifies them: device hashed, client network truncated, leaf pin,
+    cause; full chains of failing reports kept as evidence."""
+    hasher = DeviceHasher(settings.device_hash_key)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    reports, evidence = [], []
+    for offset, s in enumerate(traffic.sent):
+        row = {
+            "id": s.report_id,
+            "received_at": now,
+            "event_at": None,
+            "sent_at": None,
+            "app_id": TEST_APP,
+            "app_version": s.app_version,
+            "platform": s.platform,
+            "os_version": "18.1",
+            "device": hasher(s.device),
+            "network": "wifi",
+            "client_network": s.prefix,
+            "host": TEST_HOST,
+            "policy_host": TEST_HOST,
+            "port": 443,
+            "kind": "pin_validation",
+            "format": "native",
+            "result": s.result,
+            "pin_match": {
+                traffic.ca.pin("primary"): "primary",
+                traffic.ca.pin("backup"): "backup",
+            }.get(s.leaf_pin, "none"),
+            "enforced": 0,
+            "phase": "report_only",
+            "cause": s.cause,
+            "observed_pins": s.chain.pins,
+            "client_pins": [],
+            "client_pins_consistent": 1,
+            "leaf_pin": s.leaf_pin,
+            "chain_public_root": int(s.cause != "interception_suspected"),
+            "error": "",
+            "detail": "",
+            "count": s.count,
+            "kafka_topic": settings.kafka_topic,
+            "kafka_partition": 0,
+            "kafka_offset": offset,
+        }
+        reports.append([row[c] for c in REPORT_COLUMN_NAMES])
+        if s.result != "ok":
+            ev = {
+                **row,
+                "hour": now.replace(minute=0, second=0, microsecond=0),
+                "report_id": s.report_id,
+                "served_chain": s.chain.b64,
+                "raw": "",
+            }
+            evidence.append([ev[c] for c in EVIDENCE_COLUMN_NAMES])
+    await store.insert("reports", reports, REPORT_COLUMN_NAMES)
+    await store.insert("evidence", evidence, EVIDENCE_COLUMN_NAMES)
+
+
+async def ask(api: httpx.AsyncClient, **params: Any) -> dict:
+    response = await api.get(
+        f"/v1/rollout/{TEST_HOST}",
+        params={"since": "1h", **params},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def same(got: list[dict], want: list[dict]) -> bool:
+    """Lists of slices equal, shares compared as floats."""
+    return len(got) == len(want) and all(
+        g == pytest.approx(w) for g, w in zip(got, want, strict=False)
+    )
+
+
+def check_numbers(answer: dict, traffic: Traffic, candidates: list[str], roles: dict) -> None:
+    sent = traffic.sent
+    assert answer["reports"] == sum(s.count for s in sent)
+    assert answer["devices"] == traffic.devices(sent)
+    assert answer["networks"] == len({s.prefix for s in sent})
+    assert answer["would_fail"] == pytest.approx(traffic.expected_slice(sent, candidates))
+    assert same(answer["by_app_version"], traffic.expected_by("app_version", candidates))
+    assert same(answer["by_platform"], traffic.expected_by("platform", candidates))
+    assert same(answer["by_network"], traffic.expected_networks(candidates))
+    pins = {p["pin"]: p for p in answer["pins"]}
+    expected = traffic.expected_pins(roles)
+    assert set(pins) == set(expected)
+    for pin, want in expected.items():
+        got = {k: pins[pin][k] for k in want}
+        assert got == pytest.approx(want), pin
+
+
+def current_roles(ca: CertificateAuthority) -> dict[str, str]:
+    return {ca.pin("primary"): "primary", ca.pin("backup"): "backup"}
+
+
+async def test_clean_rollout_is_ready(
+    api: httpx.AsyncClient, store: Store, settings: Settings, ca: CertificateAuthority
+) -> None:
+    traffic = Traffic.clean(ca)
+    await store_traffic(store, settings, traffic)
+    answer = await ask(api)
+    check_numbers(answer, traffic, [ca.pin("primary"), ca.pin("backup")], current_roles(ca))
+    assert answer["verdict"] == {"ready": True, "reasons": []}
+    assert answer["method"] == "rollup"
+    assert answer["unobserved_candidates"] == [ca.pin("backup")]
+    assert answer["surprise_pins"] == []
+    proxy = next(p for p in answer["pins"] if p["pin"] == ca.pin("proxy"))
+    assert proxy["interception"] and proxy["role"] == "none"
+    # Filters narrow every number to the slice asked for.
+    ios = await ask(api, platform="ios", app_version="5.2.0")
+    only = [s for s in traffic.sent if s.platform == "ios" and s.app_version == "5.2.0"]
+    assert ios["filters"] == {"app_version": "5.2.0", "platform": "ios"}
+    assert ios["reports"] == sum(s.count for s in only)
+    assert ios["devices"] == traffic.devices(only)
+
+
+async def test_surprise_edge_chain_is_not_ready(
+    api: httpx.AsyncClient, store: Store, settings: Settings, ca: CertificateAuthority
+) -> None:
+    traffic = Traffic.clean(ca).with_surprise_edge()
+    await store_traffic(store, settings, traffic)
+    answer = await ask(api)
+    check_numbers(answer, traffic, [ca.pin("primary"), ca.pin("backup")], current_roles(ca))
+    rotated = ca.pin("rotated")
+    [surprise] = answer["surprise_pins"]
+    assert (surprise["pin"], surprise["devices"], surprise["networks"]) == (rotated, 6, 3)
+    assert surprise["reports"] == 12
+    assert 1 <= len(surprise["evidence"]) <= settings.rollout_evidence_samples
+    sample = surprise["evidence"][0]
+    assert sample["root"] == "public"
+    assert [c["subject"] for c in sample["certificates"]] == [
+        f"CN={TEST_HOST}",
+        "CN=pinwatch Test Issuing CA",
+        "CN=pinwatch Test Public Root CA",
+    ]
+    assert sample["certificates"][0]["issuer"] == "CN=pinwatch Test Issuing CA"
+    assert sample["certificates"][0]["pin"] == rotated
+    assert sample["certificates"][0]["not_after"] == "2035-12-30T00:00:00Z"
+    verdict = answer["verdict"]
+    assert not verdict["ready"]
+    codes = {(r["code"], r["subject"]) for r in verdict["reasons"]}
+    assert ("would_fail_share", "") in codes
+    assert ("surprise_pin", rotated) in codes
+    # 6 of 44 devices: every version and platform carries some of the edge's devices.
+    assert {s for c, s in codes if c == "group_would_fail"} == {
+        "app version=5.0.0",
+        "app version=5.1.0",
+        "app version=5.2.0",
+        "platform=ios",
+        "platform=android",
+    }
+    assert "too_few_devices" not in {c for c, _ in codes}
+
+
+async def test_candidate_pin_set_that_strands_an_app_version(
+    api: httpx.AsyncClient, store: Store, settings: Settings, ca: CertificateAuthority
+) -> None:
+    traffic = Traffic.clean(ca, version_5_0_on_backup=True)
+    await store_traffic(store, settings, traffic)
+    today = await ask(api)
+    assert today["verdict"]["ready"] is True  # the current set keeps the backup: all pass
+    answer = await ask(api, pin_set="next")
+    candidates = [ca.pin("primary"), NEXT_BACKUP]
+    check_numbers(answer, traffic, candidates, {ca.pin("primary"): "primary"})
+    assert answer["pin_set"]["name"] == "next"
+    assert answer["unobserved_candidates"] == [NEXT_BACKUP]
+    v50 = next(s for s in answer["by_app_version"] if s["value"] == "5.0.0")
+    assert v50["would_fail_share"] == 1.0 and v50["would_fail_devices"] == 12
+    reasons = answer["verdict"]["reasons"]
+    assert not answer["verdict"]["ready"]
+    # Only release 5.0.0 is stranded; both platforms carry a third of its devices.
+    assert [r["subject"] for r in reasons if r["code"] == "group_would_fail"] == [
+        "app version=5.0.0",
+        "platform=android",
+        "platform=ios",
+    ]
+    assert any(r["code"] == "would_fail_share" for r in reasons)
+    # The backup key is served from a public chain the set no longer pins: a surprise pin too.
+    assert [s["pin"] for s in answer["surprise_pins"]] == [ca.pin("backup")]
+    # The same question by hand (pin=) gives the same answer.
+    by_hand = await ask(api, pin=[ca.pin("primary"), f"backup:{NEXT_BACKUP}"])
+    assert by_hand["would_fail"] == answer["would_fail"]
+    assert by_hand["by_app_version"] == answer["by_app_version"]
+
+
+async def test_candidate_pinning_the_intermediate_reads_full_chains(
+    api: httpx.AsyncClient, store: Store, settings: Settings, ca: CertificateAuthority
+) -> None:
+    """Pin the issuing CA's key: a chain passes whatever its leaf, so the rollup's leaf pins
+    cannot decide and the answer must come from the raw table's observed pins."""
+    traffic = Traffic.clean(ca).with_surprise_edge()
+    await store_traffic(store, settings, traffic)
+    intermediate = ca.pin("intermediate")
+    answer = await ask(api, pin=[intermediate, f"backup:{NEXT_BACKUP}"])
+    assert answer["method"] == "raw"
+    check_numbers(
+        answer,
+        traffic,
+        [intermediate, NEXT_BACKUP],
+        {ca.pin("primary"): "primary", ca.pin("rotated"): "primary"},
+    )
+    assert answer["surprise_pins"] == []
+    assert answer["would_fail"]["would_fail_devices"] == 0
+
+
+async def test_admin_token_is_required(api: httpx.AsyncClient) -> None:
+    url = f"/v1/rollout/{TEST_HOST}"
+    missing = await api.get(url)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = await api.get(url, headers={"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "message"),
+    [
+        ({"since": "yesterday"}, 400, "since: 'yesterday' is neither a duration"),
+        ({"pin": "abc"}, 400, "pin: 'abc' is not a base64 SHA-256 SPKI pin"),
+        ({"pin_set": "later"}, 400, "pin_set: 'later' is not a pin set"),
+    ],
+)
+async def test_bad_questions_are_named(
+    api: httpx.AsyncClient, params: dict, status: int, message: str
+) -> None:
+    response = await api.get(
+        f"/v1/rollout/{TEST_HOST}", params=params, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert response.status_code == status
+    assert response.json()["detail"].startswith(message)
+
+
+async def test_unknown_host_needs_pins(api: httpx.AsyncClient) -> None:
+    response = await api.get(
+        "/v1/rollout/elsewhere.example", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert response.status_code == 404
+    assert "not in the pin policy" in response.json()["detail"]
