@@ -1,0 +1,228 @@
+"""Pinning overview: the on-call engineer's first screen after a page.
+
+Answers, per app and host: are pins failing now, for how many devices, rotation or
+interception, is it pin failures or just the network, which app versions and platforms, and
+which pin (primary, backup, none) clients match.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+from dashboards.common import (
+    ALERTS_SELECTOR,
+    APP_HOST,
+    graph,
+    grid,
+    prometheus_dashboard,
+    promql,
+    row,
+    runbook_link,
+    single_stat,
+)
+
+UID = "pinwatch-overview"
+TITLE = "pinwatch / Pinning overview"
+
+VALIDATIONS = "pinwatch_pin_validations_total"
+RATE = "[$__rate_interval]"
+
+
+def _rate(selector: str, by: str) -> str:
+    total = f"sum by ({by})" if by else "sum"
+    return f"{total} (rate({VALIDATIONS}{{{selector}}}{RATE}))"
+
+
+def failure_share(by: str, extra: str = "") -> str:
+    """Share of pin validations that failed (pin_mismatch or chain_invalid). Numerator and
+    denominator are aggregated separately and then divided, so a ratio is never averaged."""
+    selector = APP_HOST + extra
+    failed = _rate(selector + ', result!="ok"', by)
+    total = _rate(selector, by)
+    return f"{failed}\n/\n{total}"
+
+
+def build(runbook_url: str):
+    rb = runbook_url
+    d = prometheus_dashboard(
+        UID,
+        TITLE,
+        "On-call view of TLS pin validation: failure share, failing devices by cause, pin "
+        "failures apart from network errors, pin match, active alerts.",
+        rb,
+    )
+
+    d = (
+        d.with_row(row(100, "Now"))
+        .with_panel(
+            single_stat(
+                1,
+                "Enforced pin failure share",
+                "Share of enforced pin validations that failed (no pin matched, or the chain "
+                "was invalid) over the rate window: the share of users who lose the API now.",
+                "percentunit",
+                [promql(failure_share("", ', enforced="true"'))],
+                thresholds=[(None, "green"), (0.01, "orange"), (0.05, "red")],
+                links=[runbook_link(rb, "Runbook: failure rate", "pinwatchpinfailureratehigh")],
+            )
+        )
+        .with_panel(
+            single_stat(
+                2,
+                "Devices failing pins (5m)",
+                "Distinct devices with a pin failure in the last 5 minutes, all causes "
+                "(pinwatch_failing_devices, counted in ClickHouse by the consumer).",
+                "short",
+                [promql(f"sum(pinwatch_failing_devices{{{APP_HOST}}})")],
+                thresholds=[(None, "green"), (1, "orange"), (50, "red")],
+            )
+        )
+        .with_panel(
+            single_stat(
+                3,
+                "Networks failing pins (5m)",
+                "Distinct client network prefixes with a pin failure in the last 5 minutes. "
+                "Many networks point to a rotation; one or two to interception.",
+                "short",
+                [promql(f"sum(pinwatch_failing_networks{{{APP_HOST}}})")],
+                thresholds=[(None, "green"), (1, "orange"), (10, "red")],
+            )
+        )
+        .with_panel(
+            single_stat(
+                4,
+                "Firing pinwatch alerts",
+                "Number of pinwatch alerts firing now (Prometheus ALERTS series). 0 is good.",
+                "short",
+                [promql(f'count(ALERTS{{alertstate="firing", {ALERTS_SELECTOR}}}) or vector(0)')],
+                thresholds=[(None, "green"), (1, "red")],
+                links=[runbook_link(rb)],
+            )
+        )
+        .with_row(row(101, "Pin failures"))
+        .with_panel(
+            graph(
+                5,
+                "Pin failure share per host",
+                "Per host: failed enforced pin validations / all enforced pin validations. "
+                "A step up on one host right after a certificate change is a rotation breaking "
+                "pinning.",
+                "percentunit",
+                [promql(failure_share("host", ', enforced="true"'), "{{host}}")],
+                links=[runbook_link(rb, "Runbook: rotation breakage", "pinwatchrotationbreakage")],
+            )
+        )
+        .with_panel(
+            graph(
+                6,
+                "Failing devices by cause",
+                "Distinct devices failing pins in the last 5 minutes, by cause: "
+                "rotation_suspected (publicly trusted chain with unpinned keys: page), "
+                "interception_suspected (private root, e.g. a TLS-inspecting proxy: ticket), "
+                "unknown.",
+                "short",
+                [
+                    promql(
+                        f"sum by (host, cause) (pinwatch_failing_devices{{{APP_HOST}}})",
+                        "{{host}} {{cause}}",
+                    )
+                ],
+                links=[
+                    runbook_link(
+                        rb, "Runbook: interception suspected", "pinwatchinterceptionsuspected"
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            graph(
+                7,
+                "Pin failures by result and cause",
+                "Pin validation failures per second (each report weighted by its count), by "
+                "result and cause. Network errors are on the panel to the right, never here.",
+                "cps",
+                [
+                    promql(
+                        _rate(APP_HOST + ', result!="ok"', "result, cause, enforced"),
+                        "{{result}} {{cause}} enforced={{enforced}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            graph(
+                8,
+                "Network errors by category",
+                "Network errors per second reported by apps (dns, tcp, tls, http, timeout, "
+                "other). Kept apart from pin failures: a network outage is not a pinning problem.",
+                "cps",
+                [
+                    promql(
+                        "sum by (category) (rate(pinwatch_network_errors_total"
+                        f"{{{APP_HOST}}}{RATE}))",
+                        "{{category}}",
+                    )
+                ],
+            )
+        )
+        .with_row(row(102, "Who is affected"))
+        .with_panel(
+            graph(
+                9,
+                "Pin failure share by app version",
+                "Failed / all pin validations per app version (enforced and report-only). "
+                "Versions beyond the most recent few per app fold into `other`.",
+                "percentunit",
+                [promql(failure_share("app, app_version"), "{{app}} {{app_version}}")],
+            )
+        )
+        .with_panel(
+            graph(
+                10,
+                "Pin failure share by platform",
+                "Failed / all pin validations per platform (ios, android, web, ...).",
+                "percentunit",
+                [promql(failure_share("platform"), "{{platform}}")],
+            )
+        )
+        .with_row(row(103, "Pins"))
+        .with_panel(
+            graph(
+                11,
+                "Pin match over time",
+                "Pin validations per second by which pin of the host's set matched: primary "
+                "(normal), backup (the backup key is now served: plan a new backup), none (no "
+                "pin matched: failure). Chain-invalid reports carry no pin match.",
+                "cps",
+                [
+                    promql(
+                        _rate(APP_HOST + ', pin_match!=""', "pin_match"),
+                        "{{pin_match}}",
+                    )
+                ],
+                stacked=True,
+                links=[runbook_link(rb, "Runbook: backup pin served", "pinwatchbackuppinserved")],
+            )
+        )
+        .with_panel(
+            grid(
+                12,
+                "Active pinwatch alerts",
+                "pinwatch alerts firing or pending now, with their labels. Severity page goes "
+                "to on-call, ticket and info elsewhere; each alert's runbook_url points into "
+                "docs/runbook.md.",
+                "none",
+                [
+                    promql(
+                        f'ALERTS{{alertstate=~"firing|pending", {ALERTS_SELECTOR}}}',
+                        "{{alertname}}",
+                        instant=True,
+                    ).format(PromQueryFormat.TABLE)
+                ],
+                source="prometheus",
+                hide_columns=("Time", "Value", "__name__"),
+                links=[runbook_link(rb)],
+            )
+        )
+    )
+    return d

@@ -1,0 +1,252 @@
+"""Pipeline health: is every report that apps send getting from ingest through Kafka into
+ClickHouse, and how fast? The view behind the "pipeline down or stalled" page."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.models import dashboard as dm
+
+from dashboards.common import (
+    APP_HOST,
+    graph,
+    prometheus_dashboard,
+    promql,
+    row,
+    runbook_link,
+    single_stat,
+)
+
+UID = "pinwatch-pipeline"
+TITLE = "pinwatch / Pipeline health"
+RATE = "[$__rate_interval]"
+
+
+def _quantile(q: float, histogram: str) -> str:
+    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket{RATE})))"
+
+
+def _paused_mapping() -> dm.ValueMap:
+    return dm.ValueMap(
+        options={
+            "0": dm.ValueMappingResult(text="consuming", color="green", index=0),
+            "1": dm.ValueMappingResult(text="paused (backpressure)", color="orange", index=1),
+        }
+    )
+
+
+def build(runbook_url: str):
+    rb = runbook_url
+    stalled = runbook_link(rb, "Runbook: pipeline down or stalled", "pinwatchpipelinestalled")
+    d = prometheus_dashboard(
+        UID,
+        TITLE,
+        "Ingest, Kafka and consumer health: requests, rejections, produce latency and errors, "
+        "consumer lag, insert latency, dead letters, time since the last insert.",
+        rb,
+    )
+
+    d = (
+        d.with_row(row(100, "Now"))
+        .with_panel(
+            single_stat(
+                1,
+                "Time since last insert",
+                "Seconds since the consumer last wrote a batch to ClickHouse. Grows without "
+                "bound when the consumer or ClickHouse is down, or no report arrives at all.",
+                "s",
+                [promql("time() - max(pinwatch_consumer_last_insert_timestamp_seconds)")],
+                thresholds=[(None, "green"), (120, "orange"), (600, "red")],
+                links=[stalled],
+            )
+        )
+        .with_panel(
+            single_stat(
+                2,
+                "Consumer lag",
+                "Records on Kafka not yet consumed, summed over partitions.",
+                "short",
+                [promql("sum(pinwatch_consumer_lag)")],
+                thresholds=[(None, "green"), (10000, "orange"), (100000, "red")],
+                links=[stalled],
+            )
+        )
+        .with_panel(
+            single_stat(
+                3,
+                "Consumer state",
+                "Whether the consumer is paused: it pauses its partitions while ClickHouse "
+                "inserts back up, instead of buffering without bound.",
+                "none",
+                [promql("max(pinwatch_consumer_paused)")],
+                mappings=[_paused_mapping()],
+            )
+        )
+        .with_panel(
+            single_stat(
+                4,
+                "Accepted reports",
+                "Reports per second that ingest acknowledged (only after Kafka had them).",
+                "cps",
+                [promql(f"sum(rate(pinwatch_ingest_reports_total{RATE}))")],
+            )
+        )
+        .with_row(row(101, "Ingest"))
+        .with_panel(
+            graph(
+                5,
+                "Ingest requests by status",
+                "HTTP requests per second by response status and format. 202 accepted; 4xx "
+                "bad input or unknown key; 429/503 backpressure (Kafka slow or down).",
+                "reqps",
+                [
+                    promql(
+                        f"sum by (status, format) (rate(pinwatch_ingest_requests_total{RATE}))",
+                        "{{status}} {{format}}",
+                    )
+                ],
+                stacked=True,
+            )
+        )
+        .with_panel(
+            graph(
+                6,
+                "Rejected reports by reason",
+                "Reports per second refused at ingest, by format and reason (schema, size, "
+                "auth, ...). A jump after an app release points at a client bug.",
+                "cps",
+                [
+                    promql(
+                        f"sum by (format, reason) (rate(pinwatch_ingest_rejected_total{RATE}))",
+                        "{{format}} {{reason}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            graph(
+                7,
+                "Kafka produce latency",
+                "Time from handing a batch to the Kafka producer to its acknowledgement; the "
+                "ingest request waits for it before answering 202.",
+                "s",
+                [
+                    promql(_quantile(0.5, "pinwatch_ingest_produce_seconds"), "p50", "A"),
+                    promql(_quantile(0.99, "pinwatch_ingest_produce_seconds"), "p99", "B"),
+                ],
+            )
+        )
+        .with_panel(
+            graph(
+                8,
+                "Kafka produce errors",
+                "Failed produce attempts per second by reason. Each one answered 503 with "
+                "Retry-After, so the app retries; nothing was acknowledged. Empty is healthy.",
+                "cps",
+                [
+                    promql(
+                        f"sum by (reason) (rate(pinwatch_ingest_produce_errors_total{RATE}))",
+                        "{{reason}}",
+                    )
+                ],
+                links=[stalled],
+            )
+        )
+        .with_row(row(102, "Consumer"))
+        .with_panel(
+            graph(
+                9,
+                "Consumer lag by partition",
+                "Records behind the end of each partition. Steady growth means the consumer "
+                "cannot keep up or is stuck.",
+                "short",
+                [
+                    promql(
+                        "sum by (topic, partition) (pinwatch_consumer_lag)",
+                        "{{topic}}/{{partition}}",
+                    )
+                ],
+                links=[stalled],
+            )
+        )
+        .with_panel(
+            graph(
+                10,
+                "Consumed and inserted",
+                "Kafka records consumed per second, and reports inserted into ClickHouse per "
+                "second by kind. Inserted falling behind consumed means inserts are failing.",
+                "cps",
+                [
+                    promql(
+                        f"sum(rate(pinwatch_consumer_consumed_records_total{RATE}))",
+                        "consumed records",
+                        "A",
+                    ),
+                    promql(
+                        f"sum by (kind) (rate(pinwatch_consumer_inserted_reports_total{RATE}))",
+                        "inserted {{kind}}",
+                        "B",
+                    ),
+                ],
+            )
+        )
+        .with_panel(
+            graph(
+                11,
+                "ClickHouse insert latency",
+                "Duration of one batch insert into ClickHouse.",
+                "s",
+                [
+                    promql(_quantile(0.5, "pinwatch_consumer_insert_seconds"), "p50", "A"),
+                    promql(_quantile(0.99, "pinwatch_consumer_insert_seconds"), "p99", "B"),
+                ],
+            )
+        )
+        .with_panel(
+            graph(
+                12,
+                "Insert errors and dead letters",
+                "Failed ClickHouse inserts per second (retried; offsets are committed only "
+                "after a successful insert), and records sent to the dead-letter topic per "
+                "second by reason (records the consumer can never process).",
+                "cps",
+                [
+                    promql(
+                        f"sum(rate(pinwatch_consumer_insert_errors_total{RATE}))",
+                        "insert errors",
+                        "A",
+                    ),
+                    promql(
+                        f"sum by (reason) (rate(pinwatch_consumer_dead_lettered_total{RATE}))",
+                        "dead-lettered {{reason}}",
+                        "B",
+                    ),
+                ],
+                links=[stalled],
+            )
+        )
+        .with_row(row(103, "Traffic by app"))
+        .with_panel(
+            graph(
+                13,
+                "Reports processed by app and host",
+                "Pin validation and network error reports per second after the consumer "
+                "classified them, for the selected apps and hosts.",
+                "cps",
+                [
+                    promql(
+                        "sum by (app, host) "
+                        f"(rate(pinwatch_pin_validations_total{{{APP_HOST}}}{RATE}))",
+                        "pin validations {{app}} {{host}}",
+                        "A",
+                    ),
+                    promql(
+                        "sum by (app, host) "
+                        f"(rate(pinwatch_network_errors_total{{{APP_HOST}}}{RATE}))",
+                        "network errors {{app}} {{host}}",
+                        "B",
+                    ),
+                ],
+                width=24,
+            )
+        )
+    )
+    return d
