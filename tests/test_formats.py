@@ -615,3 +615,19 @@ def test_wrong_shapes_anywhere_are_bad_reports_not_crashes(ca: CertificateAuthor
             parsed = nel.parse([mangled], context())
             outcomes["accepted" if parsed.records else "refused"] += 1
     assert outcomes["accepted"] > 0 and outcomes["refused"] > 0
+
+
+@pytest.mark.parametrize(
+    ("date_time", "event_at"),
+    [
+        (None, None),  # iOS writes NSNull when its formatter fails
+        ("1970-01-01T00:00:05Z", None),  # a device clock reset to the epoch
+        ("2026-11-18T08:20:01+0100", ms("2026-11-18T07:20:01+00:00")),
+        ("2026-11-18T08:20:01.250Z", ms("2026-11-18T08:20:01.250+00:00")),
+    ],
+)
+def test_trustkit_date_times(ca: CertificateAuthority, context, date_time, event_at):
+    report = trustkit_ios(TEST_HOST, ca.chain("rotated"), known_pins=[ca.pin("primary")])
+    report["date-time"] = date_time
+    record = one(trustkit.parse(report, context()))
+    assert (record.event_at_ms, record.received_at_ms) == (event_at, RECEIVED_MS)

@@ -19,6 +19,7 @@ from ingest.formats.base import BadReport
 # RFC 1123 labels, plus the characters IPv6 literals use; ports and paths are not hostnames.
 _HOSTNAME = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_-]{1,63}$")
 _IP_LITERAL = re.compile(r"^\[?[0-9a-f:.]+\]?$")
+_PLAUSIBLE = (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
 
 
 class Fields:
@@ -107,6 +108,10 @@ class Fields:
             raise BadReport(self.where(key), f"not an ISO 8601 date-time: {text[:40]!r}") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
+        if not _PLAUSIBLE[0] <= parsed < _PLAUSIBLE[1]:
+            # A device clock decades off says nothing about when the event happened (and would
+            # not fit a DateTime64); the report itself is still worth keeping.
+            return None
         return int(parsed.timestamp() * 1000)
 
 
