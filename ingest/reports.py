@@ -192,7 +192,24 @@ def report_router(path: ReportPath) -> APIRouter:
             responses=REPORT_RESPONSES,
             openapi_extra=_openapi_extra(spec, path.settings),
         )
+        # Browsers upload Reporting API (NEL) reports to another origin only after a CORS
+        # preflight answered 2xx with Allow-Origin and Allow-Headers (Chromium's
+        # ReportingUploader); otherwise the reports are silently dropped.
+        router.add_api_route(spec.path, _preflight, methods=["OPTIONS"], include_in_schema=False)
     return router
+
+
+# Report uploads carry no credentials, so any origin may send them.
+_PREFLIGHT_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST",
+    "Access-Control-Allow-Headers": "content-type, content-encoding, x-pinwatch-key",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+async def _preflight() -> Response:
+    return Response(status_code=204, headers=_PREFLIGHT_HEADERS)
 
 
 def _endpoint(path: ReportPath, spec: FormatSpec):  # noqa: ANN202 - FastAPI reads its signature

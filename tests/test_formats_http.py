@@ -267,3 +267,21 @@ async def test_mangled_reports_never_get_a_500(ingest: Any, ca: CertificateAutho
             statuses.add(response.status_code)
             assert response.status_code in (202, 400, 413), (key, value, response.text)
     assert {400, 202} <= statuses
+
+
+async def test_browsers_cors_preflight_is_answered(ingest: Any) -> None:
+    """Chrome sends NEL reports to a collector on another origin only after this preflight
+    succeeds (2xx, Allow-Origin * or the origin, Allow-Headers * or content-type)."""
+    running = await ingest()
+    response = await running.client.options(
+        "/v1/reports/nel",
+        params={"key": TEST_KEY},
+        headers={
+            "Origin": "https://shop.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert 200 <= response.status_code < 300
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "content-type" in response.headers["access-control-allow-headers"].split(", ")
