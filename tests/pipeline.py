@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -42,7 +42,7 @@ class Pipeline:
     consumer: Consumer | None
     ingest_url: str
     consumer_url: str
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    run_task: asyncio.Task[None] | None = None
 
     async def post(
         self,
@@ -90,6 +90,14 @@ class Pipeline:
             f"{rows} rows in ClickHouse and {self.committed_reports()} committed after "
             f"{timeout}s; waited for {n_reports}"
         )
+
+    async def wait_consumer_stopped(self, seconds: float) -> None:
+        """Until the consumer's run ends by itself (e.g. the dead-letter limit); its exception
+        stays on `consumer.fatal`."""
+        assert self.run_task is not None, "no consumer in this pipeline"
+        done, _ = await asyncio.wait({self.run_task}, timeout=seconds)
+        if not done:
+            raise AssertionError(f"consumer still running after {seconds}s")
 
     async def metrics_text(self) -> str:
         async with httpx.AsyncClient(base_url=self.consumer_url, timeout=10) as client:
@@ -153,7 +161,7 @@ async def run_pipeline(
         api = create_api(settings, store, consumer=engine)
         server, task, consumer_url = await _serve(api, lifespan="off")
         servers.append((server, task))
-        yield Pipeline(settings, store, engine, ingest_url, consumer_url)
+        yield Pipeline(settings, store, engine, ingest_url, consumer_url, run_task)
     finally:
         if engine is not None and run_task is not None:
             engine.stop()
