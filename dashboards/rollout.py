@@ -42,8 +42,14 @@ EVIDENCE_HOST_FILTER = (
 )
 
 
+# A rollup row stands for its whole minute: keep the minute the range starts in, which
+# $__timeFilter(minute) would drop.
+MINUTES_IN_RANGE = "minute >= toStartOfMinute($__fromTime) AND minute <= $__toTime"
+
+
 def _scope(time_column: str, *conditions: str) -> str:
-    lines = [f"WHERE $__timeFilter({time_column})", *conditions, APP_FILTER, HOST_FILTER]
+    window = MINUTES_IN_RANGE if time_column == "minute" else f"$__timeFilter({time_column})"
+    lines = [f"WHERE {window}", *conditions, APP_FILTER, HOST_FILTER]
     return "\n      AND ".join(lines)
 
 
@@ -81,9 +87,9 @@ def variables():
         clickhouse_label_variable(
             "app",
             "App",
-            """
-            SELECT DISTINCT app_id FROM ${database}.rollup_minute
-            WHERE $__timeFilter(minute) ORDER BY app_id
+            f"""
+            SELECT DISTINCT app_id FROM ${{database}}.rollup_minute
+            WHERE {MINUTES_IN_RANGE} ORDER BY app_id
             """.strip(),
             "App id as in the pin policy.",
         ),
@@ -92,7 +98,7 @@ def variables():
             "Host",
             f"""
             SELECT DISTINCT policy_host FROM ${{database}}.rollup_minute
-            WHERE $__timeFilter(minute) AND policy_host != '' AND {APP_FILTER}
+            WHERE {MINUTES_IN_RANGE} AND policy_host != '' AND {APP_FILTER}
             ORDER BY policy_host
             """.strip(),
             "Policy host entry (covers its subdomains when the policy says so).",
