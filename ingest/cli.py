@@ -38,21 +38,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     host = args.host or settings.ingest_host
     port = args.port or settings.ingest_port
-    app = create_app(settings, policy=policy)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,  # keep pinwatch's structured logging
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.kafka_produce_timeout_seconds) + 1,
-    )
-    server = uvicorn.Server(config)
+    server: uvicorn.Server | None = None
+
+    async def serve() -> None:
+        nonlocal server
+        # create_app makes the aiokafka producer, which must be created in the running loop.
+        app = create_app(settings, policy=policy)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,  # keep pinwatch's structured logging
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=int(settings.kafka_produce_timeout_seconds) + 1,
+        )
+        server = uvicorn.Server(config)
+        await server.serve()
+
     event(log, "ingest_listening", url=f"http://{host}:{port}", policy=str(settings.policy_file))
     try:
-        asyncio.run(server.serve())
+        asyncio.run(serve())
     except KeyboardInterrupt:
         pass
     # uvicorn reports a failed startup (e.g. Kafka unreachable) by not having started
-    return 0 if server.started else 1
+    return 0 if server is not None and server.started else 1
