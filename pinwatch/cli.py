@@ -12,6 +12,7 @@ from pathlib import Path
 # name -> module implementing it. Keep alphabetical; modules are imported only when used.
 COMMANDS: dict[str, str] = {
     "consume": "consumers.cli",
+    "demo": "pinwatch.cmd_demo",
     "ingest": "ingest.cli",
     "kafka": "pinwatch.cmd_kafka",
     "migrate": "consumers.cmd_migrate",
@@ -19,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "rollout": "consumers.rollout.cli",
     "settings": "pinwatch.cmd_settings",
     "simulate": "pinwatch.cmd_simulate",
+    "up": "pinwatch.cmd_up",
 }
 
 

@@ -273,7 +273,7 @@ def trustkit_requests(
             "app-platform-version": device.os_version,
             "trustkit-version": "3.0.4",
             "hostname": o.target.host,
-            "port": 443,
+            "port": 0,  # TrustKit never learns the port and always sends 0
             "noted-hostname": o.target.host,
             "include-subdomains": False,
             "enforce-pinning": o.target.enforced,
@@ -308,7 +308,9 @@ def nel_requests(
         return {
             "age": rng.randint(0, 2000),
             "type": "network-error",
-            "url": f"https://{host}/v1/feed",
+            # A resource id per request, as real API URLs have: ingest derives NEL report ids
+            # from the content, and identical reports from one network in one minute are one.
+            "url": f"https://{host}/v1/items/{rng.getrandbits(40)}",
             "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0 Safari/537.36",
             "body": {
                 "sampling_fraction": 1.0,
@@ -326,7 +328,7 @@ def nel_requests(
     for o in outcomes:
         for category, count in o.errors.items():
             phase = _NEL_PHASE.get(category, "connection")
-            one = Counter({f"error:{category}": 1, "reports": 1})
+            one = Counter({f"error:{_nel_category(category)}": 1, "reports": 1})
             items.extend((nel(o.target.host, category, phase, 0), one) for _ in range(count))
         if o.result is None or not o.validations:
             continue
@@ -346,6 +348,12 @@ def nel_requests(
         )
         for chunk in _chunks(items)
     ]
+
+
+def _nel_category(category: str) -> str:
+    """The category ingest files a NEL type under: its prefix (tcp.timed_out is tcp)."""
+    prefix = _NEL_TYPE[category].split(".", 1)[0]
+    return prefix if prefix in {"dns", "tcp", "tls", "http"} else "other"
 
 
 def _chunks(items: list[T], size: int = MAX_REPORTS_PER_REQUEST) -> list[list[T]]:

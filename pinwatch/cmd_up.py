@@ -1,0 +1,82 @@
+"""`pinwatch up`: the whole pipeline on this machine, left running until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from pinwatch.settings import Settings
+from pinwatch.stack import (
+    Stack,
+    StackError,
+    StackOptions,
+    quiet_progress_loggers,
+    terminate_on_sigterm,
+)
+
+HELP = "run the whole local stack (Kafka, ingest, consumer, Prometheus, Alertmanager) until Ctrl-C"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=5.0,
+        help="Prometheus scrape and rule evaluation interval, seconds (default 5)",
+    )
+    parser.add_argument(
+        "--kafka-bootstrap",
+        default=None,
+        help="use this running broker instead of the settings' (started when not running)",
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    quiet_progress_loggers()
+    stack = Stack(
+        settings,
+        StackOptions(
+            data_dir=settings.data_dir,
+            kafka_bootstrap=args.kafka_bootstrap,
+            scrape_interval=args.scrape_interval,
+            evaluation_interval=args.scrape_interval,
+        ),
+        say=lambda line: print(line, flush=True),
+    )
+    print(f"pinwatch up: starting the local stack (data in {stack.config.data_dir})", flush=True)
+    with terminate_on_sigterm():
+        try:
+            stack.start()
+            print(ready_text(stack), flush=True)
+            while True:
+                stack.check()
+                time.sleep(1.0)
+        except StackError as exc:
+            print(f"pinwatch up: {exc}", file=sys.stderr, flush=True)
+            return 1
+        except KeyboardInterrupt:
+            print("\npinwatch up: stopping", flush=True)
+        finally:
+            stack.stop()
+    return 0
+
+
+def ready_text(stack: Stack) -> str:
+    urls = "\n".join(f"  {name:<17} {url}" for name, url in stack.urls().items())
+    cfg = stack.config
+    return f"""
+pinwatch is up.
+{urls}
+  logs              {stack.logs_dir}/ (ingest.log, consumer.log), Kafka {cfg.data_dir}/kafka/
+
+Send traffic from a second terminal (same settings, e.g. the same PINWATCH_* variables):
+  pinwatch simulate steady --duration 120
+  pinwatch simulate unplanned_rotation --duration 300 --change-after 60
+
+Grafana: add a Prometheus data source at {stack.prometheus_url}, then import the dashboards
+in dashboards/json/ (deploy/grafana/ provisions both for the Docker Compose stack; point its
+Prometheus data source URL at {stack.prometheus_url}).
+
+Pages print here as Alertmanager delivers them. Ctrl-C stops everything.
+"""

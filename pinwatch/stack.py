@@ -1,0 +1,551 @@
+"""The whole pipeline on this machine, as child processes of one supervisor: what `pinwatch up`
+leaves running and what `pinwatch demo` plays an incident against.
+
+Started in order, each waited for until it is really ready (not merely running): the local
+Kafka broker (pinwatch.localkafka), `pinwatch migrate`, `pinwatch ingest`, `pinwatch consume`,
+a small webhook listener in this process that prints the pages it receives, Alertmanager
+(routing to that listener) and Prometheus (scraping ingest and consumer, evaluating the shipped
+rules; both through pinwatch.monitoring). A component that fails to start raises `StackError`
+naming it, why, and its log. `stop()` takes everything down in reverse order, each child as a
+whole process group, so no process outlives the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import certifi
+import httpx
+
+from pinwatch.localkafka import KafkaError, LocalKafka, free_port, port_open
+from pinwatch.logs import event
+from pinwatch.monitoring import (
+    CONSUMER_JOB,
+    INGEST_JOB,
+    LocalAlertmanager,
+    LocalPrometheus,
+    MonitoringError,
+)
+from pinwatch.settings import Settings
+
+log = logging.getLogger("pinwatch.stack")
+
+REPO = Path(__file__).resolve().parent.parent
+Say = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    def __init__(self, component: str, why: str, log_path: Path | None = None) -> None:
+        where = f"\n  log: {log_path}" if log_path else ""
+        tail = _tail(log_path) if log_path else ""
+        super().__init__(
+            f"{component} failed to start: {why}{where}" + (f"\n{tail}" if tail else "")
+        )
+        self.component = component
+        self.log_path = log_path
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """How the stack runs. `up` keeps the settings' ports; the demo asks for free ones and its
+    own data directory, so it never collides with a running development stack."""
+
+    data_dir: Path
+    fresh: bool = False  # wipe data_dir first (the demo: counts start at zero)
+    free_ports: bool = False
+    kafka_bootstrap: str | None = None  # use this broker instead of starting one
+    scrape_interval: float = 5.0
+    evaluation_interval: float = 5.0
+    group_wait: float = 5.0  # Alertmanager: wait this long to batch a new alert group
+    ready_timeout: float = 90.0
+
+
+@dataclass
+class Page:
+    received_at: float  # time.time()
+    path: str  # /page (severity page) or /notify (tickets, info)
+    payload: dict[str, Any]
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(self.payload.get("alerts", []))
+
+    @property
+    def alertname(self) -> str:
+        labels = self.payload.get("commonLabels") or {}
+        return str(labels.get("alertname") or "")
+
+    def describe(self) -> str:
+        lines = []
+        kind = "PAGE" if self.path == "/page" else "notification"
+        for alert in self.alerts:
+            labels, notes = alert.get("labels", {}), alert.get("annotations", {})
+            where = " ".join(f"{k}={labels[k]}" for k in ("app", "host", "cause") if labels.get(k))
+            lines.append(
+                f"{kind} [{alert.get('status', '?')}] {labels.get('alertname', '?')} "
+                f"({labels.get('severity', '?')}) {where}: {notes.get('summary', '')}"
+                + (f"\n    runbook: {notes['runbook_url']}" if notes.get("runbook_url") else "")
+            )
+        return "\n".join(lines)
+
+
+class PageReceiver:
+    """The on-call end of Alertmanager: a loopback webhook that prints and keeps what it gets.
+    Alertmanager posts severity=page groups to /page and everything else to /notify."""
+
+    def __init__(self, port: int, say: Say) -> None:
+        self.port = port
+        self.say = say
+        self.received: list[Page] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = min(int(self.headers.get("Content-Length") or 0), 1_048_576)
+                try:
+                    payload = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                page = Page(time.time(), self.path, payload)
+                with receiver._lock:
+                    receiver.received.append(page)
+                receiver.say(page.describe())
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the stack prints pages itself; no access log
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def pages(self, status: str = "firing") -> list[Page]:
+        with self._lock:
+            return [
+                p
+                for p in self.received
+                if p.path == "/page" and any(a.get("status") == status for a in p.alerts)
+            ]
+
+
+def alertmanager_config(receiver_url: str, group_wait: float) -> str:
+    """Route severity=page to the local pager, everything else to the local notifier."""
+    wait = f"{max(1, round(group_wait))}s"
+    config = {
+        "route": {
+            "receiver": "local-notify",
+            "group_by": ["alertname", "app", "host"],
+            "group_wait": wait,
+            "group_interval": "30s",
+            "repeat_interval": "4h",
+            "routes": [{"matchers": ['severity="page"'], "receiver": "local-pager"}],
+        },
+        "receivers": [
+            {
+                "name": "local-pager",
+                "webhook_configs": [{"url": f"{receiver_url}/page", "send_resolved": True}],
+            },
+            {
+                "name": "local-notify",
+                "webhook_configs": [{"url": f"{receiver_url}/notify", "send_resolved": True}],
+            },
+        ],
+    }
+    return json.dumps(config, indent=2)  # JSON is YAML
+
+
+class ChildCommand:
+    """A `pinwatch` subcommand as a child process in its own process group, logging to a file."""
+
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], log_path: Path, ready_url: str = ""
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.ready_url = ready_url
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pinwatch.cli", *self.argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=REPO,
+                start_new_session=True,
+            )
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def wait_ready(self, timeout: float, progress: Callable[[float], None]) -> None:
+        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        last = started
+        while time.monotonic() < deadline:
+            code = self.exited()
+            if code is not None:
+                raise StackError(self.name, f"exited with status {code}", self.log_path)
+            try:
+                if httpx.get(self.ready_url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - last >= 5:
+                last = time.monotonic()
+                progress(last - started)
+            time.sleep(0.2)
+        raise StackError(
+            self.name, f"not ready after {timeout:.0f}s ({self.ready_url})", self.log_path
+        )
+
+    def run_to_end(self, timeout: float) -> None:
+        """For one-shot commands (migrate)."""
+        self.start()
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise StackError(
+                self.name, f"did not finish in {timeout:.0f}s", self.log_path
+            ) from None
+        if code != 0:
+            raise StackError(self.name, f"exited with status {code}", self.log_path)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+@dataclass
+class Stack:
+    settings: Settings  # the caller's; the stack derives its own (`self.config`)
+    options: StackOptions
+    say: Say = print
+    config: Settings = field(init=False)
+    kafka: LocalKafka | None = field(init=False, default=None)
+    ingest: ChildCommand | None = field(init=False, default=None)
+    consumer: ChildCommand | None = field(init=False, default=None)
+    receiver: PageReceiver | None = field(init=False, default=None)
+    alertmanager: LocalAlertmanager | None = field(init=False, default=None)
+    prometheus: LocalPrometheus | None = field(init=False, default=None)
+    env: dict[str, str] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        opts = self.options
+        data_dir = opts.data_dir.resolve()
+        overrides: dict[str, Any] = {
+            "data_dir": data_dir,
+            "policy_file": self.settings.policy_file.resolve(),
+            "public_roots_file": self._public_roots(data_dir),
+            "log_format": "json",
+        }
+        if opts.free_ports:
+            overrides.update(
+                kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                kafka_controller_port=free_port(),
+                ingest_port=free_port(),
+                consumer_port=free_port(),
+                prometheus_port=free_port(),
+                alertmanager_port=free_port(),
+            )
+        if opts.kafka_bootstrap:
+            overrides["kafka_bootstrap"] = opts.kafka_bootstrap
+        self.config = self.settings.model_copy(update=overrides)
+        self.env = {
+            **os.environ,
+            **{f"PINWATCH_{k.upper()}": str(v) for k, v in overrides.items()},
+            # Every setting the children need must match the stack's, including those the
+            # caller set in code rather than in the environment.
+            **{
+                f"PINWATCH_{k.upper()}": str(getattr(self.config, k))
+                for k in (
+                    "kafka_topic",
+                    "kafka_dead_letter_topic",
+                    "kafka_consumer_group",
+                    "clickhouse_dsn",
+                    "clickhouse_database",
+                    "ingest_host",
+                    "consumer_host",
+                    "kafka_home",
+                )
+            },
+        }
+
+    def _public_roots(self, data_dir: Path) -> Path:
+        """Unless the user named a bundle, trust certifi's roots plus the simulator's public
+        root, so simulated rotations look public and real chains still do too."""
+        configured = self.settings.public_roots_file
+        if configured.resolve() != Path(certifi.where()).resolve():
+            return configured.resolve()
+        return data_dir / "public-roots.pem"
+
+    # --- addresses --------------------------------------------------------------------------
+    @property
+    def ingest_url(self) -> str:
+        return f"http://{self.config.ingest_host}:{self.config.ingest_port}"
+
+    @property
+    def consumer_url(self) -> str:
+        return f"http://{self.config.consumer_host}:{self.config.consumer_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.prometheus_port}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.alertmanager_port}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.config.data_dir / "logs"
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        cfg, opts = self.config, self.options
+        if opts.fresh and cfg.data_dir.exists():
+            _wipe(cfg.data_dir)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._write_public_roots()
+        self._step_kafka()
+        if _has_command("migrate"):
+            self._step(
+                "schema",
+                f"ClickHouse schema ({cfg.clickhouse_url})",
+                lambda: self._child("migrate", ["migrate"]).run_to_end(opts.ready_timeout),
+            )
+        self.ingest = self._child("ingest", ["ingest"], f"{self.ingest_url}/readyz")
+        self._step_child(self.ingest, f"ingest on {self.ingest_url}")
+        self.consumer = self._child("consumer", ["consume"], f"{self.consumer_url}/metrics")
+        self._step_child(self.consumer, f"consumer on {self.consumer_url} (chDB, Kafka group)")
+        self.receiver = PageReceiver(free_port(), self.say)
+        self.receiver.start()
+        self.say(f"  ok   page receiver on {self.receiver.url}")
+        self.alertmanager = LocalAlertmanager(
+            cfg.data_dir / "alertmanager",
+            port=cfg.alertmanager_port,
+            config=alertmanager_config(self.receiver.url, opts.group_wait),
+        )
+        self._step_monitor(self.alertmanager, f"Alertmanager on {self.alertmanager_url}")
+        self.prometheus = LocalPrometheus(
+            cfg.data_dir / "prometheus",
+            port=cfg.prometheus_port,
+            jobs={
+                INGEST_JOB: [f"{cfg.ingest_host}:{cfg.ingest_port}"],
+                CONSUMER_JOB: [f"{cfg.consumer_host}:{cfg.consumer_port}"],
+            },
+            scrape_interval=opts.scrape_interval,
+            evaluation_interval=opts.evaluation_interval,
+            alertmanager_url=self.alertmanager_url,
+        )
+        self._step_monitor(self.prometheus, f"Prometheus on {self.prometheus_url}")
+
+    def _write_public_roots(self) -> None:
+        path = self.config.public_roots_file
+        if path.parent != self.config.data_dir.resolve():
+            return
+        simulated = (self.settings.simulate_pki_dir / "public-roots.pem").resolve()
+        bundle = Path(certifi.where()).read_bytes()
+        if simulated.exists():
+            bundle += b"\n" + simulated.read_bytes()
+        path.write_bytes(bundle)
+
+    def _step(self, name: str, what: str, action: Callable[[], None]) -> None:
+        self.say(f"  ...  {what}")
+        started = time.monotonic()
+        action()
+        event(log, "stack_component_ready", component=name, seconds=time.monotonic() - started)
+        self.say(f"  ok   {name} ready in {time.monotonic() - started:.1f}s")
+
+    def _step_kafka(self) -> None:
+        cfg = self.config
+        host, _, port = cfg.kafka_bootstrap.rpartition(":")
+        if self.options.kafka_bootstrap or (
+            not self.options.free_ports and port_open(host, int(port))
+        ):
+            self.say(f"  ok   Kafka: using the broker already at {cfg.kafka_bootstrap}")
+            return
+        broker = LocalKafka.from_settings(cfg)
+        self.kafka = broker
+
+        def start() -> None:
+            try:
+                broker.start(timeout=self.options.ready_timeout)
+            except KafkaError as exc:
+                raise StackError("Kafka", str(exc).split("\n", 1)[0], broker.log_path) from exc
+
+        self._step("Kafka", f"Kafka broker on {broker.bootstrap} (log {broker.log_path})", start)
+
+    def _step_child(self, child: ChildCommand, what: str) -> None:
+        def start() -> None:
+            child.start()
+            child.wait_ready(
+                self.options.ready_timeout,
+                lambda waited: self.say(
+                    f"       still waiting for {child.name} ({waited:.0f}s; {child.ready_url})"
+                ),
+            )
+
+        self._step(child.name, f"{what} (log {child.log_path})", start)
+
+    def _step_monitor(self, component: LocalAlertmanager | LocalPrometheus, what: str) -> None:
+        def start() -> None:
+            try:
+                component.start(timeout=self.options.ready_timeout)
+            except MonitoringError as exc:
+                why = str(exc).split("\n", 1)[0]
+                raise StackError(component.name, why, component.log_path) from exc
+
+        self._step(component.name, f"{what} (log {component.log_path})", start)
+
+    def _child(self, name: str, argv: list[str], ready_url: str = "") -> ChildCommand:
+        return ChildCommand(name, argv, self.env, self.logs_dir / f"{name}.log", ready_url)
+
+    def check(self) -> None:
+        """Raise StackError when a child that should be running has died."""
+        for child in (self.ingest, self.consumer):
+            if child is not None and child.exited() is not None:
+                raise StackError(child.name, f"exited with status {child.exited()}", child.log_path)
+        for monitor in (self.prometheus, self.alertmanager):
+            if monitor is not None and monitor.process is not None:
+                if monitor.process.poll() is not None:
+                    raise StackError(monitor.name, "exited", monitor.log_path)
+        if self.kafka is not None and self.kafka.process is not None:
+            if self.kafka.process.poll() is not None:
+                raise StackError("Kafka", "exited", self.kafka.log_path)
+
+    def stop(self) -> None:
+        """Everything down, in reverse order; safe to call twice or after a failed start."""
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if self.prometheus is not None:
+            steps.append(("Prometheus", self.prometheus.stop))
+        if self.alertmanager is not None:
+            steps.append(("Alertmanager", self.alertmanager.stop))
+        if self.receiver is not None:
+            steps.append(("page receiver", self.receiver.stop))
+        # Ingest first: it flushes what it accepted to Kafka before the consumer goes.
+        if self.ingest is not None:
+            steps.append(("ingest", self.ingest.stop))
+        if self.consumer is not None:
+            steps.append(("consumer", self.consumer.stop))
+        if self.kafka is not None:
+            steps.append(("Kafka", self.kafka.stop))
+        self.prometheus = self.alertmanager = self.receiver = None
+        self.ingest = self.consumer = None
+        self.kafka = None
+        for name, stop in steps:
+            try:
+                stop()
+                self.say(f"  stopped {name}")
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                self.say(f"  could not stop {name} cleanly: {exc}")
+
+    def urls(self) -> dict[str, str]:
+        urls = {
+            "ingest": f"{self.ingest_url}/v1/reports",
+            "ingest metrics": f"{self.ingest_url}/metrics",
+            "consumer metrics": f"{self.consumer_url}/metrics",
+            "Prometheus": self.prometheus_url,
+            "Alertmanager": self.alertmanager_url,
+        }
+        if self.receiver is not None:
+            urls["page receiver"] = self.receiver.url
+        return urls
+
+
+@contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so `finally:` blocks stop the children."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def quiet_progress_loggers() -> None:
+    """The stack prints its own progress for people; its components' structured start/stop
+    events would repeat it on the terminal (each child's own log goes to its file)."""
+    for name in ("pinwatch.stack", "pinwatch.monitoring", "pinwatch.kafka", "pinwatch.topics"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _has_command(name: str) -> bool:
+    from pinwatch.cli import COMMANDS
+
+    return name in COMMANDS
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wipe(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def _tail(path: Path | None, lines: int = 15) -> str:
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join(f"  | {line}" for line in text)
