@@ -76,7 +76,7 @@ class Consumer:
         roots = roots or PublicRoots.load(settings.public_roots_file)
         self.classifier = Classifier(self.policy, roots)
         self.enricher = Enricher(self.classifier, self.metrics, settings.evidence_per_pin_hour)
-        self.progress = Progress()
+        self.progress = Progress(store)
         self.writer = Writer(
             store, self.metrics, settings.clickhouse_retry_max_seconds, self._set_trouble
         )
@@ -180,6 +180,8 @@ class Consumer:
         batch = self._batch
         key = (tp.topic, tp.partition)
         origin = (tp.topic, tp.partition, message.offset)
+        # Before the first message of a partition: what is already stored (see Progress).
+        await self.progress.ensure(tp.topic, tp.partition)
         records, rejected = decode(message.value)
         self.dead_letters.observe(len(records) + len(rejected))
         for bad in rejected:
@@ -266,16 +268,10 @@ class Consumer:
         event(log, "partitions_revoked", partitions=[tp.partition for tp in revoked])
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
-        topic = self.settings.kafka_topic
-        await self.progress.load(self.store, topic, [tp.partition for tp in assigned])
+        self.progress.forget([(tp.topic, tp.partition) for tp in assigned])
         self._paused = False
         self.metrics.paused.set(1 if self._trouble else 0)
-        event(
-            log,
-            "partitions_assigned",
-            partitions=[tp.partition for tp in assigned],
-            stored_up_to={str(p): o for (_, p), o in self.progress.stored.items()},
-        )
+        event(log, "partitions_assigned", partitions=[tp.partition for tp in assigned])
 
     def _set_paused(self, paused: bool) -> None:
         assert self._kafka is not None

@@ -259,33 +259,45 @@ class Enricher:
 
 
 class Progress:
-    """Highest offset per partition already in ClickHouse (`kafka_progress`), read when
-    partitions are assigned. Messages at or below it were inserted by a consumer that crashed
-    before committing: they are counted (that consumer never counted them) but not re-inserted.
+    """Highest offset per partition already in ClickHouse (`kafka_progress`), read before the
+    first message of a newly assigned partition is handled. Messages at or below it were
+    inserted by a consumer that crashed before committing: they are counted (that consumer
+    never counted them) but not inserted again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self.stored: dict[TopicPartition, int] = {}
+        self.loaded: set[TopicPartition] = set()
 
-    async def load(self, store: Store, topic: str, partitions: list[int]) -> None:
-        if not partitions:
+    async def ensure(self, topic: str, partition: int) -> None:
+        if (topic, partition) in self.loaded:
             return
-        rows = await store.query(
-            "SELECT kafka_partition, max(max_offset) FROM {db}.kafka_progress "
-            "WHERE kafka_topic = {topic:String} AND kafka_partition IN {parts:Array(UInt32)} "
-            "GROUP BY kafka_partition",
-            {"topic": topic, "parts": partitions},
+        rows = await self.store.query(
+            "SELECT max(max_offset), count() FROM {db}.kafka_progress "
+            "WHERE kafka_topic = {topic:String} AND kafka_partition = {partition:UInt32}",
+            {"topic": topic, "partition": partition},
         )
-        for partition, offset in rows:
-            self.stored[(topic, int(partition))] = int(offset)
+        if rows and rows[0][1]:
+            self.stored[(topic, partition)] = int(rows[0][0])
+        self.loaded.add((topic, partition))
+        event(
+            log,
+            "partition_progress",
+            topic=topic,
+            partition=partition,
+            stored_up_to=self.stored.get((topic, partition)),
+        )
 
     def is_stored(self, topic: str, partition: int, offset: int) -> bool:
         stored = self.stored.get((topic, partition))
         return stored is not None and offset <= stored
 
     def forget(self, tps: list[TopicPartition]) -> None:
+        """Partitions (re)assigned or revoked: their progress is read again before use."""
         for tp in tps:
             self.stored.pop(tp, None)
+            self.loaded.discard(tp)
 
 
 # --- write -------------------------------------------------------------------------------------
