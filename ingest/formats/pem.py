@@ -16,6 +16,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from cryptography import x509
@@ -51,24 +52,31 @@ def parse_chain(values: list[Any], field: str, *, max_cert_bytes: int) -> list[P
             raise BadReport(where, "must be a PEM certificate string")
         if len(value) > max_cert_bytes:
             raise BadReport(where, f"{len(value)} bytes, at most {max_cert_bytes}", 413)
-        chain.append(_der_of_pem(value, where))
+        parsed = _parse_pem(value)
+        if isinstance(parsed, str):
+            raise BadReport(where, parsed)
+        chain.append(parsed)
     return chain
 
 
-def _der_of_pem(text: str, where: str) -> ParsedCert:
+# The same few chains (one per server key and CDN edge) arrive over and over, and parsing a
+# certificate and hashing its key is most of a report's cost: remember recent ones.
+@lru_cache(maxsize=2048)
+def _parse_pem(text: str) -> ParsedCert | str:
+    """The certificate, or what is wrong with the text."""
     match = _ARMOR.match(text)
     if match is None:
-        raise BadReport(where, "not a PEM certificate (BEGIN/END CERTIFICATE armor)")
+        return "not a PEM certificate (BEGIN/END CERTIFICATE armor)"
     body = "".join(match["body"].split())
     try:
         der = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
-        raise BadReport(where, "PEM body is not valid base64") from None
+        return "PEM body is not valid base64"
     try:
         cert = x509.load_der_x509_certificate(der)
         pin = spki_pin(cert)
     except (ValueError, UnsupportedAlgorithm):
-        raise BadReport(where, "not an X.509 certificate with a usable public key") from None
+        return "not an X.509 certificate with a usable public key"
     return ParsedCert(der, pin)
 
 
