@@ -211,6 +211,12 @@ def runbook_link(runbook_url: str, title: str = "Runbook", anchor: str = ""):
     )
 
 
+def alert_links(runbook_url: str, *alertnames: str) -> list[Any]:
+    """Panel links to the runbook sections of the alerts this panel explains (the runbook's
+    headings are the alert names, so GitHub's anchors are their lower-case forms)."""
+    return [runbook_link(runbook_url, f"Runbook: {name}", name.lower()) for name in alertnames]
+
+
 def dashboards_link():
     return (
         dashboard.DashboardLink("pinwatch dashboards")

@@ -12,6 +12,7 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 from dashboards.common import (
     ALERTS_SELECTOR,
     APP_HOST,
+    alert_links,
     graph,
     grid,
     prometheus_dashboard,
@@ -63,7 +64,7 @@ def build(runbook_url: str):
                 "percentunit",
                 [promql(failure_share("", ', enforced="true"'))],
                 thresholds=[(None, "green"), (0.01, "orange"), (0.05, "red")],
-                links=[runbook_link(rb, "Runbook: failure rate", "pinwatchpinfailureratehigh")],
+                links=alert_links(rb, "PinwatchPinFailureRateHigh"),
             )
         )
         .with_panel(
@@ -109,7 +110,7 @@ def build(runbook_url: str):
                 "pinning.",
                 "percentunit",
                 [promql(failure_share("host", ', enforced="true"'), "{{host}}")],
-                links=[runbook_link(rb, "Runbook: rotation breakage", "pinwatchrotationbreakage")],
+                links=alert_links(rb, "PinwatchRotationBreakage", "PinwatchPinFailureRateHigh"),
             )
         )
         .with_panel(
@@ -127,11 +128,7 @@ def build(runbook_url: str):
                         "{{host}} {{cause}}",
                     )
                 ],
-                links=[
-                    runbook_link(
-                        rb, "Runbook: interception suspected", "pinwatchinterceptionsuspected"
-                    )
-                ],
+                links=alert_links(rb, "PinwatchRotationBreakage", "PinwatchInterceptionSuspected"),
             )
         )
         .with_panel(
@@ -174,6 +171,7 @@ def build(runbook_url: str):
                 "Versions beyond the most recent few per app fold into `other`.",
                 "percentunit",
                 [promql(failure_share("app, app_version"), "{{app}} {{app_version}}")],
+                links=alert_links(rb, "PinwatchAppVersionFailing"),
             )
         )
         .with_panel(
@@ -201,7 +199,7 @@ def build(runbook_url: str):
                     )
                 ],
                 stacked=True,
-                links=[runbook_link(rb, "Runbook: backup pin served", "pinwatchbackuppinserved")],
+                links=alert_links(rb, "PinwatchBackupPinServed"),
             )
         )
         .with_panel(

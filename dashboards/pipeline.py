@@ -7,13 +7,14 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.common import (
     APP_HOST,
+    alert_links,
     graph,
     prometheus_dashboard,
     promql,
     row,
-    runbook_link,
     single_stat,
 )
+from pinwatch.monitoring import CONSUMER_JOB, INGEST_JOB
 
 UID = "pinwatch-pipeline"
 TITLE = "pinwatch / Pipeline health"
@@ -35,7 +36,6 @@ def _paused_mapping() -> dm.ValueMap:
 
 def build(runbook_url: str):
     rb = runbook_url
-    stalled = runbook_link(rb, "Runbook: pipeline down or stalled", "pinwatchpipelinestalled")
     d = prometheus_dashboard(
         UID,
         TITLE,
@@ -55,7 +55,7 @@ def build(runbook_url: str):
                 "s",
                 [promql("time() - max(pinwatch_consumer_last_insert_timestamp_seconds)")],
                 thresholds=[(None, "green"), (120, "orange"), (600, "red")],
-                links=[stalled],
+                links=alert_links(rb, "PinwatchConsumerNotInserting"),
             )
         )
         .with_panel(
@@ -66,7 +66,7 @@ def build(runbook_url: str):
                 "short",
                 [promql("sum(pinwatch_consumer_lag)")],
                 thresholds=[(None, "green"), (10000, "orange"), (100000, "red")],
-                links=[stalled],
+                links=alert_links(rb, "PinwatchConsumerLagGrowing"),
             )
         )
         .with_panel(
@@ -87,9 +87,24 @@ def build(runbook_url: str):
                 "Reports per second that ingest acknowledged (only after Kafka had them).",
                 "cps",
                 [promql(f"sum(rate(pinwatch_ingest_reports_total{RATE}))")],
+                links=alert_links(rb, "PinwatchIngestNotReceiving"),
             )
         )
         .with_row(row(101, "Ingest"))
+        .with_panel(
+            graph(
+                14,
+                "Scrape targets up",
+                "Whether Prometheus can scrape each pinwatch process (1 up, 0 down), per job. "
+                "A job missing here has no target at all: its pipeline metrics and pinning "
+                "alerts are blind.",
+                "none",
+                [promql(f'sum by (job) (up{{job=~"{INGEST_JOB}|{CONSUMER_JOB}"}})', "{{job}}")],
+                width=24,
+                height=5,
+                links=alert_links(rb, "PinwatchScrapeTargetDown", "PinwatchScrapeTargetAbsent"),
+            )
+        )
         .with_panel(
             graph(
                 5,
@@ -147,7 +162,7 @@ def build(runbook_url: str):
                         "{{reason}}",
                     )
                 ],
-                links=[stalled],
+                links=alert_links(rb, "PinwatchIngestProduceFailing"),
             )
         )
         .with_row(row(102, "Consumer"))
@@ -164,7 +179,7 @@ def build(runbook_url: str):
                         "{{topic}}/{{partition}}",
                     )
                 ],
-                links=[stalled],
+                links=alert_links(rb, "PinwatchConsumerLagGrowing"),
             )
         )
         .with_panel(
@@ -220,7 +235,7 @@ def build(runbook_url: str):
                         "B",
                     ),
                 ],
-                links=[stalled],
+                links=alert_links(rb, "PinwatchConsumerNotInserting"),
             )
         )
         .with_row(row(103, "Traffic by app"))

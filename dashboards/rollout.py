@@ -14,6 +14,7 @@ selected; `${var:singlequote}` renders a selection as `'a','b'`. `$__timeFilter(
 from __future__ import annotations
 
 from dashboards.common import (
+    alert_links,
     bars,
     base_dashboard,
     clickhouse_datasource_variable,
@@ -139,6 +140,7 @@ def build(runbook_url: str):
                 ],
                 source="clickhouse",
                 thresholds=[(None, "green"), (0.001, "orange"), (0.01, "red")],
+                links=alert_links(runbook_url, "PinwatchReportOnlyWouldFail"),
             )
         )
         .with_panel(
