@@ -107,14 +107,17 @@ class Pipeline:
 
     async def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`, as /metrics serves it."""
-        total = 0.0
-        for family in text_string_to_metric_families(await self.metrics_text()):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    total += sample.value
-        return total
+        return metric_value(await self.metrics_text(), name, **labels)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples named `name` (with at least `labels`) in a Prometheus exposition."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 async def _serve(app: Any, *, lifespan: str) -> tuple[uvicorn.Server, asyncio.Task[Any], str]:

@@ -25,8 +25,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from conftest import TEST_APP, TEST_HOST
 from payloads import native_batch, network_error, pin_validation
-from pipeline import run_pipeline
-from prometheus_client.parser import text_string_to_metric_families
+from pipeline import metric_value, run_pipeline
 
 from pinwatch.certs import CertificateAuthority
 from pinwatch.localkafka import free_port
@@ -99,12 +98,7 @@ class ConsumerProcess:
     async def metric(self, name: str, **labels: str) -> float:
         async with httpx.AsyncClient(base_url=self.url) as client:
             text = (await client.get("/metrics")).text
-        return sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
+        return metric_value(text, name, **labels)
 
     async def wait_metric(self, name: str, value: float, seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds
