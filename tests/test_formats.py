@@ -631,3 +631,24 @@ def test_trustkit_date_times(ca: CertificateAuthority, context, date_time, event
     report["date-time"] = date_time
     record = one(trustkit.parse(report, context()))
     assert (record.event_at_ms, record.received_at_ms) == (event_at, RECEIVED_MS)
+
+
+@pytest.mark.parametrize(
+    ("sent", "host"),
+    [
+        ("API.PinWatch.test.", "api.pinwatch.test"),
+        ("xn--bcher-kva.pinwatch.test", "xn--bcher-kva.pinwatch.test"),
+        ("[2001:DB8::1]", "2001:db8::1"),
+        ("203.0.113.5", "203.0.113.5"),
+        ("cafe.be:443", None),
+        ("api.pinwatch.test/v1", None),
+        ("two words", None),
+    ],
+)
+def test_hostnames(ca: CertificateAuthority, context, sent, host):
+    report = hpkp_report(TEST_HOST, ca.chain("rotated"), known_pins=[ca.pin("primary")])
+    report["hostname"] = sent
+    if host is None:
+        assert _bad(hpkp.parse, report, context()).field == "hostname"
+    else:
+        assert one(hpkp.parse(report, context())).host == host

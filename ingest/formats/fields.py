@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import re
 from typing import Any
 
@@ -16,9 +17,8 @@ import orjson
 
 from ingest.formats.base import BadReport
 
-# RFC 1123 labels, plus the characters IPv6 literals use; ports and paths are not hostnames.
+# RFC 1123 labels (underscores too, which real DNS has); ports and paths are not hostnames.
 _HOSTNAME = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_-]{1,63}$")
-_IP_LITERAL = re.compile(r"^\[?[0-9a-f:.]+\]?$")
 _PLAUSIBLE = (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
 
 
@@ -120,9 +120,12 @@ def hostname(value: str, field: str) -> str:
     name = value.strip().lower().rstrip(".")
     if not name:
         raise BadReport(field, "required")
-    if not (_HOSTNAME.match(name) or _IP_LITERAL.match(name)):
-        raise BadReport(field, f"not a hostname: {value[:64]!r}")
-    return name
+    if _HOSTNAME.match(name):
+        return name
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        raise BadReport(field, f"not a hostname: {value[:64]!r}") from None
 
 
 def content_id(fmt: str, *parts: Any) -> str:
