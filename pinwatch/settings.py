@@ -206,6 +206,25 @@ class Settings(BaseSettings):
     # --- monitoring stack ---------------------------------------------------------------------
     prometheus_port: int = Field(9090, description="Local Prometheus port.")
     alertmanager_port: int = Field(9093, description="Local Alertmanager port.")
+    prometheus_scrape_interval_seconds: float = Field(
+        15.0, gt=0, description="Local Prometheus scrape interval (part of time to page)."
+    )
+    prometheus_evaluation_interval_seconds: float = Field(
+        15.0, gt=0, description="Local Prometheus rule evaluation interval (part of time to page)."
+    )
+    alert_pagerduty_routing_key_file: str = Field(
+        "",
+        description="File holding the PagerDuty Events v2 routing key for pages; empty: none.",
+    )
+    alert_opsgenie_api_key_file: str = Field(
+        "", description="File holding the Opsgenie API key for pages; empty: no Opsgenie."
+    )
+    alert_oncall_webhook_url: str = Field(
+        "", description="Webhook that also receives pages (chat, paging bridge); empty: none."
+    )
+    alert_webhook_url: str = Field(
+        "", description="Webhook for ticket and info alerts; empty: they stay in Alertmanager."
+    )
 
     # --- simulator and demo -------------------------------------------------------------------
     simulate_pki_dir: Path = Field(
