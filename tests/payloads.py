@@ -250,3 +250,12 @@ def nel_report(
             "type": error_type,
         },
     }
+
+
+def trustkit_json(report: dict[str, Any]) -> bytes:
+    """The bytes TrustKit uploads: NSJSONSerialization (iOS) and org.json (Android) both write
+    `/` as `\\/`, which is all over base64 certificates and URLs."""
+    import orjson
+
+    # a `/` only ever occurs inside JSON strings, so escaping every one is exact
+    return orjson.dumps(report).replace(b"/", b"\\/")

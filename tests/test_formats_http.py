@@ -15,7 +15,7 @@ import orjson
 import pytest
 from conftest import TEST_APP, TEST_HOST, TEST_KEY
 from ingest_support import read_records, serve
-from payloads import hpkp_report, nel_report, trustkit_android, trustkit_ios
+from payloads import hpkp_report, nel_report, trustkit_android, trustkit_ios, trustkit_json
 
 from ingest.app import create_app
 from pinwatch.certs import CertificateAuthority
@@ -85,7 +85,7 @@ async def test_trustkit_ios_and_android_reports_land_normalized(
         vendor_id="android-install",
     )
     for report in (ios, android):
-        response = await running.post("/v1/reports/trustkit", report)
+        response = await running.post("/v1/reports/trustkit", trustkit_json(report))
         assert response.status_code == 202, response.text
         assert response.json() == {"accepted": 1, "rejected": []}
 

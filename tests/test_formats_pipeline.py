@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST, TEST_KEY
-from payloads import hpkp_report, nel_report, trustkit_android, trustkit_ios
+from payloads import hpkp_report, nel_report, trustkit_android, trustkit_ios, trustkit_json
 from pipeline import run_pipeline
 
 from pinwatch.certs import CertificateAuthority
@@ -35,7 +35,7 @@ async def _post(url: str, path: str, body: Any, content_type: str) -> httpx.Resp
         response = await client.post(
             path,
             params={"key": TEST_KEY},
-            content=orjson.dumps(body),
+            content=body if isinstance(body, bytes) else orjson.dumps(body),
             headers={"Content-Type": content_type},
         )
     assert response.status_code == 202, response.text
@@ -79,7 +79,9 @@ async def test_client_formats_are_stored_classified_and_counted(
     async with run_pipeline(settings) as p:
         before = int(time.time() * 1000)
         for report in (ios, android, spki_failed):
-            await _post(p.ingest_url, "/v1/reports/trustkit", report, "application/json")
+            await _post(
+                p.ingest_url, "/v1/reports/trustkit", trustkit_json(report), "application/json"
+            )
         await _post(p.ingest_url, "/v1/reports/hpkp", hpkp, "application/json; charset=utf-8")
         await _post(p.ingest_url, "/v1/reports/nel", nel, "application/reports+json")
         after = int(time.time() * 1000)
@@ -188,7 +190,9 @@ async def test_a_retried_client_report_keeps_its_id(
         for retry in (False, True):
             # the browser's age of a retried report grew by the time since the first upload
             age = 1_000 + (round((time.monotonic() - first_sent) * 1000) if retry else 0)
-            await _post(p.ingest_url, "/v1/reports/trustkit", report, "application/json")
+            await _post(
+                p.ingest_url, "/v1/reports/trustkit", trustkit_json(report), "application/json"
+            )
             await _post(
                 p.ingest_url, "/v1/reports/nel", [{**item, "age": age}], "application/reports+json"
             )
