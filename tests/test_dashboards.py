@@ -199,6 +199,25 @@ def test_rollout_reads_clickhouse_and_the_others_prometheus():
     assert kinds["pinwatch-pipeline"] == {"prometheus"}
 
 
+def test_every_shipped_alert_is_explained_by_a_panel():
+    """Each alert in alerts/rules.yml has a panel linking to its runbook section, and every
+    panel's runbook anchor names an alert that exists."""
+    rules = yaml.safe_load((ROOT / "alerts" / "rules.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    linked: set[str] = set()
+    for path in DASHBOARD_FILES:
+        for panel in data_panels(load(path)):
+            for link in panel.get("links", []):
+                _, _, anchor = link["url"].partition("#")
+                if anchor:
+                    linked.add(anchor)
+    assert linked <= {a.lower() for a in alerts}, linked - {a.lower() for a in alerts}
+    assert {a.lower() for a in alerts} <= linked, {a for a in alerts if a.lower() not in linked}
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    for alert in alerts:
+        assert f"## {alert}" in runbook, f"runbook has no section for {alert}"
+
+
 def test_pin_failures_and_network_errors_never_share_a_panel():
     model = load(JSON_DIR / "pinwatch-overview.json")
     for panel in data_panels(model):
