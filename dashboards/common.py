@@ -32,6 +32,8 @@ from grafana_foundation_sdk.models.common import (
     TableCellHeight,
 )
 
+from alerts.config import CONFIG as ALERT_CONFIG
+
 # Provisioned datasource uids (deploy/grafana); the variables default to them.
 PROMETHEUS_UID = "pinwatch-prometheus"
 CLICKHOUSE_UID = "pinwatch-clickhouse"
@@ -43,7 +45,10 @@ CLICKHOUSE_PLUGIN_VERSION = "4.3.2"
 PROMETHEUS = dm.DataSourceRef(type_val="prometheus", uid="${prometheus}")
 CLICKHOUSE = dm.DataSourceRef(type_val=CLICKHOUSE_PLUGIN, uid="${clickhouse}")
 
-DEFAULT_RUNBOOK_URL = "https://github.com/pinwatch/pinwatch/blob/main/docs/runbook.md"
+# One home for where the runbook lives: the alerts' runbook_url uses the same value. It is the
+# repository path until a deployment publishes docs/runbook.md and sets the full URL there (or
+# passes --runbook-url to the generator).
+DEFAULT_RUNBOOK_URL = ALERT_CONFIG.runbook
 
 # Alerts pinwatch ships (alerts/) are CamelCase with this prefix; the annotation and the
 # active-alerts panel show only them, not every alert the user's Prometheus evaluates.
