@@ -128,7 +128,7 @@ def trustkit_ios(
     noted_hostname: str | None = None,
 ) -> dict[str, Any]:
     """TSKPinFailureReport.json: UTC `date-time` to the second, `port` 0, no served chain.
-    `enforce_pinning=None` builds a pre-1.5 report, which had no enforce-pinning field."""
+    `enforce_pinning=None` builds an early-TrustKit report, which had no enforce-pinning."""
     ts = at or dt.datetime.now(dt.UTC)
     report: dict[str, Any] = {
         "app-bundle-id": bundle_id,

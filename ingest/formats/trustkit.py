@@ -47,7 +47,8 @@ PLATFORMS = {
     "MACOS": "macos",
     "ANDROID": "android",
 }
-# TrustKit iOS before 1.5 sent no app-platform; TrustKit-Android always has.
+# Early TrustKit iOS reports had no app-platform (nor enforce-pinning); TrustKit-Android
+# has always sent it.
 _PLATFORM_WHEN_MISSING = "ios"
 
 _PIN_RESULTS = {
@@ -89,7 +90,7 @@ def parse(document: Any, ctx: IngestContext) -> Parsed:
         record.observed_pins, record.known_pins, record.served_chain = [], [], []
     else:
         record.result = _PIN_RESULTS[outcome]
-        record.enforced = doc.boolean("enforce-pinning")  # absent before TrustKit 1.5
+        record.enforced = doc.boolean("enforce-pinning")  # absent from early TrustKit iOS reports
     return Parsed(records=[record])
 
 
