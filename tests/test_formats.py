@@ -652,3 +652,11 @@ def test_hostnames(ca: CertificateAuthority, context, sent, host):
         assert _bad(hpkp.parse, report, context()).field == "hostname"
     else:
         assert one(hpkp.parse(report, context())).host == host
+
+
+def test_nel_long_urls_are_fine_but_not_endless(context):
+    long_url = URL + "&q=" + "x" * 2000
+    assert one(nel.parse([nel_report(long_url, "ok")], context())).host == "api.pinwatch.test"
+    endless = URL + "&q=" + "x" * 40_000
+    (rejection,) = nel.parse([nel_report(endless, "ok")], context()).rejected
+    assert rejection.field == "[0].url" and "at most 32768" in rejection.problem

@@ -38,7 +38,9 @@ class Fields:
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
 
-    def string(self, key: str, *, required: bool = False, default: str = "") -> str:
+    def string(
+        self, key: str, *, required: bool = False, default: str = "", limit: int | None = None
+    ) -> str:
         value = self.data.get(key)
         if value is None:
             if required:
@@ -46,10 +48,9 @@ class Fields:
             return default
         if not isinstance(value, str):
             raise BadReport(self.where(key), f"must be a string, got {_type(value)}")
-        if len(value) > self.max_string:
-            raise BadReport(
-                self.where(key), f"{len(value)} characters, at most {self.max_string}", 413
-            )
+        most = limit or self.max_string
+        if len(value) > most:
+            raise BadReport(self.where(key), f"{len(value)} characters, at most {most}", 413)
         return value
 
     def boolean(self, key: str) -> bool | None:

@@ -90,7 +90,9 @@ def _parse_item(item: Any, index: int, ctx: IngestContext) -> Record:
     if report_type != "network-error":
         raise BadReport(report.where("type"), f"{report_type[:40]!r} is not a NEL report")
     age = report.integer("age", lo=0, hi=_MAX_AGE_MS) or 0
-    url = report.string("url", required=True)
+    # Page URLs carry paths and queries far longer than a free-text field; only the host is
+    # kept, and an item longer than the kept payload is cut anyway.
+    url = report.string("url", required=True, limit=ctx.settings.max_raw_payload_bytes)
     host, port = _host_port(url, report.where("url"))
     body = report.obj("body")
     raw_type = body.string("type", required=True)
