@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from pinwatch.logs import event
@@ -33,6 +39,16 @@ from pinwatch.record import SCHEMA_VERSION, Record
 from pinwatch.settings import Settings
 
 log = logging.getLogger("pinwatch.ingest.producer")
+
+# After a batch expires unacknowledged (broker down), aiokafka's idempotent producer keeps
+# sequence numbers the broker never saw and every later batch fails like this; only a new
+# producer (a new producer id) recovers.
+_NEEDS_NEW_PRODUCER = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
 
 _HEAD = b'{"v":' + str(SCHEMA_VERSION).encode() + b',"records":['
 _TAIL = b"]}"
@@ -76,18 +92,9 @@ class KafkaSink:
     def __init__(self, settings: Settings, producer: AIOKafkaProducer | None = None) -> None:
         self.settings = settings
         self.topic = settings.kafka_topic
-        compression = None if settings.kafka_compression == "none" else settings.kafka_compression
-        self.producer = producer or AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            compression_type=compression,
-            max_request_size=settings.kafka_max_message_bytes + 65_536,
-            max_batch_size=settings.kafka_max_message_bytes + 65_536,
-            linger_ms=0,
-            request_timeout_ms=int(max(settings.kafka_produce_timeout_seconds * 2, 10) * 1000),
-            client_id="pinwatch-ingest",
-        )
+        self._external = producer is not None
+        self.producer = producer or self._new_producer()
+        self._resetting = False
         self._partitioner = DefaultPartitioner()
         self._partitions: list[int] = []
         self._pending: dict[int, _Pending] = defaultdict(_Pending)
@@ -98,6 +105,40 @@ class KafkaSink:
         self._in_flight: set[asyncio.Future[object]] = set()
         self.started = False
         self.last_ok = 0.0  # monotonic time Kafka last answered (metadata or an ack)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        settings = self.settings
+        compression = None if settings.kafka_compression == "none" else settings.kafka_compression
+        return AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            compression_type=compression,
+            max_request_size=settings.kafka_max_message_bytes + 65_536,
+            max_batch_size=settings.kafka_max_message_bytes + 65_536,
+            linger_ms=0,
+            request_timeout_ms=int(max(settings.kafka_produce_timeout_seconds * 2, 10) * 1000),
+            client_id="pinwatch-ingest",
+        )
+
+    async def _replace_producer(self) -> None:
+        """Swap in a fresh idempotent producer (see _NEEDS_NEW_PRODUCER); once at a time."""
+        if self._resetting or self._external:
+            return
+        self._resetting = True
+        try:
+            fresh = self._new_producer()
+            await fresh.start()
+            old, self.producer = self.producer, fresh
+            event(log, "producer_replaced", topic=self.topic)
+            try:
+                await asyncio.wait_for(old.stop(), self.settings.kafka_produce_timeout_seconds)
+            except (TimeoutError, KafkaError):
+                pass  # the old producer's unacknowledged batches were already answered 503
+        except (KafkaError, OSError) as exc:
+            event(log, "producer_replace_failed", logging.WARNING, error=repr(exc))
+        finally:
+            self._resetting = False
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -231,15 +272,18 @@ class KafkaSink:
 
     async def _produce(self, partition: int, values: list[bytes], pending: _Pending) -> None:
         error: BaseException | None = None
+        producer = self.producer
         try:
-            acks = [
-                await self.producer.send(self.topic, value, partition=partition) for value in values
-            ]
+            acks = [await producer.send(self.topic, value, partition=partition) for value in values]
             await asyncio.gather(*acks)
             self.last_ok = time.monotonic()
         except (KafkaError, OSError, AssertionError) as exc:
             error = exc
             event(log, "produce_failed", logging.WARNING, partition=partition, error=repr(exc))
+            if isinstance(exc, _NEEDS_NEW_PRODUCER) and producer is self.producer:
+                task = asyncio.ensure_future(self._replace_producer())
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
         finally:
             self._pending_bytes -= pending.size
         for waiter in pending.waiters:
