@@ -7,20 +7,21 @@ from __future__ import annotations
 import base64
 import gzip
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 from conftest import TEST_APP, TEST_HOST, TEST_KEY
-from ingest_support import read_records, serve
 from payloads import hpkp_report, nel_report, trustkit_android, trustkit_ios, trustkit_json
+from pipeline import run_pipeline
 
-from ingest.app import create_app
 from pinwatch.certs import CertificateAuthority
 from pinwatch.privacy import DeviceHasher
-from pinwatch.record import ErrorCategory, Format, Kind, Result
+from pinwatch.record import ErrorCategory, Format, Kind, Record, Result, decode_batch
 from pinwatch.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -54,13 +55,15 @@ class Ingest:
 
 @pytest.fixture
 async def ingest(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+    """`await ingest(**settings_overrides)`: the real ingest (uvicorn, real Kafka), no consumer,
+    so what it accepted is read straight off the topic."""
     stack: list[Any] = []
 
     async def start(**overrides: Any) -> Ingest:
         settings = make_settings(**overrides)
-        ctx = serve(create_app(settings))
-        url = await ctx.__aenter__()
-        running = Ingest(url, settings)
+        ctx = run_pipeline(settings, consumer=False)
+        pipeline = await ctx.__aenter__()
+        running = Ingest(pipeline.ingest_url, settings)
         stack.append((ctx, running))
         return running
 
@@ -68,6 +71,29 @@ async def ingest(make_settings: Callable[..., Settings]) -> AsyncIterator[Callab
     for ctx, running in reversed(stack):
         await running.client.aclose()
         await ctx.__aexit__(None, None, None)
+
+
+async def read_records(settings: Settings, *, min_records: int) -> list[Record]:
+    """Every record on the test's topic: until `min_records` arrived, then one more quiet
+    second, so a record that should not be there would be seen too."""
+    consumer = AIOKafkaConsumer(
+        settings.kafka_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(r for m in messages for r in decode_batch(m.value))
+            if len(records) >= min_records:
+                deadline = min(deadline, time.monotonic() + 1.0)
+    finally:
+        await consumer.stop()
+    return records
 
 
 async def test_trustkit_ios_and_android_reports_land_normalized(
