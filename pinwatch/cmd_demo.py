@@ -32,6 +32,7 @@ from pinwatch.stack import (
     Stack,
     StackError,
     StackOptions,
+    add_stack_arguments,
     quiet_progress_loggers,
     terminate_on_sigterm,
 )
@@ -52,17 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="longest wait for the page after the rotation (default: demo_timeout_seconds)",
     )
-    parser.add_argument(
-        "--kafka-bootstrap",
-        default=None,
-        help="use this running broker (with the settings' topic names) instead of starting one",
-    )
-    parser.add_argument(
-        "--scrape-interval",
-        type=float,
-        default=2.0,
-        help="Prometheus scrape and evaluation interval, seconds (default 2)",
-    )
+    add_stack_arguments(parser, scrape_interval=2.0)
     parser.add_argument(
         "--data-dir",
         type=Path,

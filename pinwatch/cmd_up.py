@@ -11,6 +11,7 @@ from pinwatch.stack import (
     Stack,
     StackError,
     StackOptions,
+    add_stack_arguments,
     quiet_progress_loggers,
     terminate_on_sigterm,
 )
@@ -19,17 +20,7 @@ HELP = "run the whole local stack (Kafka, ingest, consumer, Prometheus, Alertman
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--scrape-interval",
-        type=float,
-        default=5.0,
-        help="Prometheus scrape and rule evaluation interval, seconds (default 5)",
-    )
-    parser.add_argument(
-        "--kafka-bootstrap",
-        default=None,
-        help="use this running broker instead of the settings' (started when not running)",
-    )
+    add_stack_arguments(parser, scrape_interval=5.0)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

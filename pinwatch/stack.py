@@ -12,6 +12,7 @@ whole process group, so no process outlives the stack.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -499,6 +500,22 @@ class Stack:
         if self.receiver is not None:
             urls["page receiver"] = self.receiver.url
         return urls
+
+
+def add_stack_arguments(parser: argparse.ArgumentParser, *, scrape_interval: float) -> None:
+    """Options `up` and `demo` share."""
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=scrape_interval,
+        help="Prometheus scrape and rule evaluation interval, seconds "
+        f"(default {scrape_interval:g})",
+    )
+    parser.add_argument(
+        "--kafka-bootstrap",
+        default=None,
+        help="use this running broker (with the settings' topic names) instead of starting one",
+    )
 
 
 @contextmanager

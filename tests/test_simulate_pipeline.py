@@ -5,6 +5,7 @@ accepted is the expectation; ClickHouse and the consumer's /metrics are what a u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,18 @@ async def play(
     return tally
 
 
+@pytest.fixture
+def played(make_settings, population, chains):
+    """`async with played("scenario") as (pipeline, tally):` the scenario, sent and counted."""
+
+    @contextlib.asynccontextmanager
+    async def go(scenario: str, devices: Population | None = None):
+        async with run_pipeline(make_settings()) as p:
+            yield p, await play(p, devices or population, scenario, chains)
+
+    return go
+
+
 async def validations(p: Pipeline, **labels: str) -> float:
     return await p.metric("pinwatch_pin_validations_total", **labels)
 
@@ -71,11 +84,8 @@ async def group(p: Pipeline, column: str, where: str = "kind = 'pin_validation'"
     return {(row[0] if len(row) == 2 else row[:-1]): int(row[-1]) for row in rows}
 
 
-async def test_steady_state_moves_successes_and_network_errors_only(
-    make_settings, population, chains
-):
-    async with run_pipeline(make_settings()) as p:
-        tally = await play(p, population, "steady", chains)
+async def test_steady_state_moves_successes_and_network_errors_only(played):
+    async with played("steady") as (p, tally):
         assert await validations(p, result="ok") == tally.accepted["pin:ok"] > 0
         assert await failures(p) == 0
         errors = sum(v for k, v in tally.accepted.items() if k.startswith("error:"))
@@ -83,11 +93,8 @@ async def test_steady_state_moves_successes_and_network_errors_only(
         assert await group(p, "pin_match") == {"primary": tally.accepted["pin:ok"]}
 
 
-async def test_planned_rotation_moves_matches_to_the_backup_without_failures(
-    make_settings, population, chains
-):
-    async with run_pipeline(make_settings()) as p:
-        tally = await play(p, population, "planned_rotation", chains)
+async def test_planned_rotation_moves_matches_to_the_backup_without_failures(played):
+    async with played("planned_rotation") as (p, tally):
         backup = tally.accepted["pin:ok:backup"]
         assert backup > 0
         assert await validations(p, host=TEST_HOST, result="ok", pin_match="backup") == backup
@@ -96,11 +103,8 @@ async def test_planned_rotation_moves_matches_to_the_backup_without_failures(
         assert await validations(p, host=REPORT_ONLY_HOST, pin_match="backup") == 0
 
 
-async def test_unplanned_rotation_is_rotation_suspected_on_every_network(
-    make_settings, population, chains
-):
-    async with run_pipeline(make_settings()) as p:
-        tally = await play(p, population, "unplanned_rotation", chains)
+async def test_unplanned_rotation_is_rotation_suspected_on_every_network(played, population):
+    async with played("unplanned_rotation") as (p, tally):
         failed = tally.accepted["pin:pin_mismatch"]
         assert failed > 0
         assert (
@@ -117,11 +121,8 @@ async def test_unplanned_rotation_is_rotation_suspected_on_every_network(
         assert devices == len(tally.devices_failing) == len(population.devices)
 
 
-async def test_interception_is_interception_suspected_on_one_network(
-    make_settings, population, chains
-):
-    async with run_pipeline(make_settings()) as p:
-        tally = await play(p, population, "interception", chains)
+async def test_interception_is_interception_suspected_on_one_network(played, population):
+    async with played("interception") as (p, tally):
         failed = tally.accepted["pin:pin_mismatch"]
         assert failed > 0
         assert await failures(p, cause="interception_suspected") == failed
@@ -130,9 +131,8 @@ async def test_interception_is_interception_suspected_on_one_network(
         assert set(networks) == {population.networks[0].prefix}
 
 
-async def test_dns_outage_moves_network_errors_not_pin_failures(make_settings, population, chains):
-    async with run_pipeline(make_settings()) as p:
-        tally = await play(p, population, "dns_outage", chains)
+async def test_dns_outage_moves_network_errors_not_pin_failures(played):
+    async with played("dns_outage") as (p, tally):
         dns = tally.accepted["error:dns"]
         assert dns > 0
         assert (
@@ -141,9 +141,8 @@ async def test_dns_outage_moves_network_errors_not_pin_failures(make_settings, p
         assert await failures(p) == 0
 
 
-async def test_device_flood_is_one_device_on_one_network(make_settings, population, chains):
-    async with run_pipeline(make_settings()) as p:
-        tally = await play(p, population, "device_flood", chains)
+async def test_device_flood_is_one_device_on_one_network(played, population):
+    async with played("device_flood") as (p, tally):
         failed = tally.accepted["pin:pin_mismatch"]
         assert failed > 100  # unaggregated: one report per failure
         assert await failures(p, cause="interception_suspected") == failed
@@ -155,11 +154,8 @@ async def test_device_flood_is_one_device_on_one_network(make_settings, populati
         assert tally.devices_failing == {flood_device(population).id}
 
 
-async def test_bad_release_fails_only_the_new_version_against_a_pinned_chain(
-    make_settings, population, chains
-):
-    async with run_pipeline(make_settings()) as p:
-        tally = await play(p, population, "bad_release", chains)
+async def test_bad_release_fails_only_the_new_version_against_a_pinned_chain(played):
+    async with played("bad_release") as (p, tally):
         failed = tally.accepted["pin:pin_mismatch"]
         assert failed > 0
         assert await failures(p, app_version=BAD_RELEASE_VERSION) == failed
@@ -170,14 +166,13 @@ async def test_bad_release_fails_only_the_new_version_against_a_pinned_chain(
         assert set(versions) == {BAD_RELEASE_VERSION}
 
 
-async def test_mixed_clients_rotation_counts_every_format(make_settings, policy_file, chains):
+async def test_mixed_clients_rotation_counts_every_format(played, policy_file):
     """Native, TrustKit and NEL devices together: TrustKit sends chains (rotation_suspected),
     NEL cannot (cause unknown), and every accepted failure is counted once."""
     population = build_population(
         load_policy(policy_file), PopulationConfig(devices=30, networks=3, client_format="mixed")
     )
-    async with run_pipeline(make_settings()) as p:
-        tally = await play(p, population, "unplanned_rotation", chains)
+    async with played("unplanned_rotation", population) as (p, tally):
         assert await failures(p) == tally.accepted["pin:pin_mismatch"] > 0
         formats = await group(p, "format", "result = 'pin_mismatch'")
         assert set(formats) == {"native", "trustkit", "nel"}

@@ -56,16 +56,16 @@ def _steady(population: Population, device: Device, target: Target, changed: boo
     return STEADY
 
 
-def _planned(population: Population, device: Device, target: Target, changed: bool) -> View:
-    if changed and target is _incident_host(population):
-        return View(served="backup")
-    return STEADY
+def _incident_serves(served: str) -> ViewFn:
+    """After the change the incident host serves another key: its pinned backup (a planned
+    rotation) or an unpinned one (unplanned)."""
 
+    def view(population: Population, device: Device, target: Target, changed: bool) -> View:
+        if changed and target is _incident_host(population):
+            return View(served=served)
+        return STEADY
 
-def _unplanned(population: Population, device: Device, target: Target, changed: bool) -> View:
-    if changed and target is _incident_host(population):
-        return View(served="rotated")
-    return STEADY
+    return view
 
 
 def _interception(population: Population, device: Device, target: Target, changed: bool) -> View:
@@ -123,13 +123,13 @@ SCENARIOS: dict[str, Scenario] = {
             "planned_rotation",
             "the API host moves to its pinned backup key",
             "validations stay ok, pin_match moves from primary to backup; no pin failures",
-            _planned,
+            _incident_serves("backup"),
         ),
         Scenario(
             "unplanned_rotation",
             "the API host moves to a publicly trusted but unpinned key",
             "pin failures on every network, public chain: cause rotation_suspected; pages",
-            _unplanned,
+            _incident_serves("rotated"),
         ),
         Scenario(
             "interception",
