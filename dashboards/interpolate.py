@@ -66,7 +66,8 @@ def prometheus_regex_escape(value: str) -> str:
     return _PROM_REGEX_SPECIAL.sub(lambda m: "\\\\" + m.group(0), value)
 
 
-def _format(values: list[str], fmt: str | None, dialect: str) -> str:
+def _format(value: list[str] | str, fmt: str | None, dialect: str) -> str:
+    values = [value] if isinstance(value, str) else list(value)
     if fmt == "singlequote":
         return ",".join("'" + v.replace("'", "\\'") + "'" for v in values)
     if fmt == "doublequote":
@@ -83,9 +84,10 @@ def _format(values: list[str], fmt: str | None, dialect: str) -> str:
     if dialect == "prometheus":
         escaped = [prometheus_regex_escape(v) for v in values]
         return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
-    # grafana-clickhouse-datasource's format(): arrays become 'a','b'; one value stays raw.
-    if len(values) == 1:
-        return values[0]
+    # grafana-clickhouse-datasource's format(): an array (any multi-value variable, even with
+    # one value picked) becomes 'a','b'; a single-value variable's value stays raw.
+    if isinstance(value, str):
+        return value
     return "'" + "','".join(values) + "'"
 
 
@@ -102,8 +104,7 @@ def replace_variables(text: str, selection: Selection, dialect: str) -> str:
             if name in selection.all_values and fmt not in ("text", "percentencode"):
                 return selection.all_values[name]
             value = selection.options.get(name, [])
-        values = [value] if isinstance(value, str) else list(value)
-        return _format(values, fmt, dialect)
+        return _format(value, fmt, dialect)
 
     return _VARIABLE.sub(substitute, text)
 

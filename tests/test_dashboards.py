@@ -268,6 +268,9 @@ def test_clickhouse_conditional_all_and_macros_render_like_the_plugin():
     )
     two = Selection(values={"app": ["a", "b"]}, constants={"database": "db"})
     assert clickhouse_sql(sql, two, start, end).endswith("AND app IN ('a','b')")
+    # the plugin's own format: a multi-value selection is quoted even when one value is picked
+    one = Selection(values={"app": ["a"]})
+    assert clickhouse_sql("x IN ($app)", one, start, end) == "x IN ('a')"
     with pytest.raises(ValueError, match="2 arguments"):
         apply_conditional_all("$__conditionalAll(x)", two)
 
