@@ -190,11 +190,12 @@ def build(runbook_url: str):
                 "Pin match over time",
                 "Pin validations per second by which pin of the host's set matched: primary "
                 "(normal), backup (the backup key is now served: plan a new backup), none (no "
-                "pin matched: failure). Chain-invalid reports carry no pin match.",
+                "pin matched: failure). Chain-invalid reports (trust failed before pins were "
+                "checked) are left out.",
                 "cps",
                 [
                     promql(
-                        _rate(APP_HOST + ', pin_match!=""', "pin_match"),
+                        _rate(APP_HOST + ', pin_match!="", result!="chain_invalid"', "pin_match"),
                         "{{pin_match}}",
                     )
                 ],
