@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from consumers.rollout import rollups as rollout_rollups
 from pinwatch.logs import event
 from pinwatch.settings import Settings
 
@@ -219,6 +220,12 @@ FROM {db}.reports
 GROUP BY kafka_topic, kafka_partition""",
         ),
     ),
+    # Rollout analysis (consumers/rollout/rollups.py): hourly rollups with mergeable sketches.
+    Migration(
+        2,
+        "rollout hourly rollups",
+        tuple(s.replace("{dedup}", _DEDUP) for s in rollout_rollups.STATEMENTS),
+    ),
 )
 
 # Tables whose TTL follows settings.retention_days; re-applied on every migrate run so a changed
@@ -228,6 +235,7 @@ _TTL_TABLES: dict[str, str] = {
     "rollup_minute": "minute",
     "evidence": "hour",
     "evidence_hourly": "hour",
+    **rollout_rollups.TTL_TABLES,
 }
 
 

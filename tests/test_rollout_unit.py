@@ -106,12 +106,13 @@ def test_unknown_host_without_pins_is_not_found() -> None:
 def test_queries_bind_every_value_and_pick_the_would_fail_test() -> None:
     hostile = "x' OR 1=1 --"
     req = build_request(POLICY, "api.acme.com", since="1d", app=hostile, platform="ios", now=NOW)
-    rollup = sql.groups_query(sql.rollup_source(), req)
+    rollup = sql.groups_query(sql.hourly_source(), req)
     assert hostile not in rollup.sql
     assert rollup.parameters["app_id"] == hostile
     assert rollup.parameters["platform"] == "ios"
     assert "app_version =" not in rollup.sql  # no filter that was not asked for
-    assert "{db}.rollup_minute" in rollup.sql and "uniqMergeIf" in rollup.sql
+    assert "{db}.rollout_hourly" in rollup.sql and "uniqCombinedMergeIf(12)" in rollup.sql
+    assert "hour >= toStartOfHour({since:DateTime64(3, 'UTC')})" in rollup.sql
     assert "leaf_pin NOT IN {candidates:Array(String)}" in rollup.sql
     assert rollup.parameters["candidates"] == req.pin_set.hashes
     chain = sql.pins_query(sql.raw_source(chain=True), req, 10)
@@ -130,9 +131,7 @@ T = Thresholds(
 
 
 def group(value: str, devices: int, server_failing: int = 0, intercepted: int = 0) -> Group:
-    return Group(
-        value, devices * 2, devices, server_failing + intercepted, server_failing, intercepted
-    )
+    return Group(value, devices * 2, devices, server_failing, intercepted)
 
 
 def test_clean_rollout_is_ready() -> None:

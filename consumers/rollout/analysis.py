@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import time
@@ -65,7 +64,8 @@ class RolloutAnswer:
     until: str
     filters: dict[str, str]
     pin_set: dict[str, Any]
-    method: str  # rollup: decided by leaf pins; raw: a candidate pin sits deeper in chains
+    method: str  # rollup: decided by leaf pins (hourly, since rounded down to the hour);
+    # raw: a candidate pin sits deeper in chains, read from the raw table
     reports: int
     devices: int
     networks: int
@@ -79,6 +79,7 @@ class RolloutAnswer:
     verdict: Verdict
     thresholds: Thresholds
     query_seconds: float
+    timings: dict[str, float]  # seconds per query, for "why is this slow?"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +97,6 @@ def _group(row: dict[str, Any]) -> Group:
         value=row.get("value", ""),
         reports=int(row["reports"]),
         devices=int(row["device_count"]),
-        failing=int(row["failing"]),
         server_failing=int(row["server_failing"]),
         intercepted=int(row["intercepted"]),
     )
@@ -116,25 +116,31 @@ def _slice(g: Group) -> Slice:
 
 async def analyze(store: Store, req: RolloutRequest, settings: Settings) -> RolloutAnswer:
     started = time.perf_counter()
-    deep = await store.scalar(
-        sql.deep_candidates_query(req).sql, sql.deep_candidates_query(req).parameters
-    )
+    timings: dict[str, float] = {}
+
+    async def run(name: str, q: sql.Query) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        rows = await store.query_dicts(q.sql, q.parameters)
+        timings[name] = round(time.perf_counter() - t0, 4)
+        return rows
+
+    deep_rows = await run("deep_candidates", sql.deep_candidates_query(req))
+    deep = bool(deep_rows and deep_rows[0]["deep"])
     method = "raw" if deep else "rollup"
-    source = sql.raw_source(chain=True) if deep else sql.rollup_source()
-    # The network breakdown always reads the raw table; the leaf-pin test is enough there unless
-    # a candidate pin sits deeper in the chain.
-    raw = sql.raw_source(chain=bool(deep))
+    source = sql.raw_source(chain=True) if deep else sql.hourly_source()
+    if deep or req.app_version or req.platform:
+        networks = sql.raw_source(chain=deep)
+    else:
+        networks = sql.network_hourly_source()
     pins_q = sql.pins_query(source, req, settings.rollout_max_pins)
     groups_q = sql.groups_query(source, req)
-    networks_q = sql.networks_query(raw, req, settings.rollout_max_networks)
-    pin_rows, group_rows, network_rows = await asyncio.gather(
-        store.query_dicts(pins_q.sql, pins_q.parameters),
-        store.query_dicts(groups_q.sql, groups_q.parameters),
-        store.query_dicts(networks_q.sql, networks_q.parameters),
-    )
+    networks_q = sql.networks_query(networks, req, settings.rollout_max_networks)
+    pin_rows = await run("pins", pins_q)
+    group_rows = await run("groups", groups_q)
+    network_rows = await run("networks", networks_q)
     total = next(
         (_group(r) for r in group_rows if r["dimension"] == ""),
-        Group("", 0, 0, 0, 0, 0),
+        Group("", 0, 0, 0, 0),
     )
     total_networks = next((int(r["network_count"]) for r in group_rows if r["dimension"] == ""), 0)
     by_version = [_group(r) for r in group_rows if r["dimension"] == "app_version"]
@@ -154,15 +160,17 @@ async def analyze(store: Store, req: RolloutRequest, settings: Settings) -> Roll
                 networks=int(r["network_count"]),
                 report_share=int(r["reports"]) / total.reports if total.reports else 0.0,
                 device_share=int(r["device_count"]) / total.devices if total.devices else 0.0,
-                first_seen=_iso(r["first_seen"]),
-                last_seen=_iso(r["last_seen"]),
+                first_seen=_iso(r["seen_first"]),
+                last_seen=_iso(r["seen_last"]),
                 would_fail=failing > 0,
                 # A key is one party's: a proxy's forged leaves all carry the proxy's key.
                 interception=failing > 0 and intercepted * 2 > failing,
             )
         )
     surprises = [p for p in pins if p.would_fail and not p.interception]
+    t0 = time.perf_counter()
     evidence = await _evidence(store, req, settings, [p.pin for p in surprises])
+    timings["evidence"] = round(time.perf_counter() - t0, 4)
     surprise_pins = [
         Surprise(
             p.pin,
@@ -196,7 +204,7 @@ async def analyze(store: Store, req: RolloutRequest, settings: Settings) -> Roll
     )
     return RolloutAnswer(
         host=req.host,
-        since=_iso(req.since),
+        since=_iso(req.since.replace(minute=0, second=0, microsecond=0) if not deep else req.since),
         until=_iso(req.until),
         filters=req.filters,
         pin_set={"name": req.pin_set.name, "pins": [asdict(p) for p in req.pin_set.pins]},
@@ -214,6 +222,7 @@ async def analyze(store: Store, req: RolloutRequest, settings: Settings) -> Roll
         verdict=verdict,
         thresholds=thresholds,
         query_seconds=elapsed,
+        timings=timings,
     )
 
 

@@ -1,12 +1,14 @@
 """The rollout queries, built as SQL text plus bound parameters (never values pasted into SQL).
 Tables are written `{db}.table`; `consumers.store.Store` fills in the database.
 
-Two sources answer the same questions. The per-minute rollup (`rollup_minute`) holds report sums
-and distinct-device/network sketches per leaf pin, app version and platform: it answers the pin
-distribution and the would-fail shares when "would this chain pass?" depends on the leaf pin
-alone, and stays small at any report volume. The raw `reports` table answers what the rollup
-cannot: the breakdown by client network prefix, and would-fail when a candidate pin sits deeper
-in the chain (an intermediate or root key), which needs each report's full `observed_pins`.
+Where they read (see consumers/rollout/rollups.py for the tables):
+- `rollout_hourly` answers the pin distribution and the would-fail shares overall, by app
+  version and by platform whenever "would this chain pass?" depends on the leaf pin alone.
+- `rollout_network_hourly` answers the breakdown by client network prefix the same way (unless
+  the question filters by app version or platform, which that table does not keep).
+- the raw `reports` table answers the rest: a candidate pin that sits deeper in the chain (an
+  intermediate or root key) needs each report's full `observed_pins`.
+Hourly tables start the window at the hour `since` falls in; the answer says so.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 from consumers.rollout.request import RolloutRequest
 
 INTERCEPTION = "interception_suspected"
+_LEAF_FAILS = "(leaf_pin NOT IN {candidates:Array(String)})"
+_CHAIN_FAILS = "(NOT hasAny(observed_pins, {candidates:Array(String)}))"
 
 
 @dataclass(frozen=True)
@@ -24,48 +28,72 @@ class Source:
     """How one table spells time, report sums and distinct counts."""
 
     table: str
-    time: str
-    count: str  # the column holding how many reports a row stands for
+    time: str  # the column the window applies to
+    hourly: bool  # rows are hours: the window starts at the hour `since` falls in
     devices: str  # distinct devices
     devices_if: str  # distinct devices where {cond}
     networks: str  # distinct client networks
+    first_seen: str
+    last_seen: str
+    chain: str  # a sample of the observed chain's pins
     fail: str  # the would-fail condition of one row under the candidate pins
+    raw: bool = False  # needs `kind` filtered (the rollups hold pin validations only)
 
     @property
     def reports(self) -> str:
-        return f"sum({self.count})"
+        return "sum(count)"
 
     def sum_if(self, cond: str) -> str:
-        return f"sumIf({self.count}, {cond})"
+        return f"sumIf(count, {cond})"
 
 
-def rollup_source() -> Source:
+def _hourly(table: str, **columns: str) -> Source:
     return Source(
-        table="{db}.rollup_minute",
-        time="minute",
-        count="count",
-        devices="uniqMerge(devices)",
-        devices_if="uniqMergeIf(devices, {cond})",
-        networks="uniqMerge(client_networks)",
-        fail="(leaf_pin NOT IN {candidates:Array(String)})",
+        table=table,
+        time="hour",
+        hourly=True,
+        devices="uniqCombinedMerge(12)(devices)",
+        devices_if="uniqCombinedMergeIf(12)(devices, {cond})",
+        fail=_LEAF_FAILS,
+        **columns,
+    )
+
+
+def hourly_source() -> Source:
+    return _hourly(
+        "{db}.rollout_hourly",
+        networks="uniqCombinedMerge(12)(client_networks)",
+        first_seen="min(first_seen)",
+        last_seen="max(last_seen)",
+        chain="any(observed_pins)",
+    )
+
+
+def network_hourly_source() -> Source:
+    """Networks are this table's rows, so it keeps no network sketch and no sample chain."""
+    return _hourly(
+        "{db}.rollout_network_hourly",
+        networks="1",
+        first_seen="min(hour)",
+        last_seen="max(hour)",
+        chain="[leaf_pin]",
     )
 
 
 def raw_source(*, chain: bool) -> Source:
     """`chain`: a report passes when ANY of its observed pins is a candidate, not only its leaf."""
-    fail = (
-        "(NOT hasAny(observed_pins, {candidates:Array(String)}))"
-        if chain
-        else "(leaf_pin NOT IN {candidates:Array(String)})"
-    )
     return Source(
         table="{db}.reports",
         time="received_at",
-        count="count",
+        hourly=False,
         devices="uniq(device)",
         devices_if="uniqIf(device, {cond})",
         networks="uniq(client_network)",
-        fail=fail,
+        first_seen="min(received_at)",
+        last_seen="max(received_at)",
+        chain="any(observed_pins)",
+        fail=_CHAIN_FAILS if chain else _LEAF_FAILS,
+        raw=True,
     )
 
 
@@ -78,13 +106,15 @@ class Query:
 def _where(src: Source, req: RolloutRequest) -> tuple[str, dict[str, Any]]:
     """Pin validations of the host in the window. `chain_invalid` is left out: system trust
     already rejects those chains, so enforcing pins changes nothing for them."""
+    since = "{since:DateTime64(3, 'UTC')}"
     conds = [
         "host = {host:String}",
-        f"{src.time} >= {{since:DateTime64(3, 'UTC')}}",
-        f"{src.time} < {{until:DateTime64(3, 'UTC')}}",
-        "kind = 'pin_validation'",
+        f"{src.time} >= {f'toStartOfHour({since})' if src.hourly else since}",
+        f"{src.time} <= {{until:DateTime64(3, 'UTC')}}",
         "result IN ('ok', 'pin_mismatch')",
     ]
+    if src.raw:
+        conds.append("kind = 'pin_validation'")
     params: dict[str, Any] = {
         "host": req.host,
         "since": req.since.replace(tzinfo=None),
@@ -113,17 +143,16 @@ def _server_fail(src: Source) -> str:
 def pins_query(src: Source, req: RolloutRequest, limit: int) -> Query:
     """One row per served leaf pin: reports, devices, networks, first/last seen."""
     where, params = _where(src, req)
-    chain = "any(observed_pins)" if src.table.endswith(".reports") else "[leaf_pin]"
     sql = f"""
         SELECT leaf_pin AS pin,
                {src.reports} AS reports,
                {src.devices} AS device_count,
                {src.networks} AS network_count,
-               min({src.time}) AS first_seen,
-               max({src.time}) AS last_seen,
+               {src.first_seen} AS seen_first,
+               {src.last_seen} AS seen_last,
                {src.sum_if(_intercepted(src))} AS intercepted_reports,
                {src.sum_if(src.fail)} AS failing_reports,
-               {chain} AS chain
+               {src.chain} AS chain
         FROM {src.table}
         WHERE {where}
         GROUP BY leaf_pin
@@ -143,7 +172,6 @@ def groups_query(src: Source, req: RolloutRequest) -> Query:
                {src.reports} AS reports,
                {src.devices} AS device_count,
                {src.networks} AS network_count,
-               {src.devices_if.format(cond=src.fail)} AS failing,
                {src.devices_if.format(cond=_server_fail(src))} AS server_failing,
                {src.devices_if.format(cond=_intercepted(src))} AS intercepted
         FROM {src.table}
@@ -156,14 +184,14 @@ def groups_query(src: Source, req: RolloutRequest) -> Query:
 def networks_query(src: Source, req: RolloutRequest, limit: int) -> Query:
     """The client network prefixes with the most would-fail devices, each with its own total.
 
-    Raw table only (the rollup keeps networks as a sketch, not a dimension). The inner query
-    picks the worst prefixes reading rows that fail; the outer one counts those prefixes whole."""
+    The inner query ranks prefixes by failing reports (a plain sum: sketches are merged only for
+    the prefixes kept); the outer one counts those prefixes whole (on the hourly table its sort
+    key finds them without a scan)."""
     where, params = _where(src, req)
     sql = f"""
         SELECT client_network AS prefix,
                {src.reports} AS reports,
                {src.devices} AS device_count,
-               {src.devices_if.format(cond=src.fail)} AS failing,
                {src.devices_if.format(cond=_server_fail(src))} AS server_failing,
                {src.devices_if.format(cond=_intercepted(src))} AS intercepted
         FROM {src.table}
@@ -171,29 +199,27 @@ def networks_query(src: Source, req: RolloutRequest, limit: int) -> Query:
             SELECT client_network FROM {src.table}
             WHERE {where} AND {src.fail}
             GROUP BY client_network
-            ORDER BY {src.devices} DESC, client_network
+            ORDER BY sum(count) DESC, client_network
             LIMIT {int(limit)})
         GROUP BY client_network
-        ORDER BY failing DESC, device_count DESC, prefix"""
+        ORDER BY server_failing + intercepted DESC, device_count DESC, prefix"""
     return Query(sql, params)
 
 
 def deep_candidates_query(req: RolloutRequest) -> Query:
-    """Is any candidate pin seen below the leaf (an intermediate or root key) in the sampled
-    evidence chains? If so "does this chain pass" depends on more than the leaf, and the
-    would-fail numbers must come from the raw table's full `observed_pins`."""
+    """Is any candidate pin seen below the leaf (an intermediate or root key) in the chains
+    the hourly rollup keeps a sample of? If so "does this chain pass" depends on more than the
+    leaf, and the would-fail numbers must come from the raw table's full `observed_pins`."""
     sql = """
-        SELECT count() FROM {db}.evidence
+        SELECT count() AS deep FROM {db}.rollout_hourly
         WHERE host = {host:String} AND hour >= toStartOfHour({since:DateTime64(3, 'UTC')})
           AND hasAny(arrayPopFront(observed_pins), {candidates:Array(String)})"""
-    return Query(
-        sql,
-        {
-            "host": req.host,
-            "since": req.since.replace(tzinfo=None),
-            "candidates": req.pin_set.hashes,
-        },
-    )
+    params = {
+        "host": req.host,
+        "since": req.since.replace(tzinfo=None),
+        "candidates": req.pin_set.hashes,
+    }
+    return Query(sql, params)
 
 
 def evidence_query(req: RolloutRequest, pins: list[str], per_pin: int) -> Query:
@@ -206,4 +232,5 @@ def evidence_query(req: RolloutRequest, pins: list[str], per_pin: int) -> Query:
           AND hour >= toStartOfHour({{since:DateTime64(3, 'UTC')}})
         ORDER BY leaf_pin, length(served_chain) = 0, received_at DESC
         LIMIT {int(per_pin)} BY leaf_pin"""
-    return Query(sql, {"host": req.host, "pins": pins, "since": req.since.replace(tzinfo=None)})
+    params = {"host": req.host, "pins": pins, "since": req.since.replace(tzinfo=None)}
+    return Query(sql, params)

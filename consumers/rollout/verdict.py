@@ -37,9 +37,8 @@ class Group:
     value: str
     reports: int
     devices: int
-    failing: int  # devices with a chain the pin set rejects, any cause
-    server_failing: int  # ... served by the host itself (not an interception)
-    intercepted: int  # ... behind a TLS-intercepting network
+    server_failing: int  # devices served a chain the pin set rejects by the host itself
+    intercepted: int  # devices whose chain the pin set rejects behind TLS interception
 
     @property
     def would_fail_share(self) -> float:
