@@ -5,6 +5,13 @@ Answers, per host: which pins do clients actually see (by distinct devices); wha
 fail if the pin set were enforced, per app version, platform and network prefix; are surprise
 chains (pins in no pin set) being served; and sample evidence chains to look at.
 
+"Would fail" follows `pinwatch rollout`: among report-only clients (`enforced = 0`) and pin
+validations the pins decide (`ok` or `pin_mismatch`; a `chain_invalid` chain is refused by
+system trust whatever the pins), a device would fail when it was served a chain the host's pin
+set does not match (`pin_match = 'none'`) and the cause is not interception; devices behind
+TLS interception are counted apart, since enforcing pins is meant to refuse those. Shares are
+shares of distinct devices.
+
 SQL conventions: `${database}` is the pinwatch database; app and host filters are wrapped in the
 plugin's `$__conditionalAll(condition, $var)`, which it replaces by `1=1` when "All" is
 selected; `${var:singlequote}` renders a selection as `'a','b'`. `$__timeFilter(col)` and
@@ -42,10 +49,14 @@ EVIDENCE_HOST_FILTER = (
     "arrayExists(h -> endsWith(host, concat('.', h)), [${host:singlequote}]), $host)"
 )
 
-
 # A rollup row stands for its whole minute: keep the minute the range starts in, which
 # $__timeFilter(minute) would drop.
 MINUTES_IN_RANGE = "minute >= toStartOfMinute($__fromTime) AND minute <= $__toTime"
+
+INTERCEPTION = "cause = 'interception_suspected'"
+WOULD_FAIL_IF = f"pin_match = 'none' AND NOT {INTERCEPTION}"
+INTERCEPTED_IF = f"pin_match = 'none' AND {INTERCEPTION}"
+DECIDED_BY_PINS = "result IN ('ok', 'pin_mismatch')"
 
 
 def _scope(time_column: str, *conditions: str) -> str:
@@ -54,29 +65,47 @@ def _scope(time_column: str, *conditions: str) -> str:
     return "\n      AND ".join(lines)
 
 
-# Report-only clients compute the pin check but never enforce it, so a failure there is a
-# "would fail". The per-minute rollup answers everything that needs no per-report column, so a
-# weeks-long range stays cheap; distinct devices come from its uniq sketches (uniqMerge).
-WOULD_FAIL = _scope("minute", "kind = 'pin_validation'", "enforced = 0")
-WOULD_FAIL_RAW = _scope("received_at", "kind = 'pin_validation'", "enforced = 0")
-PINS = _scope("minute", "kind = 'pin_validation'", "leaf_pin != ''")
-PINS_RAW = _scope("received_at", "kind = 'pin_validation'", "leaf_pin != ''")
-WOULD_FAIL_UNITS = {"would_fail_share": "percentunit", "reports": "short", "would_fail": "short"}
+# The per-minute rollup answers everything that needs no per-report column (distinct devices
+# from its uniq sketches); network prefixes and the chain's root need the raw reports.
+REPORT_ONLY = ("kind = 'pin_validation'", "enforced = 0", DECIDED_BY_PINS)
+WOULD_FAIL = _scope("minute", *REPORT_ONLY)
+WOULD_FAIL_RAW = _scope("received_at", *REPORT_ONLY)
+PINS = _scope("minute", "kind = 'pin_validation'", "leaf_pin != ''", DECIDED_BY_PINS)
+PINS_RAW = _scope("received_at", "kind = 'pin_validation'", "leaf_pin != ''", DECIDED_BY_PINS)
+SHARE_UNITS = {
+    "would_fail_share": "percentunit",
+    "interception_share": "percentunit",
+}
 
 
-def _would_fail_by(column: str, alias: str, order: str, limit: int, raw: bool = False) -> str:
-    devices = "uniqIf(device, result != 'ok')" if raw else "uniqMergeIf(devices, result != 'ok')"
+def _devices(raw: bool, condition: str | None = None) -> str:
+    if raw:
+        return f"uniqIf(device, {condition})" if condition else "uniq(device)"
+    return f"uniqMergeIf(devices, {condition})" if condition else "uniqMerge(devices)"
+
+
+def _would_fail_by(column: str, alias: str, limit: int, raw: bool = False) -> str:
     return f"""
         SELECT {column} AS {alias},
                sum(count) AS reports,
-               sumIf(count, result != 'ok') AS would_fail,
-               would_fail / nullIf(reports, 0) AS would_fail_share,
-               {devices} AS failing_devices
+               {_devices(raw)} AS device_count,
+               {_devices(raw, WOULD_FAIL_IF)} AS would_fail_devices,
+               would_fail_devices / nullIf(device_count, 0) AS would_fail_share,
+               {_devices(raw, INTERCEPTED_IF)} AS intercepted_devices,
+               intercepted_devices / nullIf(device_count, 0) AS interception_share
         FROM {REPORTS if raw else ROLLUP}
         {WOULD_FAIL_RAW if raw else WOULD_FAIL}
         GROUP BY {alias}
-        ORDER BY {order} DESC
+        ORDER BY would_fail_devices + intercepted_devices DESC, device_count DESC
         LIMIT {limit}
+    """
+
+
+def _stat_sql(select: str) -> str:
+    return f"""
+        SELECT {select}
+        FROM {ROLLUP}
+        {WOULD_FAIL}
     """
 
 
@@ -124,21 +153,20 @@ def build(runbook_url: str):
             single_stat(
                 1,
                 "Would-fail share",
-                "Among report-only pin validations (enforced = 0) in the time range: the "
-                "share that did not pass (no pin matched, or the chain was invalid). This is "
-                "the share of users who would lose the API if this pin set were enforced.",
+                "Share of report-only devices that were served a chain the host's pin set does "
+                "not match (interception apart): the users who would lose the API if this pin "
+                "set were enforced. `pinwatch rollout HOST` applies the same rule and a bar.",
                 "percentunit",
                 [
                     sql(
-                        f"""
-                        SELECT sumIf(count, result != 'ok') / nullIf(sum(count), 0)
-                               AS would_fail_share
-                        FROM {ROLLUP}
-                        {WOULD_FAIL}
-                        """
+                        _stat_sql(
+                            f"{_devices(False, WOULD_FAIL_IF)} / nullIf({_devices(False)}, 0) "
+                            "AS would_fail_share"
+                        )
                     )
                 ],
                 source="clickhouse",
+                width=5,
                 thresholds=[(None, "green"), (0.001, "orange"), (0.01, "red")],
                 links=alert_links(runbook_url, "PinwatchReportOnlyWouldFail"),
             )
@@ -146,47 +174,46 @@ def build(runbook_url: str):
         .with_panel(
             single_stat(
                 2,
-                "Report-only validations",
-                "Report-only pin validations in the time range (each report weighted by its "
-                "count): the denominator of the would-fail share.",
+                "Report-only devices",
+                "Distinct devices (keyed hashes) with report-only pin validations in the time "
+                "range: what the would-fail share is a share of.",
                 "short",
-                [
-                    sql(
-                        f"""
-                        SELECT sum(count) AS reports
-                        FROM {ROLLUP}
-                        {WOULD_FAIL}
-                        """
-                    )
-                ],
+                [sql(_stat_sql(f"{_devices(False)} AS device_count"))],
                 source="clickhouse",
+                width=5,
             )
         )
         .with_panel(
             single_stat(
                 3,
                 "Devices that would fail",
-                "Distinct devices (keyed hashes) with at least one report-only failure.",
+                "Distinct report-only devices served a chain the pin set does not match "
+                "(interception apart).",
                 "short",
-                [
-                    sql(
-                        f"""
-                        SELECT uniqMergeIf(devices, result != 'ok') AS failing_devices
-                        FROM {ROLLUP}
-                        {WOULD_FAIL}
-                        """
-                    )
-                ],
+                [sql(_stat_sql(f"{_devices(False, WOULD_FAIL_IF)} AS would_fail_devices"))],
                 source="clickhouse",
+                width=5,
                 thresholds=[(None, "green"), (1, "orange")],
+            )
+        )
+        .with_panel(
+            single_stat(
+                14,
+                "Devices behind interception",
+                "Distinct report-only devices whose unmatched chain ends in a private root "
+                "(a TLS-inspecting proxy): enforcement would refuse them by design.",
+                "short",
+                [sql(_stat_sql(f"{_devices(False, INTERCEPTED_IF)} AS intercepted_devices"))],
+                source="clickhouse",
+                width=5,
             )
         )
         .with_panel(
             single_stat(
                 4,
                 "Surprise pins",
-                "Distinct leaf pins seen that match no pin of the host's set. Each one is a "
-                "chain clients would reject: a CDN edge on a new key, or interception.",
+                "Distinct leaf pins seen (any client) that match no pin of the host's set. Each "
+                "one is a chain clients would reject: a CDN edge on a new key, or interception.",
                 "short",
                 [
                     sql(
@@ -199,6 +226,7 @@ def build(runbook_url: str):
                     )
                 ],
                 source="clickhouse",
+                width=4,
                 thresholds=[(None, "green"), (1, "orange")],
             )
         )
@@ -206,14 +234,16 @@ def build(runbook_url: str):
             graph(
                 5,
                 "Would-fail share over time per host",
-                "Report-only failure share per policy host and time bucket ($__timeInterval).",
+                "Per policy host and time bucket ($__timeInterval): the share of report-only "
+                "devices that would fail.",
                 "percentunit",
                 [
                     sql(
                         f"""
                         SELECT $__timeInterval(minute) AS time,
                                policy_host,
-                               sumIf(count, result != 'ok') / sum(count) AS would_fail_share
+                               {_devices(False, WOULD_FAIL_IF)} / {_devices(False)}
+                               AS would_fail_share
                         FROM {ROLLUP}
                         {WOULD_FAIL}
                         GROUP BY time, policy_host
@@ -231,9 +261,9 @@ def build(runbook_url: str):
             grid(
                 6,
                 "Observed leaf pins per host",
-                "Which leaf SPKI pins clients actually see for each host, by distinct devices, "
-                "and which pin of the set they match (primary, backup, none). Before enforcing, "
-                "every pin with many devices must be primary or backup.",
+                "Which leaf SPKI pins clients actually see for each host, by distinct devices "
+                "and networks, and which pin of the set they match (primary, backup, none). "
+                "Before enforcing, every pin with many devices must be primary or backup.",
                 "short",
                 [
                     sql(
@@ -241,7 +271,7 @@ def build(runbook_url: str):
                         SELECT policy_host,
                                leaf_pin,
                                pin_match,
-                               uniqMerge(devices) AS distinct_devices,
+                               uniqMerge(devices) AS device_count,
                                uniqMerge(client_networks) AS networks,
                                sum(count) AS reports,
                                min(minute) AS first_seen,
@@ -249,7 +279,7 @@ def build(runbook_url: str):
                         FROM {ROLLUP}
                         {PINS}
                         GROUP BY policy_host, leaf_pin, pin_match
-                        ORDER BY policy_host, distinct_devices DESC
+                        ORDER BY policy_host, device_count DESC
                         LIMIT 200
                         """
                     )
@@ -263,8 +293,8 @@ def build(runbook_url: str):
                 7,
                 "Distinct devices per observed pin",
                 "Distinct devices per time bucket for each host and leaf pin (first 12 "
-                "characters of the pin). A new pin appearing here is a key change on the "
-                "server side.",
+                "characters of the pin) and its match. A new pin appearing here is a key change "
+                "on the server side.",
                 "short",
                 [
                     sql(
@@ -272,7 +302,7 @@ def build(runbook_url: str):
                         SELECT $__timeInterval(minute) AS time,
                                concat(policy_host, ' ', substring(leaf_pin, 1, 12), ' ',
                                       pin_match) AS pin,
-                               uniqMerge(devices) AS distinct_devices
+                               uniqMerge(devices) AS device_count
                         FROM {ROLLUP}
                         {PINS}
                         GROUP BY time, pin
@@ -290,11 +320,12 @@ def build(runbook_url: str):
             grid(
                 8,
                 "Would-fail share by app version",
-                "Report-only validations, failures and failure share per app version. A "
-                "version with a high share ships a wrong pin set.",
+                "Report-only devices per app version, how many would fail and behind "
+                "interception, and the shares. A version with a high share ships a wrong pin "
+                "set or talks to a host on an unpinned key.",
                 "short",
-                [sql(_would_fail_by("app_version", "app_version", "would_fail_share", 50))],
-                column_units=WOULD_FAIL_UNITS,
+                [sql(_would_fail_by("app_version", "app_version", 50))],
+                column_units=SHARE_UNITS,
                 width=8,
             )
         )
@@ -302,10 +333,10 @@ def build(runbook_url: str):
             grid(
                 9,
                 "Would-fail share by platform",
-                "Report-only validations, failures and failure share per platform.",
+                "Report-only devices per platform, would-fail and interception counts and shares.",
                 "short",
-                [sql(_would_fail_by("platform", "platform", "would_fail_share", 20))],
-                column_units=WOULD_FAIL_UNITS,
+                [sql(_would_fail_by("platform", "platform", 20))],
+                column_units=SHARE_UNITS,
                 width=8,
             )
         )
@@ -313,18 +344,12 @@ def build(runbook_url: str):
             grid(
                 10,
                 "Would-fail by network prefix",
-                "Client network prefixes (truncated IPs) with the most report-only failures. "
-                "Failures concentrated on one or two prefixes are interception (a corporate "
-                "proxy), not a pin set problem.",
+                "Client network prefixes (truncated IPs) with the most would-fail or "
+                "intercepted devices. Failures concentrated on one or two prefixes and counted "
+                "as interception are a corporate proxy, not a pin set problem.",
                 "short",
-                [
-                    sql(
-                        _would_fail_by(
-                            "client_network", "network_prefix", "would_fail", 25, raw=True
-                        )
-                    )
-                ],
-                column_units=WOULD_FAIL_UNITS,
+                [sql(_would_fail_by("client_network", "network_prefix", 25, raw=True))],
+                column_units=SHARE_UNITS,
                 width=8,
             )
         )
@@ -332,13 +357,13 @@ def build(runbook_url: str):
             bars(
                 11,
                 "Would-fail share by platform (bars)",
-                "The platform table as bars, for a quick comparison.",
+                "The platform table's would-fail share as bars, for a quick comparison.",
                 "percentunit",
                 [
                     sql(
                         f"""
                         SELECT platform,
-                               sumIf(count, result != 'ok') / nullIf(sum(count), 0)
+                               {_devices(False, WOULD_FAIL_IF)} / nullIf({_devices(False)}, 0)
                                AS would_fail_share
                         FROM {ROLLUP}
                         {WOULD_FAIL}
@@ -369,7 +394,7 @@ def build(runbook_url: str):
                                leaf_pin,
                                cause,
                                chain_public_root,
-                               uniq(device) AS devices,
+                               uniq(device) AS device_count,
                                uniq(client_network) AS networks,
                                sum(count) AS reports,
                                min(received_at) AS first_seen,
@@ -378,7 +403,7 @@ def build(runbook_url: str):
                         {PINS_RAW}
                           AND pin_match = 'none'
                         GROUP BY policy_host, leaf_pin, cause, chain_public_root
-                        ORDER BY devices DESC
+                        ORDER BY device_count DESC
                         LIMIT 100
                         """
                     )

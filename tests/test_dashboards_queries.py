@@ -97,10 +97,17 @@ def _batches(ca: CertificateAuthority, wave: int) -> list[tuple[dict, str]]:
                         pin_validation(TEST_HOST, None, result="chain_invalid"),
                         network_error(TEST_HOST, "timeout", count=2),
                         network_error(TEST_HOST, "dns"),
-                        # report-only host: clients check but do not enforce
+                        # report-only host: clients check but do not enforce; one device
+                        # of three is served the rotated key
                         pin_validation(REPORT_ONLY_HOST, primary, enforced=False, count=10),
-                        pin_validation(
-                            REPORT_ONLY_HOST, rotated, result="pin_mismatch", enforced=False
+                        *(
+                            [
+                                pin_validation(
+                                    REPORT_ONLY_HOST, rotated, result="pin_mismatch", enforced=False
+                                )
+                            ]
+                            if device == 0
+                            else []
                         ),
                     ],
                     app=TEST_APP,
@@ -111,7 +118,23 @@ def _batches(ca: CertificateAuthority, wave: int) -> list[tuple[dict, str]]:
                 "",
             )
         )
-    # a TLS-inspecting proxy on one network, from another app
+    # a report-only device behind a TLS-inspecting proxy
+    out.append(
+        (
+            native_batch(
+                [
+                    pin_validation(REPORT_ONLY_HOST, primary, enforced=False, count=3),
+                    pin_validation(
+                        REPORT_ONLY_HOST, intercepted, result="pin_mismatch", enforced=False
+                    ),
+                ],
+                app=TEST_APP,
+                device=f"corp-phone-{wave}",
+            ),
+            "",
+        )
+    )
+    # an enforced one, from another app
     out.append(
         (
             native_batch(
@@ -388,15 +411,21 @@ async def test_rollout_numbers_follow_the_seeded_traffic(seeded: Seeded) -> None
     async def rows(title: str) -> list[dict[str, Any]]:
         return await _run_sql(seeded, by_title[title]["targets"][0]["rawSql"], selection)
 
-    # report-only: per wave and device 10 passing + 1 failing
+    # report-only, per wave: 4 devices, one served the rotated key, one behind a proxy
     (share,) = await rows("Would-fail share")
-    assert share["would_fail_share"] == pytest.approx(1 / 11)
-    (total,) = await rows("Report-only validations")
-    assert total["reports"] == WAVES * 3 * 11
-    (devices,) = await rows("Devices that would fail")
-    assert devices["failing_devices"] == WAVES * 3
+    assert share["would_fail_share"] == pytest.approx(1 / 4)
+    (devices,) = await rows("Report-only devices")
+    assert devices["device_count"] == WAVES * 4
+    (failing,) = await rows("Devices that would fail")
+    assert failing["would_fail_devices"] == WAVES
+    (intercepted,) = await rows("Devices behind interception")
+    assert intercepted["intercepted_devices"] == WAVES
     versions = {r["app_version"]: r for r in await rows("Would-fail share by app version")}
     assert set(versions) == {"5.2.0", "5.3.0"}
+    # devices 0 and 2 of each wave run 5.3.0, device 0 fails; device 1 and the proxied one 5.2.0
+    assert versions["5.3.0"]["would_fail_share"] == pytest.approx(1 / 2)
+    assert versions["5.2.0"]["would_fail_devices"] == 0
+    assert versions["5.2.0"]["interception_share"] == pytest.approx(1 / 2)
     observed = await rows("Observed leaf pins per host")
     matches = {(r["policy_host"], r["pin_match"]) for r in observed}
     assert (REPORT_ONLY_HOST, "primary") in matches and (REPORT_ONLY_HOST, "none") in matches
