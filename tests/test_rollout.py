@@ -1,11 +1,14 @@
-"""The rollout API against real chDB: every number of the answer checked against what was sent,
-and the verdict for a clean rollout, a surprise CDN edge, and a pin set that strands a release."""
+"""The rollout API on the real pipeline: report-only traffic POSTed to ingest from several
+loopback networks, through Kafka, classified by the consumer into chDB, asked through the
+consumer's API. Every number of the answer is checked against what was sent, and the verdict for
+a clean rollout, a surprise CDN edge, and a pin set that strands a release."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import datetime as dt
 import hashlib
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,21 +16,19 @@ from typing import Any
 import httpx
 import pytest
 from conftest import TEST_APP, TEST_HOST
-from fastapi import FastAPI
-from rollout_traffic import Traffic
+from payloads import native_batch, pin_validation
+from pipeline import Pipeline, run_pipeline
+from rollout_traffic import Sent, Traffic
 
-from consumers.rollout.api import router
-from consumers.schema import EVIDENCE_COLUMN_NAMES, REPORT_COLUMN_NAMES
-from consumers.store import Store
 from pinwatch.certs import CertificateAuthority
-from pinwatch.policy import load_policy
-from pinwatch.privacy import DeviceHasher
+from pinwatch.cli import build_parser
 from pinwatch.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 NEXT_BACKUP = base64.b64encode(hashlib.sha256(b"next offline backup key").digest()).decode()
 TOKEN = "rollout-test-admin-token"
+INGEST_KEY = "rollout-test-ingest-key-0123"
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def rollout_policy(ca: CertificateAuthority, tmp_path: Path) -> Path:
     path.write_text(
         f"""apps:
   - id: {TEST_APP}
-    ingest_keys: ["rollout-test-ingest-key-0123"]
+    ingest_keys: ["{INGEST_KEY}"]
 hosts:
   - host: {TEST_HOST}
     phase: report_only
@@ -67,81 +68,50 @@ def settings(make_settings: Callable[..., Settings], rollout_policy: Path) -> Se
 
 
 @pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[Store]:
-    store = Store.from_settings(settings)
-    await store.migrate(settings)
-    yield store
-    await store.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
-    await store.close()
+async def pipeline(settings: Settings) -> AsyncIterator[Pipeline]:
+    async with run_pipeline(settings) as p:
+        yield p
 
 
 @pytest.fixture
-async def api(settings: Settings, store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    app = FastAPI()
-    app.state.settings, app.state.store = settings, store
-    app.state.policy = load_policy(settings.policy_file)
-    app.include_router(router)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://consumer") as client:
+async def api(pipeline: Pipeline) -> AsyncIterator[httpx.AsyncClient]:
+    """The consumer's real API (consumers.api.create_api, served by uvicorn)."""
+    async with httpx.AsyncClient(base_url=pipeline.consumer_url, timeout=30) as client:
         yield client
 
 
-async def store_traffic(store: Store, settings: Settings, traffic: Traffic) -> None:
-    """Rows as the consumer classifies them: device hashed, client network truncated, leaf pin,
-    cause; full chains of failing reports kept as evidence."""
-    hasher = DeviceHasher(settings.device_hash_key)
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    reports, evidence = [], []
-    for offset, s in enumerate(traffic.sent):
-        row = {
-            "id": s.report_id,
-            "received_at": now,
-            "event_at": None,
-            "sent_at": None,
-            "app_id": TEST_APP,
-            "app_version": s.app_version,
-            "platform": s.platform,
-            "os_version": "18.1",
-            "device": hasher(s.device),
-            "network": "wifi",
-            "client_network": s.prefix,
-            "host": TEST_HOST,
-            "policy_host": TEST_HOST,
-            "port": 443,
-            "kind": "pin_validation",
-            "format": "native",
-            "result": s.result,
-            "pin_match": {
-                traffic.ca.pin("primary"): "primary",
-                traffic.ca.pin("backup"): "backup",
-            }.get(s.leaf_pin, "none"),
-            "enforced": 0,
-            "phase": "report_only",
-            "cause": s.cause,
-            "observed_pins": s.chain.pins,
-            "client_pins": [],
-            "client_pins_consistent": 1,
-            "leaf_pin": s.leaf_pin,
-            "chain_public_root": int(s.cause != "interception_suspected"),
-            "error": "",
-            "detail": "",
-            "count": s.count,
-            "kafka_topic": settings.kafka_topic,
-            "kafka_partition": 0,
-            "kafka_offset": offset,
-        }
-        reports.append([row[c] for c in REPORT_COLUMN_NAMES])
-        if s.result != "ok":
-            ev = {
-                **row,
-                "hour": now.replace(minute=0, second=0, microsecond=0),
-                "report_id": s.report_id,
-                "served_chain": s.chain.b64,
-                "raw": "",
-            }
-            evidence.append([ev[c] for c in EVIDENCE_COLUMN_NAMES])
-    await store.insert("reports", reports, REPORT_COLUMN_NAMES)
-    await store.insert("evidence", evidence, EVIDENCE_COLUMN_NAMES)
+async def deliver(p: Pipeline, traffic: Traffic) -> None:
+    """POST every device's reports as one native batch to the real ingest, from the device's
+    network: a loopback source address of its own, so ingest sees a distinct client /24."""
+    by_device: dict[str, list[Sent]] = {}
+    for s in traffic.sent:
+        by_device.setdefault(s.device, []).append(s)
+    for device, sent in by_device.items():
+        first = sent[0]
+        body = native_batch(
+            [
+                pin_validation(
+                    TEST_HOST,
+                    s.chain,
+                    result=s.result,
+                    enforced=False,
+                    count=s.count,
+                    report_id=s.report_id,
+                )
+                for s in sent
+            ],
+            app=TEST_APP,
+            version=first.app_version,
+            platform=first.platform,
+            device=device,
+        )
+        transport = httpx.AsyncHTTPTransport(local_address=first.network)
+        async with httpx.AsyncClient(transport=transport, timeout=30) as client:
+            response = await client.post(
+                f"{p.ingest_url}/v1/reports", json=body, headers={"X-Pinwatch-Key": INGEST_KEY}
+            )
+        assert response.status_code == 202, response.text
+    await p.wait_inserted(len(traffic.sent))
 
 
 async def ask(api: httpx.AsyncClient, **params: Any) -> dict:
@@ -183,10 +153,10 @@ def current_roles(ca: CertificateAuthority) -> dict[str, str]:
 
 
 async def test_clean_rollout_is_ready(
-    api: httpx.AsyncClient, store: Store, settings: Settings, ca: CertificateAuthority
+    api: httpx.AsyncClient, pipeline: Pipeline, ca: CertificateAuthority
 ) -> None:
     traffic = Traffic.clean(ca)
-    await store_traffic(store, settings, traffic)
+    await deliver(pipeline, traffic)
     answer = await ask(api)
     check_numbers(answer, traffic, [ca.pin("primary"), ca.pin("backup")], current_roles(ca))
     assert answer["verdict"] == {"ready": True, "reasons": []}
@@ -204,17 +174,17 @@ async def test_clean_rollout_is_ready(
 
 
 async def test_surprise_edge_chain_is_not_ready(
-    api: httpx.AsyncClient, store: Store, settings: Settings, ca: CertificateAuthority
+    api: httpx.AsyncClient, pipeline: Pipeline, ca: CertificateAuthority
 ) -> None:
     traffic = Traffic.clean(ca).with_surprise_edge()
-    await store_traffic(store, settings, traffic)
+    await deliver(pipeline, traffic)
     answer = await ask(api)
     check_numbers(answer, traffic, [ca.pin("primary"), ca.pin("backup")], current_roles(ca))
     rotated = ca.pin("rotated")
     [surprise] = answer["surprise_pins"]
     assert (surprise["pin"], surprise["devices"], surprise["networks"]) == (rotated, 6, 3)
     assert surprise["reports"] == 12
-    assert 1 <= len(surprise["evidence"]) <= settings.rollout_evidence_samples
+    assert 1 <= len(surprise["evidence"]) <= pipeline.settings.rollout_evidence_samples
     sample = surprise["evidence"][0]
     assert sample["root"] == "public"
     assert [c["subject"] for c in sample["certificates"]] == [
@@ -242,10 +212,10 @@ async def test_surprise_edge_chain_is_not_ready(
 
 
 async def test_candidate_pin_set_that_strands_an_app_version(
-    api: httpx.AsyncClient, store: Store, settings: Settings, ca: CertificateAuthority
+    api: httpx.AsyncClient, pipeline: Pipeline, ca: CertificateAuthority
 ) -> None:
     traffic = Traffic.clean(ca, version_5_0_on_backup=True)
-    await store_traffic(store, settings, traffic)
+    await deliver(pipeline, traffic)
     today = await ask(api)
     assert today["verdict"]["ready"] is True  # the current set keeps the backup: all pass
     answer = await ask(api, pin_set="next")
@@ -273,12 +243,12 @@ async def test_candidate_pin_set_that_strands_an_app_version(
 
 
 async def test_candidate_pinning_the_intermediate_reads_full_chains(
-    api: httpx.AsyncClient, store: Store, settings: Settings, ca: CertificateAuthority
+    api: httpx.AsyncClient, pipeline: Pipeline, ca: CertificateAuthority
 ) -> None:
     """Pin the issuing CA's key: a chain passes whatever its leaf, so the rollup's leaf pins
     cannot decide and the answer must come from the raw table's observed pins."""
     traffic = Traffic.clean(ca).with_surprise_edge()
-    await store_traffic(store, settings, traffic)
+    await deliver(pipeline, traffic)
     intermediate = ca.pin("intermediate")
     answer = await ask(api, pin=[intermediate, f"backup:{NEXT_BACKUP}"])
     assert answer["method"] == "raw"
@@ -325,3 +295,64 @@ async def test_unknown_host_needs_pins(api: httpx.AsyncClient) -> None:
     )
     assert response.status_code == 404
     assert "not in the pin policy" in response.json()["detail"]
+
+
+async def test_command_prints_table_json_and_html_report(
+    api: httpx.AsyncClient,
+    pipeline: Pipeline,
+    ca: CertificateAuthority,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`pinwatch rollout HOST` asks the consumer's API: exit 3 when not ready, the same numbers
+    as the API in --json, and a self-contained HTML report."""
+    traffic = Traffic.clean(ca).with_surprise_edge()
+    await deliver(pipeline, traffic)
+    expected = await ask(api)
+    report = tmp_path / "review.html"
+
+    def command(*argv: str) -> int:
+        args = build_parser().parse_args(
+            ["rollout", TEST_HOST, "--url", pipeline.consumer_url, "--since", "1h", *argv]
+        )
+        return args._module.run(args, pipeline.settings)
+
+    assert await asyncio.to_thread(command, "--json", "--html", str(report)) == 3
+    answer = json.loads(capsys.readouterr().out)
+    for key in (
+        "reports",
+        "devices",
+        "networks",
+        "would_fail",
+        "by_app_version",
+        "by_network",
+        "surprise_pins",
+        "verdict",
+    ):
+        assert answer[key] == expected[key], key
+    page = report.read_text()
+    assert "NOT READY" in page and page.count("<svg") >= 3
+    assert ca.pin("rotated") in page and "CN=pinwatch Test Public Root CA" in page
+    assert "<script" not in page and "src=" not in page and "href=" not in page
+
+    assert await asyncio.to_thread(command) == 3
+    text = capsys.readouterr().out
+    assert "verdict: NOT READY" in text
+    assert f"surprise pin {ca.pin('rotated')}: 6 devices, 3 networks" in text
+    assert "127.79.0.0/24" in text  # the edge's networks are in the breakdown
+
+    narrowed = await asyncio.to_thread(
+        command, "--app-version", "5.0.0", "--pin-set", "current", "--json"
+    )
+    # 5.0.0 alone: two of its fourteen devices hit the edge, still not ready.
+    assert narrowed == 3
+    only = json.loads(capsys.readouterr().out)
+    assert (only["devices"], only["would_fail"]["would_fail_devices"]) == (14, 2)
+
+
+def test_command_says_when_the_api_is_unreachable(
+    make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser().parse_args(["rollout", TEST_HOST, "--url", "http://127.0.0.1:9"])
+    assert args._module.run(args, make_settings()) == 1
+    assert "cannot reach the query API at http://127.0.0.1:9" in capsys.readouterr().err
