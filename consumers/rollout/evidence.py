@@ -13,6 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
+from consumers.roots import PublicRoots
 from pinwatch.pins import spki_pin
 
 
@@ -37,24 +38,10 @@ class EvidenceChain:
     certificates: list[CertSummary] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class PublicRoots:
-    """Subjects and SPKI pins of the public root bundle (settings.public_roots_file)."""
-
-    subjects: frozenset[bytes]
-    pins: frozenset[str]
-
-    def ends_chain(self, chain: list[x509.Certificate]) -> bool:
-        top = chain[-1]
-        return spki_pin(top) in self.pins or top.issuer.public_bytes() in self.subjects
-
-
 @lru_cache(maxsize=4)
 def load_public_roots(path: Path) -> PublicRoots:
-    certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
-    return PublicRoots(
-        frozenset(c.subject.public_bytes() for c in certs), frozenset(spki_pin(c) for c in certs)
-    )
+    """The bundle parsed once per process (it is read on every answer with a surprise pin)."""
+    return PublicRoots.load(path)
 
 
 def _when(value: dt.datetime) -> str:
@@ -78,7 +65,7 @@ def describe(row: dict[str, Any], roots: PublicRoots) -> EvidenceChain:
         platform=row.get("platform", ""),
         client_network=row.get("client_network", ""),
         cause=row.get("cause", ""),
-        root=("public" if roots.ends_chain(certs) else "private") if certs else "unknown",
+        root=("public" if roots.ends_in_public_root(certs) else "private") if certs else "unknown",
         observed_pins=list(row.get("observed_pins") or []),
         certificates=[
             CertSummary(
