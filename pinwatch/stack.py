@@ -206,6 +206,7 @@ class ChildCommand:
                 env=self.env,
                 cwd=REPO,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def exited(self) -> int | None:
@@ -520,16 +521,20 @@ def add_stack_arguments(parser: argparse.ArgumentParser, *, scrape_interval: flo
 
 @contextmanager
 def terminate_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so `finally:` blocks stop the children."""
+    """Ctrl-C and SIGTERM both raise KeyboardInterrupt, so `finally:` blocks stop the children.
+    SIGINT is set explicitly: a process started in the background by a shell inherits it
+    ignored, and would otherwise never stop on an interrupt."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_term = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def quiet_progress_loggers() -> None:
@@ -543,6 +548,18 @@ def _has_command(name: str) -> bool:
     from pinwatch.cli import COMMANDS
 
     return name in COMMANDS
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the stack process dies, even by SIGKILL, so a
+    killed supervisor leaves no ingest or consumer behind (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() still ends the children on every orderly exit
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -120,8 +120,12 @@ def test_up_runs_until_ctrl_c_and_leaves_nothing_running(tmp_path: Path):
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=90)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # the test failed early: stop the stack the way a user would
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     assert proc.returncode == 0, "".join(lines) + rest
     assert "stopped Prometheus" in rest and "stopped consumer" in rest
     assert processes_mentioning(str(tmp_path)) == []
