@@ -64,7 +64,9 @@ TAGS = ["pinwatch"]
 # --- variables ---------------------------------------------------------------------------------
 
 
-def _datasource_variable(name: str, label: str, plugin: str, uid: str, help_text: str):
+def _datasource_variable(
+    name: str, label: str, plugin: str, uid: str, help_text: str
+) -> dashboard.DatasourceVariable:
     return (
         dashboard.DatasourceVariable(name)
         .label(label)
@@ -108,7 +110,9 @@ def _all_option() -> dm.VariableOption:
     return dm.VariableOption(text=["All"], value=["$__all"], selected=True)
 
 
-def prometheus_label_variable(name: str, label: str, query: str, help_text: str):
+def prometheus_label_variable(
+    name: str, label: str, query: str, help_text: str
+) -> dashboard.QueryVariable:
     # allValue `.*`: "All" then also matches series whose label is empty, and the query stays
     # short however many apps exist.
     return (
@@ -143,7 +147,9 @@ def prometheus_app_host_variables() -> list[cogbuilder.Builder[dm.VariableModel]
     ]
 
 
-def clickhouse_label_variable(name: str, label: str, sql: str, help_text: str):
+def clickhouse_label_variable(
+    name: str, label: str, sql: str, help_text: str
+) -> dashboard.QueryVariable:
     # No allValue: the rollout SQL wraps every filter in $__conditionalAll, which the plugin
     # replaces by 1=1 when "All" is selected, so "All" never lists every value in SQL.
     return (
@@ -204,7 +210,9 @@ def alert_annotation() -> cogbuilder.Builder[dm.AnnotationQuery]:
     return _AnnotationBuilder(model)
 
 
-def runbook_link(runbook_url: str, title: str = "Runbook", anchor: str = ""):
+def runbook_link(
+    runbook_url: str, title: str = "Runbook", anchor: str = ""
+) -> dashboard.DashboardLink:
     url = runbook_url + (f"#{anchor}" if anchor else "")
     return (
         dashboard.DashboardLink(title)
@@ -222,7 +230,7 @@ def alert_links(runbook_url: str, *alertnames: str) -> list[Any]:
     return [runbook_link(runbook_url, f"Runbook: {name}", name.lower()) for name in alertnames]
 
 
-def dashboards_link():
+def dashboards_link() -> dashboard.DashboardLink:
     return (
         dashboard.DashboardLink("pinwatch dashboards")
         .type(dm.DashboardLinkType.DASHBOARDS)
@@ -233,7 +241,7 @@ def dashboards_link():
     )
 
 
-def base_dashboard(uid: str, title: str, description: str, runbook_url: str):
+def base_dashboard(uid: str, title: str, description: str, runbook_url: str) -> dashboard.Dashboard:
     return (
         dashboard.Dashboard(title)
         .uid(uid)
@@ -250,7 +258,9 @@ def base_dashboard(uid: str, title: str, description: str, runbook_url: str):
     )
 
 
-def prometheus_dashboard(uid: str, title: str, description: str, runbook_url: str):
+def prometheus_dashboard(
+    uid: str, title: str, description: str, runbook_url: str
+) -> dashboard.Dashboard:
     """A dashboard over Prometheus only: its datasource variable, then app and host."""
     d = base_dashboard(uid, title, description, runbook_url).with_variable(
         prometheus_datasource_variable()
@@ -263,7 +273,9 @@ def prometheus_dashboard(uid: str, title: str, description: str, runbook_url: st
 # --- targets -----------------------------------------------------------------------------------
 
 
-def promql(expr: str, legend: str = "__auto", ref_id: str = "A", instant: bool = False):
+def promql(
+    expr: str, legend: str = "__auto", ref_id: str = "A", instant: bool = False
+) -> prometheus.Dataquery:
     query = (
         prometheus.Dataquery()
         .expr(expr)
@@ -304,7 +316,9 @@ class _ClickHouseBuilder(cogbuilder.Builder[cogvariants.Dataquery]):
         return self._query
 
 
-def sql(text: str, ref_id: str = "A", timeseries_format: bool = False):
+def sql(
+    text: str, ref_id: str = "A", timeseries_format: bool = False
+) -> cogbuilder.Builder[cogvariants.Dataquery]:
     query_type: Literal["table", "timeseries"] = "timeseries" if timeseries_format else "table"
     return _ClickHouseBuilder(ClickHouseQuery(_dedent(text), ref_id, query_type))
 
@@ -334,7 +348,7 @@ def _panel(
     width: int,
     height: int,
     links: list[Any] | None,
-):
+) -> Any:
     """What every panel has: id, title, description, unit, datasource variable, targets."""
     panel = (
         builder.id(panel_id)
@@ -361,7 +375,7 @@ def graph(
     height: int = 8,
     stacked: bool = False,
     links: list[Any] | None = None,
-):
+) -> timeseries.Panel:
     panel = (
         _panel(
             timeseries.Panel(),
@@ -404,7 +418,7 @@ def single_stat(
     thresholds: list[tuple[float | None, str]] | None = None,
     mappings: list[dm.ValueMap] | None = None,
     links: list[Any] | None = None,
-):
+) -> stat.Panel:
     steps = thresholds or [(None, "green")]
     panel = (
         _panel(
@@ -435,7 +449,7 @@ def grid(
     column_units: dict[str, str] | None = None,
     links: list[Any] | None = None,
     hide_columns: tuple[str, ...] = (),
-):
+) -> table.Panel:
     panel = (
         _panel(
             table.Panel(), panel_id, title, description, unit, targets, source, width, height, links
@@ -464,7 +478,7 @@ def bars(
     source: Datasource = "clickhouse",
     width: int = 12,
     height: int = 9,
-):
+) -> bargauge.Panel:
     return (
         _panel(
             bargauge.Panel(),
@@ -483,5 +497,5 @@ def bars(
     )
 
 
-def row(panel_id: int, title: str):
+def row(panel_id: int, title: str) -> dashboard.Row:
     return dashboard.Row(title).id(panel_id)

@@ -186,7 +186,9 @@ def _to_date(t: datetime) -> str:
     return f"toDate('{t.astimezone(UTC).strftime('%Y-%m-%d')}')"
 
 
-def _expand_macro(name: str, args: list[str], start: datetime, end: datetime, interval: float):
+def _expand_macro(
+    name: str, args: list[str], start: datetime, end: datetime, interval: float
+) -> str | None:
     def need(n: int) -> None:
         if len(args) != n:
             raise ValueError(f"$__{name} expects {n} argument(s), received {len(args)}")

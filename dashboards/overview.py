@@ -7,6 +7,7 @@ which pin (primary, backup, none) clients match.
 
 from __future__ import annotations
 
+from grafana_foundation_sdk.builders import dashboard
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from dashboards.common import (
@@ -43,7 +44,7 @@ def failure_share(by: str, extra: str = "") -> str:
     return f"{failed}\n/\n{total}"
 
 
-def build(runbook_url: str):
+def build(runbook_url: str) -> dashboard.Dashboard:
     rb = runbook_url
     d = prometheus_dashboard(
         UID,

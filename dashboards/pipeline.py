@@ -3,6 +3,7 @@ ClickHouse, and how fast? The view behind the "pipeline down or stalled" page.""
 
 from __future__ import annotations
 
+from grafana_foundation_sdk.builders import dashboard
 from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.common import (
@@ -34,7 +35,7 @@ def _paused_mapping() -> dm.ValueMap:
     )
 
 
-def build(runbook_url: str):
+def build(runbook_url: str) -> dashboard.Dashboard:
     rb = runbook_url
     d = prometheus_dashboard(
         UID,

@@ -20,6 +20,10 @@ selected; `${var:singlequote}` renders a selection as `'a','b'`. `$__timeFilter(
 
 from __future__ import annotations
 
+from grafana_foundation_sdk.builders import dashboard, table
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.models.dashboard import VariableModel
+
 from dashboards.common import (
     alert_links,
     bars,
@@ -109,7 +113,7 @@ def _stat_sql(select: str) -> str:
     """
 
 
-def variables():
+def variables() -> list[cogbuilder.Builder[VariableModel]]:
     return [
         prometheus_datasource_variable(),
         clickhouse_datasource_variable(),
@@ -136,7 +140,7 @@ def variables():
     ]
 
 
-def build(runbook_url: str):
+def build(runbook_url: str) -> dashboard.Dashboard:
     d = base_dashboard(
         UID,
         TITLE,
@@ -417,7 +421,7 @@ def build(runbook_url: str):
     return d
 
 
-def evidence_panel():
+def evidence_panel() -> table.Panel:
     return grid(
         13,
         "Sample evidence chains",
