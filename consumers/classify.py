@@ -54,6 +54,7 @@ class Classification:
 
 
 _CHAIN_CACHE_SIZE = 4096
+_MEMO_SIZE = 65_536
 
 
 class Classifier:
@@ -62,6 +63,7 @@ class Classifier:
         self.roots = roots
         self._chains: OrderedDict[tuple[str, ...], ChainFacts] = OrderedDict()
         self._hosts: dict[str, HostPolicy | None] = {}
+        self._memo: dict[tuple[Any, ...], Classification] = {}
 
     def host_policy(self, host: str) -> HostPolicy | None:
         try:
@@ -95,9 +97,41 @@ class Classifier:
         return facts
 
     def classify(self, record: Record) -> Classification:
-        hp = self.host_policy(record.host)
+        """Classify a `Record` (tests, tools); the consumer calls `classify_fields`."""
+        return self.classify_fields(
+            record.host,
+            record.kind.value,
+            record.result.value if record.result is not None else None,
+            record.enforced,
+            record.served_chain,
+            record.observed_pins,
+        )
+
+    def classify_fields(
+        self,
+        host: str,
+        kind: str,
+        result: str | None,
+        enforced: bool | None,
+        served_chain: list[str],
+        client_pins: list[str],
+    ) -> Classification:
+        """Memoized: a classification depends only on these fields, and real traffic repeats
+        the same few combinations (per host, chain and outcome) over and over."""
+        key = (host, kind, result, enforced, tuple(served_chain), tuple(client_pins))
+        found = self._memo.get(key)
+        if found is None:
+            found = self._classify(key)
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
+
+    def _classify(self, key: tuple[Any, ...]) -> Classification:
+        host, kind, result, enforced, served_chain, client_pins = key
+        hp = self.host_policy(host)
         phase = hp.phase.value if hp is not None else ""
-        if record.kind is not Kind.PIN_VALIDATION:
+        if kind != Kind.PIN_VALIDATION.value:
             return Classification(
                 policy_host=hp.host if hp is not None else "",
                 observed_pins=[],
@@ -109,9 +143,8 @@ class Classifier:
                 public_root=False,
                 has_chain=False,
             )
-        client_pins = record.observed_pins
-        if record.served_chain:
-            facts = self.chain_facts(record.served_chain)
+        if served_chain:
+            facts = self.chain_facts(list(served_chain))
             observed = list(facts.pins)
             public_root = facts.public_root
             # The chain is the evidence; the client's own pin list is checked against it (a
@@ -119,17 +152,12 @@ class Classifier:
             consistent = not client_pins or client_pins[0] == observed[0]
         else:
             observed, public_root, consistent = list(client_pins), False, True
-        if hp is not None:
-            pin_match = hp.match(observed).value
-        else:
-            pin_match = ""
-        if record.enforced is not None:
-            enforced = record.enforced
-        else:
+        pin_match = hp.match(observed).value if hp is not None else ""
+        if enforced is None:
             enforced = hp is not None and hp.phase is Phase.ENFORCE
-        if record.result is Result.OK:
+        if result == Result.OK.value:
             cause = ""
-        elif not record.served_chain:
+        elif not served_chain:
             cause = Cause.UNKNOWN
         else:
             cause = Cause.ROTATION if public_root else Cause.INTERCEPTION
@@ -142,45 +170,46 @@ class Classifier:
             phase=phase,
             cause=cause,
             public_root=public_root,
-            has_chain=bool(record.served_chain),
+            has_chain=bool(served_chain),
         )
 
 
 def report_row(
-    record: Record, c: Classification, topic: str, partition: int, offset: int
+    r: dict[str, Any], c: Classification, topic: str, partition: int, offset: int
 ) -> tuple[Any, ...]:
-    """One `reports` row, in consumers.schema.REPORT_COLUMN_NAMES order. Times stay integer
-    milliseconds: DateTime64(3) takes raw ticks, which spares a datetime per row."""
+    """One `reports` row from a decoded record (consumers.decode), in
+    consumers.schema.REPORT_COLUMN_NAMES order. Times stay integer milliseconds: DateTime64(3)
+    takes raw ticks, which spares a datetime object per row."""
     return (
-        record.id,
-        record.received_at_ms,
-        record.event_at_ms,
-        record.sent_at_ms,
-        record.app_id,
-        record.app_version,
-        record.platform,
-        record.os_version,
-        record.device,
-        record.network,
-        record.client_network,
-        record.host,
+        r["id"],
+        r["received_at_ms"],
+        r["event_at_ms"],
+        r["sent_at_ms"],
+        r["app_id"],
+        r["app_version"],
+        r["platform"],
+        r["os_version"],
+        r["device"],
+        r["network"],
+        r["client_network"],
+        r["host"],
         c.policy_host,
-        record.port,
-        record.kind.value,
-        record.format.value,
-        record.result.value if record.result is not None else "",
+        r["port"],
+        r["kind"],
+        r["format"],
+        r["result"] or "",
         c.pin_match,
         1 if c.enforced else 0,
         c.phase,
         c.cause,
         c.observed_pins,
-        record.observed_pins,
+        r["observed_pins"],
         1 if c.client_pins_consistent else 0,
         c.leaf_pin,
         1 if c.public_root else 0,
-        record.error.value if record.error is not None else "",
-        record.detail,
-        record.count,
+        r["error"] or "",
+        r["detail"],
+        r["count"],
         topic,
         partition,
         offset,

@@ -21,24 +21,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import TopicPartition
 
 from consumers.classify import Classifier, ClassifyError
+from consumers.decode import DeadLetterReason, Rejected, decode, single_record_message
 from consumers.metrics import ConsumerMetrics
 from consumers.roots import PublicRoots
 from consumers.steps import (
     Batch,
     Committer,
     DeadLetterLimitExceeded,
-    DeadLetterReason,
     DeadLetters,
     Enricher,
     Progress,
-    Rejected,
     Writer,
-    decode,
 )
 from consumers.store import Store, StoreError
 from pinwatch.logs import event
 from pinwatch.policy import Policy, load_policy
-from pinwatch.record import encode_batch
 from pinwatch.settings import Settings
 from pinwatch.topics import ensure_topics
 
@@ -126,6 +123,13 @@ class Consumer:
         self._stop.set()
 
     @property
+    def assignment(self) -> list[tuple[str, int]]:
+        """The (topic, partition) pairs this consumer owns right now."""
+        if self._kafka is None:
+            return []
+        return sorted((tp.topic, tp.partition) for tp in self._kafka.assignment())
+
+    @property
     def ready(self) -> bool:
         return self.started and self.fatal is None and not self._trouble
 
@@ -192,7 +196,10 @@ class Consumer:
                 self.enricher.add(record, batch, tp.topic, tp.partition, message.offset, store)
             except ClassifyError as exc:
                 bad = Rejected(
-                    DeadLetterReason.UNCLASSIFIABLE_RECORD, str(exc), encode_batch([record]), index
+                    DeadLetterReason.UNCLASSIFIABLE_RECORD,
+                    str(exc),
+                    single_record_message(record),
+                    index,
                 )
                 await self.dead_letters.send(bad, origin)
         if batch.empty:

@@ -16,69 +16,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from consumers.classify import Classifier, report_row
+from consumers.decode import Rejected
 from consumers.metrics import OTHER, PLATFORMS, BatchTally, ConsumerMetrics
 from consumers.schema import EVIDENCE_COLUMN_NAMES, REPORT_COLUMN_NAMES
 from consumers.store import Store, StoreError
 from pinwatch.logs import event
-from pinwatch.record import SCHEMA_VERSION, Kind, Record
+from pinwatch.record import Kind
 from pinwatch.settings import Settings
 
 log = logging.getLogger("pinwatch.consumer")
 
 TopicPartition = tuple[str, int]
-
-
-# --- decode ------------------------------------------------------------------------------------
-
-
-class DeadLetterReason:
-    UNDECODABLE_MESSAGE = "undecodable_message"  # not a record batch envelope at all
-    INVALID_RECORD = "invalid_record"  # one record of a batch does not fit the schema
-    UNCLASSIFIABLE_RECORD = "unclassifiable_record"  # e.g. its chain is not certificates
-
-
-@dataclass(slots=True)
-class Rejected:
-    reason: str
-    detail: str
-    value: bytes
-    index: int | None  # the record's position in its batch, None for the whole message
-
-
-def decode(value: bytes | None) -> tuple[list[Record], list[Rejected]]:
-    """Decode one Kafka message record by record, so one bad record does not sink its batch."""
-    try:
-        envelope = orjson.loads(value or b"")
-    except orjson.JSONDecodeError as exc:
-        return [], [Rejected(DeadLetterReason.UNDECODABLE_MESSAGE, str(exc), value or b"", None)]
-    if not isinstance(envelope, dict) or envelope.get("v") != SCHEMA_VERSION:
-        detail = f"not a v{SCHEMA_VERSION} record batch envelope"
-        return [], [Rejected(DeadLetterReason.UNDECODABLE_MESSAGE, detail, value or b"", None)]
-    items = envelope.get("records")
-    if not isinstance(items, list):
-        detail = "envelope has no `records` list"
-        return [], [Rejected(DeadLetterReason.UNDECODABLE_MESSAGE, detail, value or b"", None)]
-    records: list[Record] = []
-    rejected: list[Rejected] = []
-    for i, item in enumerate(items):
-        try:
-            if not isinstance(item, dict):
-                raise TypeError("record is not an object")
-            records.append(Record.from_dict(item))
-        except (KeyError, TypeError, ValueError) as exc:
-            rejected.append(
-                Rejected(
-                    DeadLetterReason.INVALID_RECORD,
-                    f"{type(exc).__name__}: {exc}",
-                    orjson.dumps({"v": SCHEMA_VERSION, "records": [item]}),
-                    i,
-                )
-            )
-    return records, rejected
+PIN_VALIDATION = Kind.PIN_VALIDATION.value
 
 
 # --- dead letters ------------------------------------------------------------------------------
@@ -178,8 +130,9 @@ class Batch:
 
 
 class Enricher:
-    """Classifies records into `reports` rows and the metric keys they will count under;
-    samples evidence (full chains / raw payloads) per host, leaf pin and hour."""
+    """Classifies decoded records (consumers.decode) into `reports` rows and the metric keys they
+    will count under; samples evidence (full chains / raw payloads) per host, leaf pin and
+    hour."""
 
     def __init__(
         self, classifier: Classifier, metrics: ConsumerMetrics, evidence_per_key: int
@@ -192,46 +145,49 @@ class Enricher:
         self._evidence_hour = 0
 
     def add(
-        self, record: Record, batch: Batch, topic: str, partition: int, offset: int, store: bool
+        self, r: dict[str, Any], batch: Batch, topic: str, partition: int, offset: int, store: bool
     ) -> None:
-        """Classify `record` into `batch`; `store=False` counts it without inserting (already
+        """Classify record `r` into `batch`; `store=False` counts it without inserting (already
         stored before a crash, see `Progress`). Raises ClassifyError."""
-        c = self.classifier.classify(record)
-        app = record.app_id if record.app_id in self.apps else OTHER
+        c = self.classifier.classify_fields(
+            r["host"], r["kind"], r["result"], r["enforced"], r["served_chain"], r["observed_pins"]
+        )
+        app_id = r["app_id"]
+        app = app_id if app_id in self.apps else OTHER
         host = c.policy_host or OTHER
-        platform = record.platform if record.platform in PLATFORMS else OTHER
+        platform = r["platform"] if r["platform"] in PLATFORMS else OTHER
         tally = batch.tally
-        if record.kind is Kind.PIN_VALIDATION:
+        kind = r["kind"]
+        if kind == PIN_VALIDATION:
             tally.pins[
                 (
                     app,
                     host,
                     platform,
-                    self.versions.label(record.app_id, record.app_version),
-                    record.result.value if record.result is not None else "",
+                    self.versions.label(app_id, r["app_version"]),
+                    r["result"] or "",
                     c.pin_match or "unknown",
                     "true" if c.enforced else "false",
                     c.cause or "none",
                 )
-            ] += record.count
+            ] += r["count"]
         else:
-            category = record.error.value if record.error is not None else OTHER
-            tally.network[(app, host, platform, category)] += record.count
-        tally.kinds[record.kind.value] += 1
+            tally.network[(app, host, platform, r["error"] or OTHER)] += r["count"]
+        tally.kinds[kind] += 1
         if not store:
             return
-        batch.rows.append(report_row(record, c, topic, partition, offset))
-        if (record.served_chain or record.raw) and self.evidence_per_key:
-            self._sample(record, c.leaf_pin, c.pin_match, c.cause, batch)
+        batch.rows.append(report_row(r, c, topic, partition, offset))
+        if (r["served_chain"] or r["raw"]) and self.evidence_per_key:
+            self._sample(r, c.leaf_pin, c.pin_match, c.cause, batch)
 
     def _sample(
-        self, record: Record, leaf_pin: str, pin_match: str, cause: str, batch: Batch
+        self, r: dict[str, Any], leaf_pin: str, pin_match: str, cause: str, batch: Batch
     ) -> None:
-        hour = record.received_at_ms // 3_600_000
+        hour = r["received_at_ms"] // 3_600_000
         if hour != self._evidence_hour:  # a new hour: earlier keys can never be hit again
             self._evidence_seen.clear()
             self._evidence_hour = hour
-        key = (record.host, leaf_pin, hour)
+        key = (r["host"], leaf_pin, hour)
         seen = self._evidence_seen.get(key, 0)
         if seen >= self.evidence_per_key or len(self._evidence_seen) > 100_000:
             return
@@ -239,21 +195,21 @@ class Enricher:
         batch.evidence.append(
             (
                 hour * 3600,
-                record.host,
+                r["host"],
                 leaf_pin,
-                record.id,
-                record.received_at_ms,
-                record.app_id,
-                record.app_version,
-                record.platform,
-                record.format.value,
-                record.result.value if record.result is not None else "",
+                r["id"],
+                r["received_at_ms"],
+                r["app_id"],
+                r["app_version"],
+                r["platform"],
+                r["format"],
+                r["result"] or "",
                 pin_match,
                 cause,
-                record.client_network,
-                record.observed_pins,
-                record.served_chain,
-                record.raw,
+                r["client_network"],
+                r["observed_pins"],
+                r["served_chain"],
+                r["raw"],
             )
         )
 

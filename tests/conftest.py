@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +123,13 @@ def make_settings(
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture
+async def pipeline(make_settings: Callable[..., Settings]) -> AsyncIterator[Any]:
+    """The whole pipeline (tests/pipeline.py) on this test's topics and database; for other
+    settings use `async with run_pipeline(make_settings(...))` directly."""
+    from pipeline import run_pipeline
+
+    async with run_pipeline(make_settings()) as running:
+        yield running

@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from consumers.classify import Classifier, ClassifyError
+from consumers.decode import decode
 from consumers.metrics import VersionLabels, version_key
 from consumers.roots import PublicRoots, RootsError
-from consumers.steps import Batch, decode
+from consumers.steps import Batch
 from pinwatch.certs import CertificateAuthority, Chain
 from pinwatch.policy import load_policy
 from pinwatch.record import ErrorCategory, Format, Kind, Record, Result, encode_batch
@@ -150,8 +151,17 @@ def test_decode_rejects_records_one_by_one() -> None:
     envelope = orjson.loads(encode_batch([good]))
     envelope["records"].append({"kind": "pin_validation"})
     records, rejected = decode(orjson.dumps(envelope))
-    assert [r.id for r in records] == [good.id]
+    assert [r["id"] for r in records] == [good.id]
+    assert records[0]["port"] == 443  # defaults of the Record schema filled in
     assert [(r.reason, r.index) for r in rejected] == [("invalid_record", 1)]
+    # a wrongly typed field is this record's problem, not its batch's insert's
+    envelope["records"][1] = dict(envelope["records"][0], count="3")
+    records, rejected = decode(orjson.dumps(envelope))
+    assert len(records) == 1 and "count: expected int" in rejected[0].detail
+    envelope["records"][1] = dict(envelope["records"][0], served_chain=[1])
+    assert "served_chain" in decode(orjson.dumps(envelope))[1][0].detail
+    envelope["records"][1] = dict(envelope["records"][0], surprise=True)
+    assert "surprise" in decode(orjson.dumps(envelope))[1][0].detail
     records, rejected = decode(b"{not json")
     assert records == [] and rejected[0].reason == "undecodable_message"
     records, rejected = decode(orjson.dumps({"v": 99, "records": []}))

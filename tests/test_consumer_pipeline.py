@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from payloads import native_batch, network_error, pin_validation
-from pipeline import run_pipeline
+from pipeline import Pipeline, run_pipeline
 
 from pinwatch.certs import CertificateAuthority, Chain
 from pinwatch.record import Format, Kind, Record, Result, encode_batch
@@ -75,9 +75,10 @@ def _cases(ca: CertificateAuthority) -> list[tuple[dict[str, Any], dict[str, Any
 
 
 async def test_reports_are_classified_stored_rolled_up_and_counted(
-    make_settings: Callable[..., Settings], ca: CertificateAuthority
+    pipeline: Pipeline, ca: CertificateAuthority
 ) -> None:
-    settings = make_settings()
+    p = pipeline
+    settings = p.settings
     cases = _cases(ca)
     errors = [
         network_error(TEST_HOST, "timeout", count=3),
@@ -86,121 +87,108 @@ async def test_reports_are_classified_stored_rolled_up_and_counted(
     ]
     pins = [report for report, _ in cases]
     devices = ["device-a", "device-b"]
-    async with run_pipeline(settings) as p:
-        # the same reports from two devices, on two app versions
-        await p.post(native_batch(pins + errors, app=TEST_APP, device=devices[0]))
-        second = [dict(r, id=r["id"] + "-2") for r in pins + errors]
-        await p.post(
-            native_batch(
-                second, app=TEST_APP, device=devices[1], version="5.3.0", platform="android"
-            )
-        )
-        n_reports = 2 * (len(pins) + len(errors))
-        await p.wait_inserted(n_reports, timeout=60)
+    # the same reports from two devices, on two app versions
+    await p.post(native_batch(pins + errors, app=TEST_APP, device=devices[0]))
+    second = [dict(r, id=r["id"] + "-2") for r in pins + errors]
+    await p.post(
+        native_batch(second, app=TEST_APP, device=devices[1], version="5.3.0", platform="android")
+    )
+    n_reports = 2 * (len(pins) + len(errors))
+    await p.wait_inserted(n_reports, timeout=60)
 
-        rows = await p.store.query_dicts(
-            "SELECT id, host, policy_host, kind, result, pin_match, enforced, phase, cause, "
-            "chain_public_root, leaf_pin, observed_pins, count, device, error "
-            "FROM {db}.reports"
-        )
-        assert len(rows) == n_reports
-        by_id = {row["id"]: row for row in rows}
-        for report, want in cases:
-            for rid in (report["id"], report["id"] + "-2"):
-                row = by_id[rid]
-                assert row["pin_match"] == want["pin_match"], (report["host"], row)
-                assert row["cause"] == want["cause"], (report["host"], row)
-                assert row["enforced"] == want["enforced"], (report["host"], row)
-                assert row["count"] == report["count"]
-                if "policy_host" in want:
-                    assert row["policy_host"] == want["policy_host"]
-                if "phase" in want:
-                    assert row["phase"] == want["phase"]
-                if "public" in want:
-                    assert row["chain_public_root"] == want["public"], (report["host"], row)
-                if "served_chain" in report:
-                    # pins are computed from the chain itself, leaf first
-                    assert row["observed_pins"] == report["observed_pins"]
-                    assert row["leaf_pin"] == report["observed_pins"][0]
-                assert row["device"] not in devices  # keyed hash, never the id as sent
-        assert {r["error"] for r in rows if r["kind"] == "network_error"} == {
-            "timeout",
-            "dns",
-            "tls",
-        }
+    rows = await p.store.query_dicts(
+        "SELECT id, host, policy_host, kind, result, pin_match, enforced, phase, cause, "
+        "chain_public_root, leaf_pin, observed_pins, count, device, error "
+        "FROM {db}.reports"
+    )
+    assert len(rows) == n_reports
+    by_id = {row["id"]: row for row in rows}
+    for report, want in cases:
+        for rid in (report["id"], report["id"] + "-2"):
+            row = by_id[rid]
+            assert row["pin_match"] == want["pin_match"], (report["host"], row)
+            assert row["cause"] == want["cause"], (report["host"], row)
+            assert row["enforced"] == want["enforced"], (report["host"], row)
+            assert row["count"] == report["count"]
+            if "policy_host" in want:
+                assert row["policy_host"] == want["policy_host"]
+            if "phase" in want:
+                assert row["phase"] == want["phase"]
+            if "public" in want:
+                assert row["chain_public_root"] == want["public"], (report["host"], row)
+            if "served_chain" in report:
+                # pins are computed from the chain itself, leaf first
+                assert row["observed_pins"] == report["observed_pins"]
+                assert row["leaf_pin"] == report["observed_pins"][0]
+            assert row["device"] not in devices  # keyed hash, never the id as sent
+    assert {r["error"] for r in rows if r["kind"] == "network_error"} == {
+        "timeout",
+        "dns",
+        "tls",
+    }
 
-        # rollups add up to the raw table, per kind, and count both devices
-        sent = 2 * sum(r["count"] for r in pins + errors)
-        raw_total = await p.store.scalar("SELECT sum(count) FROM {db}.reports")
-        rolled = await p.store.query(
-            "SELECT kind, sum(count), uniqMerge(devices) FROM {db}.rollup_minute GROUP BY kind "
-            "ORDER BY kind"
-        )
-        assert raw_total == sent
-        assert rolled == [
-            ("network_error", 2 * sum(r["count"] for r in errors), 2),
-            ("pin_validation", 2 * sum(r["count"] for r in pins), 2),
-        ]
-        hourly = await p.store.scalar("SELECT sum(count) FROM {db}.evidence_hourly")
-        assert hourly == sent
-        # evidence keeps full chains for a sample, per host, leaf pin and hour
-        evidence = await p.store.query(
-            "SELECT host, leaf_pin, count() FROM {db}.evidence GROUP BY host, leaf_pin"
-        )
-        assert evidence and all(n <= settings.evidence_per_pin_hour for _, _, n in evidence)
+    # rollups add up to the raw table, per kind, and count both devices
+    sent = 2 * sum(r["count"] for r in pins + errors)
+    raw_total = await p.store.scalar("SELECT sum(count) FROM {db}.reports")
+    rolled = await p.store.query(
+        "SELECT kind, sum(count), uniqMerge(devices) FROM {db}.rollup_minute GROUP BY kind "
+        "ORDER BY kind"
+    )
+    assert raw_total == sent
+    assert rolled == [
+        ("network_error", 2 * sum(r["count"] for r in errors), 2),
+        ("pin_validation", 2 * sum(r["count"] for r in pins), 2),
+    ]
+    hourly = await p.store.scalar("SELECT sum(count) FROM {db}.evidence_hourly")
+    assert hourly == sent
+    # evidence keeps full chains for a sample, per host, leaf pin and hour
+    evidence = await p.store.query(
+        "SELECT host, leaf_pin, count() FROM {db}.evidence GROUP BY host, leaf_pin"
+    )
+    assert evidence and all(n <= settings.evidence_per_pin_hour for _, _, n in evidence)
 
-        # /metrics: exactly what was sent, pin failures and network errors apart
-        metric = p.metric
-        pin_total = 2 * sum(r["count"] for r in pins)
-        assert await metric("pinwatch_pin_validations_total") == pin_total
-        assert await metric("pinwatch_network_errors_total") == 2 * sum(r["count"] for r in errors)
-        assert await metric(
-            "pinwatch_pin_validations_total",
-            host=TEST_HOST,
-            result="pin_mismatch",
-            cause="rotation_suspected",
-            enforced="true",
-        ) == 2 * (3 + 2)
-        assert await metric("pinwatch_pin_validations_total", cause="interception_suspected") == 10
-        assert (
-            await metric("pinwatch_pin_validations_total", cause="unknown", enforced="false") == 2
-        )
-        assert (
-            await metric("pinwatch_pin_validations_total", host=REPORT_ONLY_HOST, enforced="false")
-            == 2
-        )
-        # a subdomain counts under its policy entry; a host outside the policy is `other`
-        assert await metric("pinwatch_pin_validations_total", host=SUBDOMAIN) == 0
-        assert (
-            await metric("pinwatch_pin_validations_total", host="other", pin_match="unknown") == 2
-        )
-        assert await metric("pinwatch_pin_validations_total", cause="none", result="ok") == 2 * (
-            240 + 7 + 4 + 1
-        )
-        assert await metric("pinwatch_pin_validations_total", app_version="5.3.0") == pin_total / 2
-        assert (
-            await metric("pinwatch_network_errors_total", host=TEST_HOST, category="timeout") == 6
-        )
-        assert await metric("pinwatch_network_errors_total", host="other", category="tls") == 12
-        assert await metric("pinwatch_consumer_inserted_reports_total") == n_reports
-        assert await metric("pinwatch_consumer_consumed_records_total") == 2
-        assert await metric("pinwatch_consumer_dead_lettered_total") == 0
-        assert await metric("pinwatch_consumer_last_insert_timestamp_seconds") > 0
-        assert await metric("pinwatch_consumer_paused") == 0
+    # /metrics: exactly what was sent, pin failures and network errors apart
+    metric = p.metric
+    pin_total = 2 * sum(r["count"] for r in pins)
+    assert await metric("pinwatch_pin_validations_total") == pin_total
+    assert await metric("pinwatch_network_errors_total") == 2 * sum(r["count"] for r in errors)
+    assert await metric(
+        "pinwatch_pin_validations_total",
+        host=TEST_HOST,
+        result="pin_mismatch",
+        cause="rotation_suspected",
+        enforced="true",
+    ) == 2 * (3 + 2)
+    assert await metric("pinwatch_pin_validations_total", cause="interception_suspected") == 10
+    assert await metric("pinwatch_pin_validations_total", cause="unknown", enforced="false") == 2
+    assert (
+        await metric("pinwatch_pin_validations_total", host=REPORT_ONLY_HOST, enforced="false") == 2
+    )
+    # a subdomain counts under its policy entry; a host outside the policy is `other`
+    assert await metric("pinwatch_pin_validations_total", host=SUBDOMAIN) == 0
+    assert await metric("pinwatch_pin_validations_total", host="other", pin_match="unknown") == 2
+    assert await metric("pinwatch_pin_validations_total", cause="none", result="ok") == 2 * (
+        240 + 7 + 4 + 1
+    )
+    assert await metric("pinwatch_pin_validations_total", app_version="5.3.0") == pin_total / 2
+    assert await metric("pinwatch_network_errors_total", host=TEST_HOST, category="timeout") == 6
+    assert await metric("pinwatch_network_errors_total", host="other", category="tls") == 12
+    assert await metric("pinwatch_consumer_inserted_reports_total") == n_reports
+    assert await metric("pinwatch_consumer_consumed_records_total") == 2
+    assert await metric("pinwatch_consumer_dead_lettered_total") == 0
+    assert await metric("pinwatch_consumer_last_insert_timestamp_seconds") > 0
+    assert await metric("pinwatch_consumer_paused") == 0
 
-        # distinct failing devices/networks (enforced failures, last 5 minutes) from ClickHouse
-        assert p.consumer is not None
-        await p.consumer.refresh_failing()
-        assert (
-            await metric("pinwatch_failing_devices", host=TEST_HOST, cause="rotation_suspected")
-            == 2
-        )
-        assert (
-            await metric("pinwatch_failing_devices", host=TEST_HOST, cause="interception_suspected")
-            == 2
-        )
-        assert await metric("pinwatch_failing_networks", host=TEST_HOST, cause="unknown") == 0
-        assert await metric("pinwatch_failing_devices", host=REPORT_ONLY_HOST) == 0
+    # distinct failing devices/networks (enforced failures, last 5 minutes) from ClickHouse
+    assert p.consumer is not None
+    await p.consumer.refresh_failing()
+    assert await metric("pinwatch_failing_devices", host=TEST_HOST, cause="rotation_suspected") == 2
+    assert (
+        await metric("pinwatch_failing_devices", host=TEST_HOST, cause="interception_suspected")
+        == 2
+    )
+    assert await metric("pinwatch_failing_networks", host=TEST_HOST, cause="unknown") == 0
+    assert await metric("pinwatch_failing_devices", host=REPORT_ONLY_HOST) == 0
 
 
 async def _produce(settings: Settings, values: list[bytes]) -> None:

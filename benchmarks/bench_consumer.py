@@ -1,0 +1,274 @@
+"""Consumer throughput: reports/s per process from Kafka into ClickHouse, against the ceiling.
+
+1. Produces N reports (native-format records, batches of --batch reports per Kafka message,
+   a realistic mix: successes and failures with real chains, network errors) to a fresh topic.
+2. Runs the real consumer (one process, this one) until every report is inserted and
+   committed: reports/s.
+3. The ceiling, in the same run: a bare clickhouse-connect insert of the very same rows (same
+   schema, views included, same batch size) with no Kafka, decoding or classification.
+4. Prints both and their ratio.
+
+    .venv/bin/python benchmarks/bench_consumer.py            # short run (100k reports)
+    .venv/bin/python benchmarks/bench_consumer.py --reports 500000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from consumers.classify import Classifier, report_row  # noqa: E402
+from consumers.consumer import Consumer  # noqa: E402
+from consumers.decode import check_record  # noqa: E402
+from consumers.roots import PublicRoots  # noqa: E402
+from consumers.schema import REPORT_COLUMN_NAMES  # noqa: E402
+from consumers.store import Store  # noqa: E402
+from pinwatch.certs import CertificateAuthority  # noqa: E402
+from pinwatch.policy import load_policy  # noqa: E402
+from pinwatch.record import ErrorCategory, Format, Kind, Record, Result, encode_batch  # noqa: E402
+from pinwatch.settings import Settings  # noqa: E402
+from pinwatch.topics import ensure_topics  # noqa: E402
+
+HOST = "api.bench.test"
+APP = "com.example.bench"
+
+
+def write_policy(ca: CertificateAuthority, path: Path) -> None:
+    path.write_text(
+        "apps:\n"
+        f"  - id: {APP}\n"
+        '    ingest_keys: ["bench-ingest-key-0123456789"]\n'
+        "hosts:\n"
+        f"  - host: {HOST}\n"
+        "    include_subdomains: true\n"
+        "    phase: enforce\n"
+        "    pins:\n"
+        f'      - {{sha256: "{ca.pin("primary")}", role: primary}}\n'
+        f'      - {{sha256: "{ca.pin("backup")}", role: backup}}\n'
+    )
+
+
+def make_records(ca: CertificateAuthority, n: int) -> list[Record]:
+    primary, rotated, proxy = ca.chain("primary"), ca.chain("rotated"), ca.intercepted_chain()
+    pins = {id(c): c.pins for c in (primary, rotated, proxy)}  # computed once, not per report
+    chains = {id(c): c.b64 for c in (primary, rotated, proxy)}
+    now = int(time.time() * 1000)
+    out = []
+    for i in range(n):
+        common: dict[str, Any] = dict(
+            id=str(uuid.uuid4()),
+            format=Format.NATIVE,
+            app_id=APP,
+            host=HOST,
+            received_at_ms=now,
+            event_at_ms=now - 1500,
+            sent_at_ms=now - 500,
+            app_version=f"5.{i % 7}.0",
+            platform="ios" if i % 2 else "android",
+            os_version="18.1",
+            device=f"{i % 50_000:032x}",
+            network="wifi",
+            client_network=f"203.0.{i % 200}.0/24",
+        )
+        kind = i % 10
+        if kind < 6:  # successes, aggregated by the client
+            out.append(
+                Record(
+                    kind=Kind.PIN_VALIDATION,
+                    result=Result.OK,
+                    enforced=True,
+                    observed_pins=pins[id(primary)],
+                    count=20,
+                    **common,
+                )
+            )
+        elif kind < 8:
+            chain = rotated if kind == 6 else proxy
+            out.append(
+                Record(
+                    kind=Kind.PIN_VALIDATION,
+                    result=Result.PIN_MISMATCH,
+                    enforced=True,
+                    observed_pins=pins[id(chain)],
+                    served_chain=chains[id(chain)],
+                    **common,
+                )
+            )
+        else:
+            out.append(
+                Record(
+                    kind=Kind.NETWORK_ERROR,
+                    error=ErrorCategory.TIMEOUT,
+                    detail="NSURLErrorTimedOut",
+                    count=2,
+                    **common,
+                )
+            )
+    return out
+
+
+async def produce(settings: Settings, records: list[Record], per_message: int) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        max_request_size=8 * 1024 * 1024,
+        linger_ms=5,
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(settings.kafka_topic, encode_batch(records[i : i + per_message]))
+            for i in range(0, len(records), per_message)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def run_consumer(settings: Settings, store: Store, total: int) -> float:
+    consumer = Consumer(settings, store)
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    # The clock starts once the group gave this consumer its partitions: joining a group takes
+    # the broker's group.initial.rebalance.delay.ms, which is not throughput.
+    for _ in range(6000):
+        if consumer.assignment or task.done():
+            break
+        await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    registry = consumer.metrics.registry
+    last_print = started
+    try:
+        while True:
+            done = sum(
+                registry.get_sample_value("pinwatch_consumer_inserted_reports_total", {"kind": k})
+                or 0
+                for k in ("pin_validation", "network_error")
+            )
+            if done >= total:
+                return time.perf_counter() - started
+            if task.done():
+                task.result()
+                raise RuntimeError("consumer stopped early")
+            if time.perf_counter() - last_print > 2:
+                print(f"  consumer: {int(done):,}/{total:,} reports committed", flush=True)
+                last_print = time.perf_counter()
+            await asyncio.sleep(0.02)
+    finally:
+        consumer.stop()
+        await task
+
+
+async def run_ceiling(settings: Settings, store: Store, records: list[Record], rows: int) -> float:
+    """The same rows, classified beforehand (not timed), inserted bare in batches of `rows`."""
+    classifier = Classifier(
+        load_policy(settings.policy_file), PublicRoots.load(settings.public_roots_file)
+    )
+    decoded = [check_record(orjson.loads(orjson.dumps(r))) for r in records]
+    prepared = [
+        report_row(d, classifier.classify(r), settings.kafka_topic, 0, i)
+        for i, (r, d) in enumerate(zip(records, decoded, strict=True))
+    ]
+    batches = [
+        [list(col) for col in zip(*prepared[i : i + rows], strict=True)]
+        for i in range(0, len(prepared), rows)
+    ]
+    started = time.perf_counter()
+    for n, columns in enumerate(batches):
+        await store.insert(
+            "reports",
+            columns,
+            REPORT_COLUMN_NAMES,
+            column_oriented=True,
+            settings={"insert_deduplication_token": f"ceiling-{n}"},
+        )
+    return time.perf_counter() - started
+
+
+async def main(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="pinwatch-bench-"))
+    try:
+        ca = CertificateAuthority.load(work / "pki", host=HOST)
+        policy = work / "policy.yaml"
+        write_policy(ca, policy)
+        roots = work / "roots.pem"
+        roots.write_bytes(ca.public_roots_pem())
+        suffix = uuid.uuid4().hex[:8]
+        settings = Settings(
+            kafka_bootstrap=args.bootstrap,
+            kafka_topic=f"bench-{suffix}",
+            kafka_dead_letter_topic=f"bench-dl-{suffix}",
+            kafka_consumer_group=f"bench-{suffix}",
+            kafka_partitions=args.partitions,
+            clickhouse_dsn=args.dsn or f"chdb:///{work / 'chdb'}",
+            clickhouse_database=f"bench_{suffix}",
+            policy_file=policy,
+            public_roots_file=roots,
+            data_dir=work,
+            log_level="WARNING",
+        )
+        ceiling_settings = settings.model_copy(update={"clickhouse_database": f"ceil_{suffix}"})
+        store = Store.from_settings(settings)
+        ceiling_store = Store.from_settings(ceiling_settings)
+        await store.migrate(settings)
+        await ceiling_store.migrate(ceiling_settings)
+        await ensure_topics(settings)
+
+        print(f"generating {args.reports:,} reports ...", flush=True)
+        records = make_records(ca, args.reports)
+        print(f"producing them to Kafka ({args.batch} per message) ...", flush=True)
+        await produce(settings, records, args.batch)
+
+        print("consumer: Kafka -> decode -> classify -> ClickHouse -> commit ...", flush=True)
+        consumer_s = await run_consumer(settings, store, args.reports)
+        print("ceiling: bare clickhouse-connect insert of the same rows ...", flush=True)
+        ceiling_s = await run_ceiling(
+            ceiling_settings, ceiling_store, records, settings.batch_max_rows
+        )
+        stored = await store.scalar("SELECT count() FROM {db}.reports")
+        assert stored == args.reports, f"consumer stored {stored} rows, sent {args.reports}"
+
+        consumer_rate = args.reports / consumer_s
+        ceiling_rate = args.reports / ceiling_s
+        print()
+        print(f"reports               {args.reports:>12,}")
+        print(f"consumer              {consumer_rate:>12,.0f} reports/s  ({consumer_s:.2f}s)")
+        print(f"bare insert (ceiling) {ceiling_rate:>12,.0f} reports/s  ({ceiling_s:.2f}s)")
+        print(f"ratio consumer/ceiling {consumer_rate / ceiling_rate:>11.2f}")
+        print(f"goal 100,000/s         {'met' if consumer_rate >= 100_000 else 'NOT met':>11}")
+        await store.command("DROP DATABASE IF EXISTS {db}")
+        await ceiling_store.command("DROP DATABASE IF EXISTS {db}")
+        await store.close()
+        await ceiling_store.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Consumer throughput (Kafka -> ClickHouse, reports/s per process) next to a "
+        "bare clickhouse-connect insert of the same rows; prints the ratio."
+    )
+    parser.add_argument("--reports", type=int, default=100_000, help="reports to send (100000)")
+    parser.add_argument("--batch", type=int, default=1000, help="reports per Kafka message")
+    parser.add_argument("--partitions", type=int, default=2, help="partitions of the topic")
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    parser.add_argument("--dsn", default="", help="ClickHouse DSN (default: a fresh chDB dir)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
