@@ -184,6 +184,33 @@ def build(runbook_url: str) -> dashboard.Dashboard:
                 [promql(failure_share("platform"), "{{platform}}")],
             )
         )
+        .with_panel(
+            graph(
+                13,
+                "Pin failures by platform",
+                "Pin validation failures per second per platform, next to the network errors "
+                "of the same platforms: a platform with many network errors and few pin "
+                "failures has a network problem, not a pinning one.",
+                "cps",
+                [promql(_rate(APP_HOST + ', result!="ok"', "platform"), "{{platform}}")],
+            )
+        )
+        .with_panel(
+            graph(
+                14,
+                "Network errors by platform",
+                "Network errors per second per platform (pinwatch_network_errors_total has "
+                "no app-version label, so the breakdown stops at platform).",
+                "cps",
+                [
+                    promql(
+                        "sum by (platform) (rate(pinwatch_network_errors_total"
+                        f"{{{APP_HOST}}}{RATE}))",
+                        "{{platform}}",
+                    )
+                ],
+            )
+        )
         .with_row(row(103, "Pins"))
         .with_panel(
             graph(
