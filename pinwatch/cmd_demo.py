@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             kafka_bootstrap=args.kafka_bootstrap,
             scrape_interval=args.scrape_interval,
             evaluation_interval=args.scrape_interval,
-            group_wait=1.0,
+            local_pages_only=True,
         ),
         say=say,
     )

@@ -70,7 +70,7 @@ class StackOptions:
     kafka_bootstrap: str | None = None  # use this broker instead of starting one
     scrape_interval: float = 5.0
     evaluation_interval: float = 5.0
-    group_wait: float = 5.0  # Alertmanager: wait this long to batch a new alert group
+    local_pages_only: bool = False  # the demo: no PagerDuty/Opsgenie even if configured
     ready_timeout: float = 90.0
 
 
@@ -105,7 +105,7 @@ class Page:
 
 class PageReceiver:
     """The on-call end of Alertmanager: a loopback webhook that prints and keeps what it gets.
-    Alertmanager posts severity=page groups to /page and everything else to /notify."""
+    Alertmanager posts pages (the on-call receiver) to /page, tickets and info to /notify."""
 
     def __init__(self, port: int, say: Say) -> None:
         self.port = port
@@ -156,29 +156,18 @@ class PageReceiver:
             ]
 
 
-def alertmanager_config(receiver_url: str, group_wait: float) -> str:
-    """Route severity=page to the local pager, everything else to the local notifier."""
-    wait = f"{max(1, round(group_wait))}s"
-    config = {
-        "route": {
-            "receiver": "local-notify",
-            "group_by": ["alertname", "app", "host"],
-            "group_wait": wait,
-            "group_interval": "30s",
-            "repeat_interval": "4h",
-            "routes": [{"matchers": ['severity="page"'], "receiver": "local-pager"}],
-        },
-        "receivers": [
-            {
-                "name": "local-pager",
-                "webhook_configs": [{"url": f"{receiver_url}/page", "send_resolved": True}],
-            },
-            {
-                "name": "local-notify",
-                "webhook_configs": [{"url": f"{receiver_url}/notify", "send_resolved": True}],
-            },
-        ],
-    }
+def alertmanager_config(settings: Settings, receiver_url: str, *, local_only: bool) -> str:
+    """The shipped routing and inhibitions (alerts.generate), with the local receiver as the
+    on-call webhook (/page) and the ticket and info webhook (/notify). `pinwatch up` also keeps
+    PagerDuty, Opsgenie and webhooks the settings name; the demo pages only locally."""
+    from alerts.generate import alertmanager_config as shipped
+
+    config = shipped(
+        pagerduty_routing_key_file="" if local_only else settings.alert_pagerduty_routing_key_file,
+        opsgenie_api_key_file="" if local_only else settings.alert_opsgenie_api_key_file,
+        oncall_webhook_url=f"{receiver_url}/page",
+        webhook_url=(not local_only and settings.alert_webhook_url) or f"{receiver_url}/notify",
+    )
     return json.dumps(config, indent=2)  # JSON is YAML
 
 
@@ -374,7 +363,9 @@ class Stack:
         self.alertmanager = LocalAlertmanager(
             cfg.data_dir / "alertmanager",
             port=cfg.alertmanager_port,
-            config=alertmanager_config(self.receiver.url, opts.group_wait),
+            config=alertmanager_config(
+                self.settings, self.receiver.url, local_only=opts.local_pages_only
+            ),
         )
         self._step_monitor(self.alertmanager, f"Alertmanager on {self.alertmanager_url}")
         self.prometheus = LocalPrometheus(

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,7 @@ from pinwatch.simulate.scenarios import BAD_RELEASE_VERSION, flood_device
 
 pytestmark = pytest.mark.integration
 
-INTERVALS = 3  # the first steady, the rest after the change
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -179,3 +182,41 @@ async def test_mixed_clients_rotation_counts_every_format(played, policy_file):
         causes = await group(p, "format, cause", "result = 'pin_mismatch'")
         assert {cause for (fmt, cause) in causes if fmt == "trustkit"} == {"rotation_suspected"}
         assert {cause for (fmt, cause) in causes if fmt == "nel"} == {"unknown"}
+
+
+async def test_simulate_command_reports_what_the_pipeline_counts(make_settings, policy_file):
+    """`pinwatch simulate` as a user runs it against a running ingest: it prints progress, and
+    its final line's counts are what the consumer counts."""
+    async with run_pipeline(make_settings()) as p:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pinwatch.cli",
+            "simulate",
+            "unplanned_rotation",
+            "--url",
+            p.ingest_url,
+            "--duration",
+            "7",
+            "--change-after",
+            "2",
+            "--devices",
+            "12",
+            "--interval",
+            "2",
+            "--pki",
+            str(p.settings.policy_file.parent / "pki"),
+            cwd=REPO,
+            env={**os.environ, "PINWATCH_POLICY_FILE": str(policy_file)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        text = out.decode()
+        assert proc.returncode == 0, text
+        final = text.strip().splitlines()[-1]
+        counts = dict(re.findall(r"(\w+)=(\d+)", final))
+        assert int(counts["pin_failures"]) > 0 and " [202:" in final
+        await p.wait_inserted(int(counts["reports"]), timeout=60)
+        assert await validations(p, result="ok") == int(counts["ok"])
+        assert await failures(p, cause="rotation_suspected") == int(counts["pin_failures"])
