@@ -56,10 +56,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def ready_text(stack: Stack) -> str:
     urls = "\n".join(f"  {name:<17} {url}" for name, url in stack.urls().items())
     cfg = stack.config
+    if stack.kafka is not None:
+        kafka = f"{cfg.kafka_bootstrap} (started here; log {stack.kafka.log_path})"
+    else:
+        kafka = f"{cfg.kafka_bootstrap} (already running; not stopped with the stack)"
     return f"""
 pinwatch is up.
 {urls}
-  logs              {stack.logs_dir}/ (ingest.log, consumer.log), Kafka {cfg.data_dir}/kafka/
+  Kafka             {kafka}
+  logs              {stack.logs_dir}/ (ingest.log, consumer.log)
 
 Send traffic from a second terminal (same settings, e.g. the same PINWATCH_* variables):
   pinwatch simulate steady --duration 120
