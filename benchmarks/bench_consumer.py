@@ -137,7 +137,7 @@ async def produce(settings: Settings, records: list[Record], per_message: int) -
         await producer.stop()
 
 
-async def run_consumer(settings: Settings, store: Store, total: int) -> float:
+async def run_consumer(settings: Settings, store: Store, total: int) -> tuple[float, float]:
     consumer = Consumer(settings, store)
     await consumer.start()
     task = asyncio.create_task(consumer.run())
@@ -147,7 +147,7 @@ async def run_consumer(settings: Settings, store: Store, total: int) -> float:
         if consumer.assignment or task.done():
             break
         await asyncio.sleep(0.01)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     registry = consumer.metrics.registry
     last_print = started
     try:
@@ -158,7 +158,7 @@ async def run_consumer(settings: Settings, store: Store, total: int) -> float:
                 for k in ("pin_validation", "network_error")
             )
             if done >= total:
-                return time.perf_counter() - started
+                return time.perf_counter() - started, time.process_time() - cpu_started
             if task.done():
                 task.result()
                 raise RuntimeError("consumer stopped early")
@@ -171,7 +171,9 @@ async def run_consumer(settings: Settings, store: Store, total: int) -> float:
         await task
 
 
-async def run_ceiling(settings: Settings, store: Store, records: list[Record], rows: int) -> float:
+async def run_ceiling(
+    settings: Settings, store: Store, records: list[Record], rows: int
+) -> tuple[float, float]:
     """The same rows, classified beforehand (not timed), inserted bare in batches of `rows`."""
     classifier = Classifier(
         load_policy(settings.policy_file), PublicRoots.load(settings.public_roots_file)
@@ -185,7 +187,7 @@ async def run_ceiling(settings: Settings, store: Store, records: list[Record], r
         [list(col) for col in zip(*prepared[i : i + rows], strict=True)]
         for i in range(0, len(prepared), rows)
     ]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for n, columns in enumerate(batches):
         await store.insert(
             "reports",
@@ -194,7 +196,7 @@ async def run_ceiling(settings: Settings, store: Store, records: list[Record], r
             column_oriented=True,
             settings={"insert_deduplication_token": f"ceiling-{n}"},
         )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -232,22 +234,33 @@ async def main(args: argparse.Namespace) -> int:
         await produce(settings, records, args.batch)
 
         print("consumer: Kafka -> decode -> classify -> ClickHouse -> commit ...", flush=True)
-        consumer_s = await run_consumer(settings, store, args.reports)
+        consumer_s, consumer_cpu = await run_consumer(settings, store, args.reports)
         print("ceiling: bare clickhouse-connect insert of the same rows ...", flush=True)
-        ceiling_s = await run_ceiling(
+        ceiling_s, ceiling_cpu = await run_ceiling(
             ceiling_settings, ceiling_store, records, settings.batch_max_rows
         )
         stored = await store.scalar("SELECT count() FROM {db}.reports")
         assert stored == args.reports, f"consumer stored {stored} rows, sent {args.reports}"
 
-        consumer_rate = args.reports / consumer_s
-        ceiling_rate = args.reports / ceiling_s
+        n = args.reports
+        consumer_rate, ceiling_rate = n / consumer_s, n / ceiling_s
         print()
-        print(f"reports               {args.reports:>12,}")
-        print(f"consumer              {consumer_rate:>12,.0f} reports/s  ({consumer_s:.2f}s)")
-        print(f"bare insert (ceiling) {ceiling_rate:>12,.0f} reports/s  ({ceiling_s:.2f}s)")
-        print(f"ratio consumer/ceiling {consumer_rate / ceiling_rate:>11.2f}")
-        print(f"goal 100,000/s         {'met' if consumer_rate >= 100_000 else 'NOT met':>11}")
+        print(f"reports                 {n:>10,}")
+        print("                        wall clock reports/s     per CPU-second (this process)")
+        print(
+            f"consumer                {consumer_rate:>10,.0f} ({consumer_s:5.2f}s)    "
+            f"{n / consumer_cpu:>10,.0f}"
+        )
+        print(
+            f"bare insert (ceiling)   {ceiling_rate:>10,.0f} ({ceiling_s:5.2f}s)    "
+            f"{n / ceiling_cpu:>10,.0f}"
+        )
+        print(
+            f"ratio consumer/ceiling  {consumer_rate / ceiling_rate:>10.2f}"
+            f"             {ceiling_cpu / consumer_cpu:>10.2f}"
+        )
+        print(f"goal 100,000/s (wall)   {'met' if consumer_rate >= 100_000 else 'NOT met':>10}")
+        print("(CPU-second rates are steadier than wall clock on a shared machine)")
         await store.command("DROP DATABASE IF EXISTS {db}")
         await ceiling_store.command("DROP DATABASE IF EXISTS {db}")
         await store.close()

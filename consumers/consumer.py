@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -82,6 +83,7 @@ class Consumer:
         self.committer: Committer | None = None
         self.dead_letters: DeadLetters | None = None
         self._batch = Batch()
+        self._pending: deque[tuple[TopicPartition, Any]] = deque()
         self._writing: Batch | None = None
         self._write_task: asyncio.Task[bool] | None = None
         self._lock = asyncio.Lock()
@@ -138,14 +140,22 @@ class Consumer:
         assert self._kafka is not None
         try:
             while not self._stop.is_set():
+                # Fetched messages wait in `_pending` while the batch is full and the writer
+                # busy (arroyo's MessageRejected); partitions are paused meanwhile, and getmany
+                # is still called (returning nothing) so the group sees this member polling.
                 chunks = await self._kafka.getmany(
-                    timeout_ms=_POLL_MS, max_records=_MAX_POLL_RECORDS
+                    timeout_ms=_POLL_MS if not self._pending else 10, max_records=_MAX_POLL_RECORDS
                 )
+                for tp, messages in chunks.items():
+                    self._pending.extend((tp, m) for m in messages)
                 async with self._lock:
-                    for tp, messages in chunks.items():
-                        for message in messages:
-                            await self._handle(tp, message)
+                    while self._pending and not self._batch_full():
+                        tp, message = self._pending.popleft()
+                        await self._handle(tp, message)
                     await self._advance()
+                if self._pending and self._write_task is not None:
+                    # Blocked on the writer: wake when it finishes rather than spin.
+                    await asyncio.wait({self._write_task}, timeout=_POLL_MS / 1000)
                 # Outside the lock: a commit may wait on a rebalance, whose revoke callback
                 # takes the lock to drain.
                 assert self.committer is not None
@@ -224,7 +234,7 @@ class Consumer:
         if due and self._write_task is None:
             self._writing, self._batch = batch, Batch()
             self._write_task = asyncio.create_task(self.writer.write(batch))
-        self._set_paused(self._trouble or (self._write_task is not None and self._batch_full()))
+        self._set_paused(self._trouble or bool(self._pending))
 
     async def _collect_write(self, wait: bool = False) -> None:
         task = self._write_task
@@ -266,6 +276,9 @@ class Consumer:
                 assert self.committer is not None
                 self.committer.clear()
                 self._batch = Batch()
+                # Every partition restarts from its committed offset after a rebalance (eager
+                # protocol), so fetched-but-unhandled messages will come again.
+                self._pending.clear()
                 keys = [(tp.topic, tp.partition) for tp in revoked]
                 self.progress.forget(keys)
                 for key in keys:
