@@ -330,3 +330,14 @@ async def test_clickhouse_outage_pauses_consumption_and_resumes_without_loss(
         assert await p.metric("pinwatch_consumer_paused") == 0
         async with httpx.AsyncClient(base_url=p.consumer_url) as client:
             assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_api_serves_health_and_mounts_the_rollout_query_api(pipeline: Pipeline) -> None:
+    async with httpx.AsyncClient(base_url=pipeline.consumer_url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).json() == {"status": "ready"}
+        # the rollout router is mounted and guarded by the admin token
+        assert (await client.get(f"/v1/rollout/{TEST_HOST}")).status_code == 401
+        token = {"Authorization": f"Bearer {pipeline.settings.admin_token}"}
+        answer = await client.get(f"/v1/rollout/{TEST_HOST}", headers=token)
+        assert answer.status_code == 200, answer.text
