@@ -120,7 +120,9 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     )
 
 
-async def _serve(app: Any, *, lifespan: str) -> tuple[uvicorn.Server, asyncio.Task[Any], str]:
+async def serve_app(app: Any, *, lifespan: str) -> tuple[uvicorn.Server, asyncio.Task[Any], str]:
+    """Serve an ASGI app with uvicorn on a free loopback port in this event loop, once it
+    listens: (server, its task, base URL). Stop with `server.should_exit = True; await task`."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -155,14 +157,14 @@ async def run_pipeline(
         if ingest:
             from ingest.app import create_app
 
-            server, task, ingest_url = await _serve(create_app(settings), lifespan="on")
+            server, task, ingest_url = await serve_app(create_app(settings), lifespan="on")
             servers.append((server, task))
         if consumer:
             engine = Consumer(settings, store)
             await engine.start()
             run_task = asyncio.create_task(engine.run())
         api = create_api(settings, store, consumer=engine)
-        server, task, consumer_url = await _serve(api, lifespan="off")
+        server, task, consumer_url = await serve_app(api, lifespan="off")
         servers.append((server, task))
         yield Pipeline(settings, store, engine, ingest_url, consumer_url, run_task)
     finally:

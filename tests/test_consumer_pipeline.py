@@ -4,6 +4,7 @@ classified and stored in real chDB, counted on the consumer's /metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from payloads import native_batch, network_error, pin_validation
 from pipeline import Pipeline, run_pipeline
 
+from consumers.consumer import Consumer
 from pinwatch.certs import CertificateAuthority, Chain
 from pinwatch.record import Format, Kind, Record, Result, encode_batch
 from pinwatch.settings import Settings
@@ -341,3 +343,52 @@ async def test_api_serves_health_and_mounts_the_rollout_query_api(pipeline: Pipe
         token = {"Authorization": f"Bearer {pipeline.settings.admin_token}"}
         answer = await client.get(f"/v1/rollout/{TEST_HOST}", headers=token)
         assert answer.status_code == 200, answer.text
+
+
+async def test_a_rebalance_between_two_consumers_counts_everything_once(
+    make_settings: Callable[..., Settings], ca: CertificateAuthority
+) -> None:
+    settings = make_settings(kafka_partitions=4, batch_max_seconds=0.3)
+    chain = ca.chain("rotated")
+
+    def batch(i: int) -> dict[str, Any]:
+        reports = [pin_validation(TEST_HOST, chain, result="pin_mismatch", count=3)]
+        reports.append(pin_validation(TEST_HOST, ca.chain("primary"), count=5))
+        return native_batch(reports, app=TEST_APP, device=f"device-{i}")
+
+    async with run_pipeline(settings) as p:
+        for i in range(20):
+            await p.post(batch(i))
+        # a second member joins the group while the first is consuming
+        second = Consumer(settings, p.store)
+        await second.start()
+        task = asyncio.create_task(second.run())
+        try:
+            for i in range(20, 40):
+                await p.post(batch(i))
+            assert p.consumer is not None
+            registries = [p.consumer.metrics.registry, second.metrics.registry]
+
+            def counted(name: str, **labels: str) -> float:
+                return sum(r.get_sample_value(name, labels) or 0 for r in registries)
+
+            for _ in range(300):
+                if counted("pinwatch_consumer_inserted_reports_total", kind="pin_validation") >= 80:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # a double count would have landed by now
+            assert second.assignment, "the second consumer never got partitions"
+            assert counted("pinwatch_consumer_inserted_reports_total", kind="pin_validation") == 80
+            pins = "pinwatch_pin_validations_total"
+            base = dict(app=TEST_APP, host=TEST_HOST, platform="ios", app_version="5.2.0")
+            failures = dict(base, result="pin_mismatch", pin_match="none", enforced="true")
+            assert counted(pins, **failures, cause="rotation_suspected") == 40 * 3
+            ok = dict(base, result="ok", pin_match="primary", enforced="true", cause="none")
+            assert counted(pins, **ok) == 40 * 5
+        finally:
+            second.stop()
+            with contextlib.suppress(Exception):
+                await task
+        assert await p.store.scalar("SELECT count() FROM {db}.reports") == 80
+        assert await p.store.scalar("SELECT uniqExact(id) FROM {db}.reports") == 80
+        assert await p.store.scalar("SELECT sum(count) FROM {db}.rollup_minute") == 40 * 8
