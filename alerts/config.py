@@ -30,6 +30,9 @@ class AlertConfig:
     # Distinct devices (last 5 minutes) failing with a publicly trusted chain whose key the
     # policy does not pin. Ten is reached in ten seconds at one failing device a second.
     rotation_min_devices: int = 10
+    # ... on several client networks: one network seeing an odd chain is that network's
+    # problem (a captive portal, a proxy), a rotation is seen everywhere.
+    rotation_min_networks: int = 3
     # Share of the host's enforced validations failing that way: rules out a handful of odd
     # clients on a busy host.
     rotation_min_share: float = 0.05

@@ -46,7 +46,7 @@ def _q(expr: str, fmt: str = "humanize") -> str:
     )
 
 
-def recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
+def pinning_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
     w, tw = c.page_window, c.ticket_window
 
     def rate(level: str, name: str, selector: str, window: str, by: str) -> dict[str, str]:
@@ -130,6 +130,12 @@ def recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
             "record": "app_host_cause:pinwatch_failing_networks:sum",
             "expr": "sum by (app, host, cause) (pinwatch_failing_networks)",
         },
+    ]
+
+
+def pipeline_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
+    w = c.page_window
+    return [
         {
             "record": "job:pinwatch_consumer_lag:sum",
             "expr": "sum by (job) (pinwatch_consumer_lag)",
@@ -201,6 +207,9 @@ def pinning_alerts(c: AlertConfig) -> list[dict[str, Any]]:
             "PinwatchRotationBreakage",
             f'app_host_cause:pinwatch_failing_devices:sum{{cause="rotation_suspected"}}\n'
             f"  >= {c.rotation_min_devices}\n"
+            "and on (app, host, cause)\n"
+            'app_host_cause:pinwatch_failing_networks:sum{cause="rotation_suspected"}\n'
+            f"  >= {c.rotation_min_networks}\n"
             "and on (app, host)\n"
             f"app_host:pinwatch_rotation_failures:ratio_rate{w} >= {c.rotation_min_share}",
             c.rotation_for,
@@ -393,9 +402,18 @@ def pipeline_alerts(c: AlertConfig) -> list[dict[str, Any]]:
 def rules(c: AlertConfig = CONFIG) -> dict[str, Any]:
     return {
         "groups": [
-            {"name": "pinwatch.recording", "rules": recording_rules(c)},
-            {"name": "pinwatch.pinning", "rules": pinning_alerts(c)},
-            {"name": "pinwatch.pipeline", "rules": pipeline_alerts(c)},
+            # Recording rules share a group with the alerts that read them: a group evaluates
+            # its rules in order at one timestamp, so an alert sees this evaluation's numbers,
+            # not the previous interval's (which would add up to one evaluation interval to
+            # time to page).
+            {
+                "name": "pinwatch.pinning",
+                "rules": pinning_recording_rules(c) + pinning_alerts(c),
+            },
+            {
+                "name": "pinwatch.pipeline",
+                "rules": pipeline_recording_rules(c) + pipeline_alerts(c),
+            },
         ]
     }
 

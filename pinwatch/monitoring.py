@@ -104,6 +104,20 @@ def prometheus_config(
     return config
 
 
+def pipeline_jobs(*, ingest_url: str = "", consumer_url: str = "") -> dict[str, list[str]]:
+    """Scrape jobs for a running pipeline under the job names the shipped rules expect, from
+    the base URLs of ingest and the consumer ("http://127.0.0.1:8787"); empty URLs are left
+    out."""
+    jobs = {}
+    for job, url in ((INGEST_JOB, ingest_url), (CONSUMER_JOB, consumer_url)):
+        if url:
+            scheme, sep, address = url.rstrip("/").partition("://")
+            if scheme != "http" or not sep or "/" in address:
+                raise MonitoringError(f"{job} URL must be http://host:port, not {url!r}")
+            jobs[job] = [address]
+    return jobs
+
+
 class _ChildProcess:
     """One engine process in its own process group, with its log and pid file in `data_dir`."""
 

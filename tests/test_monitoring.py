@@ -13,6 +13,7 @@ from pinwatch.monitoring import (
     LocalPrometheus,
     MonitoringError,
     duration,
+    pipeline_jobs,
     prometheus_config,
 )
 
@@ -64,6 +65,16 @@ def test_prometheus_config_from_arguments(tmp_path: Path) -> None:
     assert config["alerting"]["alertmanagers"] == [
         {"scheme": "http", "static_configs": [{"targets": ["127.0.0.1:9093"]}]}
     ]
+
+
+def test_pipeline_jobs_use_the_rules_job_names() -> None:
+    jobs = pipeline_jobs(ingest_url="http://127.0.0.1:8787", consumer_url="http://127.0.0.1:9787/")
+    assert jobs == {"pinwatch-ingest": ["127.0.0.1:8787"], "pinwatch-consumer": ["127.0.0.1:9787"]}
+    assert pipeline_jobs(consumer_url="http://127.0.0.1:9787") == {
+        "pinwatch-consumer": ["127.0.0.1:9787"]
+    }
+    with pytest.raises(MonitoringError, match="pinwatch-ingest URL"):
+        pipeline_jobs(ingest_url="127.0.0.1:8787")
 
 
 def test_bad_target_is_named() -> None:
