@@ -349,7 +349,7 @@ class Committer:
         self.interval = interval
         self._offsets: dict[TopicPartition, int] = {}
         self._tally = BatchTally()
-        self._last = 0.0
+        self._last = time.monotonic()  # the interval counts from the start too
         self.committed: dict[TopicPartition, int] = {}
 
     @property
@@ -376,13 +376,15 @@ class Committer:
             # counts (and, thanks to kafka_progress, does not re-insert) what we could not commit.
             event(log, "commit_rejected", logging.WARNING, error=str(exc)[:300])
             return
-        except KafkaError:
-            # Transient: keep both for the next attempt, so nothing is left uncounted.
+        except KafkaError as exc:
+            # Transient (coordinator moving, broker restarting): keep both for the next attempt,
+            # so nothing is left uncounted; a later commit covers these offsets too.
             for tp, offset in offsets.items():
                 self._offsets.setdefault(tp, offset)
             tally.merge(self._tally)
             self._tally = tally
-            raise
+            event(log, "commit_failed", logging.WARNING, error=str(exc)[:300])
+            return
         # No await between the commit returning and the count: a scrape sees both or neither.
         self.metrics.apply(tally)
         self.committed.update(offsets)
