@@ -2,6 +2,7 @@
 
     python -m alerts.generate          # rewrite the committed files
     python -m alerts.generate --check  # exit 1 if they differ from what the config produces
+    python -m alerts.generate --alertmanager-out am.yml  # render from PINWATCH_ALERT_* settings
 
 Recording rules follow `level:metric:operations`: numerators and denominators are aggregated
 separately and divided afterwards, so a ratio over several series is the ratio of sums, never an
@@ -567,7 +568,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="only report whether the committed files are current"
     )
+    parser.add_argument(
+        "--alertmanager-out",
+        type=Path,
+        metavar="FILE",
+        help="instead, write an Alertmanager configuration rendered from the PINWATCH_ALERT_* "
+        "settings (key files, webhooks) to FILE",
+    )
     args = parser.parse_args(argv)
+    if args.alertmanager_out is not None:
+        config = alertmanager_config_from_settings(Settings())
+        args.alertmanager_out.write_text(dump(config))
+        print(f"wrote {args.alertmanager_out}")
+        return 0
     stale = []
     for path, text in files().items():
         if path.exists() and path.read_text() == text:

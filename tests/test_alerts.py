@@ -187,6 +187,21 @@ def test_pages_go_to_oncall_with_pagerduty_and_opsgenie() -> None:
         assert result.stdout.strip() == receiver, (labels, result.stdout)
 
 
+def test_alertmanager_rendered_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PINWATCH_ALERT_OPSGENIE_API_KEY_FILE", "/run/secrets/opsgenie")
+    monkeypatch.setenv("PINWATCH_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+    out = tmp_path / "am.yml"
+    assert generate.main(["--alertmanager-out", str(out)]) == 0
+    result = run("amtool", "check-config", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    receivers = {r["name"]: r for r in yaml.safe_load(out.read_text())["receivers"]}
+    assert receivers["oncall"]["opsgenie_configs"][0]["api_key_file"] == "/run/secrets/opsgenie"
+    assert "pagerduty_configs" not in receivers["oncall"]
+    assert receivers["info"]["webhook_configs"][0]["url"] == "http://127.0.0.1:9/hook"
+
+
 def test_settings_choose_the_oncall_integrations() -> None:
     config = generate.alertmanager_config(
         pagerduty_routing_key_file="/run/secrets/pd", oncall_webhook_url="http://127.0.0.1:1/p"
