@@ -342,6 +342,7 @@ class Stack:
 
     def _start(self) -> None:
         cfg, opts = self.config, self.options
+        self._reap_leftovers()
         if opts.fresh and cfg.data_dir.exists():
             _wipe(cfg.data_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -380,6 +381,26 @@ class Stack:
             alertmanager_url=self.alertmanager_url,
         )
         self._step_monitor(self.prometheus, f"Prometheus on {self.prometheus_url}")
+
+    def _reap_leftovers(self) -> None:
+        """Stop what a previous stack in this data directory left running when it was killed
+        without a chance to clean up (SIGKILL, a closed terminal). Ingest and consumer die with
+        their supervisor by themselves; the engines are found through their pid files, and
+        only a process still running with this directory's configuration is signalled."""
+        data_dir = self.config.data_dir
+        leftovers = [
+            LocalPrometheus(data_dir / "prometheus", jobs={}),
+            LocalAlertmanager(data_dir / "alertmanager", config=""),
+        ]
+        for engine in leftovers:
+            if engine.running:
+                self.say(f"  stopping {engine.name}, left running by an earlier stack")
+                engine.stop()
+        broker = LocalKafka.from_settings(self.config)
+        pid = _read_pid(broker.pid_path)
+        if pid is not None and str(broker.data_dir.resolve()) in _cmdline(pid):
+            self.say("  stopping Kafka, left running by an earlier stack")
+            broker.stop()
 
     def _write_public_roots(self) -> None:
         path = self.config.public_roots_file
@@ -551,6 +572,20 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: stop() still ends the children on every orderly exit
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

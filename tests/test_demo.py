@@ -16,14 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from pinwatch.localkafka import free_port
 from pinwatch.simulate.timeline import Timeline, _parse_time, consumer_failures
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def stack_env(data_dir: Path) -> tuple[dict[str, str], list[str]]:
+def stack_env(data_dir: Path, own_ports: bool = False) -> tuple[dict[str, str], list[str]]:
     """Environment and extra flags: a data dir of the test's own, and the session's broker
-    (with topics of the test's own) when the tests reuse one."""
+    (with topics of the test's own) when the tests reuse one. `own_ports`: free ports for
+    `pinwatch up`, which otherwise uses the settings' (the demo picks its own)."""
     suffix = uuid.uuid4().hex[:8]
     env = {
         **os.environ,
@@ -36,6 +38,11 @@ def stack_env(data_dir: Path) -> tuple[dict[str, str], list[str]]:
     for name in ("PINWATCH_POLICY_FILE", "PINWATCH_PUBLIC_ROOTS_FILE", "PINWATCH_CLICKHOUSE_DSN"):
         env.pop(name, None)  # the demo's own: the example policy and the demo PKI
     bootstrap = os.environ.get("PINWATCH_TEST_KAFKA_BOOTSTRAP")
+    if own_ports:
+        for name in ("INGEST", "CONSUMER", "PROMETHEUS", "ALERTMANAGER", "KAFKA_CONTROLLER"):
+            env[f"PINWATCH_{name}_PORT"] = str(free_port())
+        if not bootstrap:
+            env["PINWATCH_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{free_port()}"
     return env, (["--kafka-bootstrap", bootstrap] if bootstrap else [])
 
 
@@ -53,6 +60,30 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmdline or f"PINWATCH_DATA_DIR={text}" in environ:
             found.append(f"{entry.name}: {cmdline[:200]}")
     return found
+
+
+def start_up(env: dict[str, str], flags: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """`pinwatch up` until it prints its ready text; returns the process and what it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pinwatch.cli", "up", *flags],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    deadline = time.monotonic() + 180
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            return proc, "".join(lines)
+    proc.kill()
+    raise AssertionError("pinwatch up did not get ready:\n" + "".join(lines))
 
 
 @pytest.mark.integration
@@ -86,34 +117,9 @@ def test_demo_plays_a_rotation_through_to_a_delivered_page(tmp_path: Path):
 
 @pytest.mark.integration
 def test_up_runs_until_ctrl_c_and_leaves_nothing_running(tmp_path: Path):
-    env, flags = stack_env(tmp_path)
-    from pinwatch.localkafka import free_port
-
-    for name in ("INGEST", "CONSUMER", "PROMETHEUS", "ALERTMANAGER", "KAFKA_CONTROLLER"):
-        env[f"PINWATCH_{name}_PORT"] = str(free_port())
-    if not flags:
-        env["PINWATCH_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pinwatch.cli", "up", *flags],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
+    env, flags = stack_env(tmp_path, own_ports=True)
+    proc, text = start_up(env, flags)
     try:
-        deadline = time.monotonic() + 180
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:  # the last line of the ready text
-                break
-        assert any(line.startswith("pinwatch is up.") for line in lines), "".join(lines)
-        text = "".join(lines)
         assert f"http://127.0.0.1:{env['PINWATCH_PROMETHEUS_PORT']}" in text
         assert f"http://127.0.0.1:{env['PINWATCH_INGEST_PORT']}/v1/reports" in text
         assert processes_mentioning(str(tmp_path))  # the children are running
@@ -126,24 +132,45 @@ def test_up_runs_until_ctrl_c_and_leaves_nothing_running(tmp_path: Path):
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    assert proc.returncode == 0, "".join(lines) + rest
+    assert proc.returncode == 0, text + rest
     assert "stopped Prometheus" in rest and "stopped consumer" in rest
     assert processes_mentioning(str(tmp_path)) == []
 
 
 @pytest.mark.integration
-def test_a_component_that_fails_to_start_is_named_with_its_log(tmp_path: Path):
-    env, flags = stack_env(tmp_path)
-    from pinwatch.localkafka import free_port
+def test_a_killed_stack_leaves_no_ingest_or_consumer_and_the_next_one_reaps_the_rest(
+    tmp_path: Path,
+):
+    env, flags = stack_env(tmp_path, own_ports=True)
+    first, _ = start_up(env, flags)
+    first.kill()  # SIGKILL: no chance to clean up
+    first.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+        " ingest" in p or " consume" in p for p in processes_mentioning(str(tmp_path))
+    ):
+        time.sleep(0.2)
+    left = processes_mentioning(str(tmp_path))
+    assert not any(" ingest" in p or " consume" in p for p in left), left
+    assert any("prometheus" in p for p in left)  # the engines outlive a SIGKILLed supervisor
 
+    second, text = start_up(env, flags)
+    try:
+        assert "stopping prometheus, left running by an earlier stack" in text
+        assert "stopping alertmanager, left running by an earlier stack" in text
+    finally:
+        second.send_signal(signal.SIGINT)
+        second.communicate(timeout=90)
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.integration
+def test_a_component_that_fails_to_start_is_named_with_its_log(tmp_path: Path):
+    env, flags = stack_env(tmp_path, own_ports=True)
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     env["PINWATCH_INGEST_PORT"] = str(busy.getsockname()[1])  # taken: ingest cannot bind
-    for name in ("CONSUMER", "PROMETHEUS", "ALERTMANAGER", "KAFKA_CONTROLLER"):
-        env[f"PINWATCH_{name}_PORT"] = str(free_port())
-    if not flags:
-        env["PINWATCH_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{free_port()}"
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "pinwatch.cli", "up", *flags],
