@@ -192,6 +192,20 @@ async def test_reports_are_classified_stored_rolled_up_and_counted(
     assert await metric("pinwatch_failing_networks", host=TEST_HOST, cause="unknown") == 0
     assert await metric("pinwatch_failing_devices", host=REPORT_ONLY_HOST) == 0
 
+    # lag per partition, in records, once the consumer caught up (updated every second)
+    for _ in range(50):
+        lags = [
+            line
+            for line in (await p.metrics_text()).splitlines()
+            if line.startswith("pinwatch_consumer_lag{")
+        ]
+        if len(lags) == settings.kafka_partitions:
+            break
+        await asyncio.sleep(0.1)
+    assert len(lags) == settings.kafka_partitions
+    assert all(f'topic="{settings.kafka_topic}"' in line for line in lags)
+    assert await metric("pinwatch_consumer_lag") == 0
+
 
 async def _produce(settings: Settings, values: list[bytes]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
