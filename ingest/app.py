@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from ingest.metrics import IngestMetrics
 from ingest.ops import ops_router
 from ingest.producer import KafkaSink
-from ingest.reports import ReportPath, report_router, request_schemas
+from ingest.reports import ReportPath, report_router, request_schemas, serving_routes
 from pinwatch.logs import event
 from pinwatch.policy import Policy, load_policy
 from pinwatch.settings import Settings
@@ -56,7 +56,9 @@ def create_app(
     app.state.policy = policy
     app.state.sink = sink
     app.state.metrics = metrics
-    app.include_router(report_router(ReportPath(settings, policy, sink, metrics)))
+    reports = ReportPath(settings, policy, sink, metrics)
+    app.router.routes.extend(serving_routes(reports))  # first: they win the POSTs
+    app.include_router(report_router(reports))  # documents them; answers CORS preflights
     app.include_router(ops_router(settings, sink, metrics))
 
     def openapi() -> dict[str, Any]:
