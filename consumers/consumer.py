@@ -200,7 +200,10 @@ class Consumer:
         self.dead_letters.observe(len(records) + len(rejected))
         for bad in rejected:
             await self.dead_letters.send(bad, origin)
-        store = not self.progress.is_stored(tp.topic, tp.partition, message.offset)
+        store = not (
+            self.progress.is_stored(tp.topic, tp.partition, message.offset)
+            and await self.progress.confirm(tp.topic, tp.partition, message.offset, records)
+        )
         for index, record in enumerate(records):
             try:
                 self.enricher.add(record, batch, tp.topic, tp.partition, message.offset, store)

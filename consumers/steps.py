@@ -249,6 +249,47 @@ class Progress:
         stored = self.stored.get((topic, partition))
         return stored is not None and offset <= stored
 
+    async def confirm(
+        self, topic: str, partition: int, offset: int, records: list[dict[str, Any]]
+    ) -> bool:
+        """Are this message's rows really there? `kafka_progress` alone cannot tell a replay
+        after a crash from a topic that was deleted and created again (offsets restart at 0
+        while ClickHouse keeps the old incarnation's progress). The rows' report ids settle it;
+        the query follows the primary key (host, received_at). A miss drops the partition's
+        progress, so the rest of it is inserted normally."""
+        if not records:
+            return True
+        found = await self.store.scalar(
+            "SELECT count() FROM {db}.reports "
+            "WHERE host IN {hosts:Array(String)} "
+            "AND received_at IN "
+            "(SELECT fromUnixTimestamp64Milli(arrayJoin({times:Array(Int64)}), 'UTC')) "
+            "AND id IN {ids:Array(String)} AND kafka_topic = {topic:String} "
+            "AND kafka_partition = {partition:UInt32} AND kafka_offset = {offset:UInt64}",
+            {
+                "hosts": sorted({r["host"] for r in records}),
+                "times": sorted({r["received_at_ms"] for r in records}),
+                "ids": [r["id"] for r in records],
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+            },
+        )
+        if found:
+            return True
+        event(
+            log,
+            "kafka_progress_stale",
+            logging.WARNING,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            stored_up_to=self.stored.get((topic, partition)),
+            hint="the topic was probably recreated; inserting from here on",
+        )
+        self.stored.pop((topic, partition), None)
+        return False
+
     def forget(self, tps: list[TopicPartition]) -> None:
         """Partitions (re)assigned or revoked: their progress is read again before use."""
         for tp in tps:

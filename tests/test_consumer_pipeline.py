@@ -406,3 +406,25 @@ async def test_a_rebalance_between_two_consumers_counts_everything_once(
         assert await p.store.scalar("SELECT count() FROM {db}.reports") == 80
         assert await p.store.scalar("SELECT uniqExact(id) FROM {db}.reports") == 80
         assert await p.store.scalar("SELECT sum(count) FROM {db}.rollup_minute") == 40 * 8
+
+
+async def test_progress_left_by_an_older_topic_of_the_same_name_does_not_skip_reports(
+    make_settings: Callable[..., Settings], ca: CertificateAuthority
+) -> None:
+    settings = make_settings()
+    async with run_pipeline(settings, consumer=False) as ingest:
+        # ClickHouse remembers offsets up to 1000 of a topic by this name that is gone now
+        # (Kafka's data wiped, ClickHouse's kept): its offsets start at 0 again.
+        await ingest.store.insert(
+            "kafka_progress",
+            [[settings.kafka_topic, p, 1000] for p in range(settings.kafka_partitions)],
+            ["kafka_topic", "kafka_partition", "max_offset"],
+        )
+        for _ in range(3):
+            await ingest.post(
+                native_batch([pin_validation(TEST_HOST, ca.chain("primary"))], app=TEST_APP)
+            )
+    async with run_pipeline(settings, ingest=False) as p:
+        await p.wait_inserted(3)
+        assert await p.store.scalar("SELECT count() FROM {db}.reports") == 3
+        assert await p.metric("pinwatch_pin_validations_total") == 3
