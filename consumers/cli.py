@@ -63,6 +63,24 @@ async def serve(settings: Settings, host: str, port: int) -> int:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from aiokafka.errors import KafkaError
+
+    from consumers.roots import RootsError
+    from consumers.schema import MigrationError
+    from consumers.store import StoreError
+    from pinwatch.policy import PolicyError
+
     host = args.host or settings.consumer_host
     port = args.port or settings.consumer_port
-    return asyncio.run(serve(settings, host, port))
+    try:
+        return asyncio.run(serve(settings, host, port))
+    except (MigrationError, StoreError) as exc:
+        print(f"pinwatch consume: ClickHouse ({settings.clickhouse_url}): {exc}", file=sys.stderr)
+    except KafkaError as exc:
+        print(
+            f"pinwatch consume: Kafka at {settings.kafka_bootstrap}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+    except (PolicyError, RootsError) as exc:
+        print(f"pinwatch consume: {exc}", file=sys.stderr)
+    return 1
