@@ -30,7 +30,6 @@ from pydantic_core import PydanticCustomError
 
 from ingest.formats import register
 from ingest.formats.base import BadReport, FormatSpec, IngestContext, Parsed
-from pinwatch.policy import is_spki_pin
 from pinwatch.record import ErrorCategory, Format, Kind, Record, Result
 from pinwatch.settings import Settings
 
@@ -40,12 +39,12 @@ _KINDS = frozenset(k.value for k in Kind)
 _LIMIT_ERRORS = frozenset({"too_long", "string_too_long", "certificate_too_large"})
 
 
-def _check_pin(value: str) -> str:
-    if not is_spki_pin(value):
-        raise PydanticCustomError(
-            "bad_pin", "must be the base64 SHA-256 of a SubjectPublicKeyInfo (32 bytes)"
-        )
-    return value
+# The base64 of 32 bytes: 42 characters, one whose low two bits are zero, one '='. The
+# pinwatch.policy.is_spki_pin test (tests/test_ingest_native.py checks they agree), restricted to
+# canonical base64, as a pattern pydantic runs in Rust: decoding every pin in Python was half of
+# the parse time of a 50-report batch.
+PIN_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
+PIN_PROBLEM = "must be the base64 SHA-256 of a SubjectPublicKeyInfo (32 bytes, 44 characters)"
 
 
 def _certificate_checker(max_bytes: int):  # noqa: ANN202 - a pydantic validator
@@ -92,7 +91,7 @@ def native_models(
     """The batch model for one set of limits (tests and apps with other settings get theirs)."""
     Text = Annotated[StrictStr, Field(max_length=max_str)]
     Id = Annotated[StrictStr, Field(min_length=1, max_length=max_str)]
-    Pin = Annotated[StrictStr, Field(max_length=64), AfterValidator(_check_pin)]
+    Pin = Annotated[StrictStr, Field(pattern=PIN_PATTERN)]
     Cert = Annotated[StrictStr, AfterValidator(_certificate_checker(max_cert_bytes))]
     Port = Annotated[StrictInt, Field(ge=1, le=65535)]
     Count = Annotated[StrictInt, Field(ge=1, le=max_count)]
@@ -189,6 +188,8 @@ def bad_report(exc: ValidationError) -> BadReport:
     elif err["type"] == "union_tag_not_found":
         path = f"{path}.type" if path else "type"
         message = "missing report type; expected pin_validation or network_error"
+    elif err["type"] == "string_pattern_mismatch":
+        message = PIN_PROBLEM  # pins are the only pattern-checked fields
     status = 413 if err["type"] in _LIMIT_ERRORS else 400
     return BadReport(path or "body", message, status=status)
 

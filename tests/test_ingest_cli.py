@@ -1,0 +1,102 @@
+"""`pinwatch ingest` as an operator runs it: a bad policy starts nothing; a good one serves until
+SIGTERM, then flushes and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from conftest import TEST_APP, TEST_HOST, TEST_KEY
+from ingest_support import read_records
+from payloads import native_batch, network_error
+
+from pinwatch.localkafka import free_port, port_open
+from pinwatch.settings import Settings
+
+PINWATCH = [sys.executable, "-m", "pinwatch.cli"]
+
+
+def test_bad_policy_exits_nonzero_naming_the_line(tmp_path: Path) -> None:
+    policy = tmp_path / "bad.yaml"
+    policy.write_text(
+        "apps:\n  - id: com.example.app\n    ingest_keys: [short]\n"
+        "hosts:\n  - host: api.example.com\n    pins:\n"
+        '      - {sha256: "not-a-pin", role: primary}\n'
+    )
+    port = free_port()
+    proc = subprocess.run(
+        [*PINWATCH, "ingest", "--policy", str(policy), "--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PINWATCH_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
+    )
+    assert proc.returncode == 2
+    assert f"{policy}:3:" in proc.stderr  # the ingest key that is too short
+    assert f"{policy}:7:" in proc.stderr  # the pin that is not a pin
+    assert not port_open("127.0.0.1", port)
+
+
+@pytest.mark.integration
+async def test_serves_until_sigterm_then_exits_cleanly(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    port = free_port()
+    env = {
+        **os.environ,
+        "PINWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "PINWATCH_KAFKA_TOPIC": settings.kafka_topic,
+        "PINWATCH_KAFKA_DEAD_LETTER_TOPIC": settings.kafka_dead_letter_topic,
+        "PINWATCH_INGEST_PORT": str(port),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *PINWATCH,
+        "ingest",
+        "--policy",
+        str(settings.policy_file),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.returncode is None, "pinwatch ingest exited early"
+                assert time.monotonic() < deadline, "pinwatch ingest did not become ready"
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+            body = native_batch([network_error(TEST_HOST)], app=TEST_APP)
+            response = await client.post(
+                "/v1/reports",
+                content=orjson.dumps(body),
+                headers={"X-Pinwatch-Key": TEST_KEY, "Content-Type": "application/json"},
+            )
+            assert response.status_code == 202
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+        # uvicorn re-raises the signal after its graceful shutdown, so process managers see it
+        assert proc.returncode in (0, -signal.SIGTERM), stderr
+        assert b'"event":"ingest_stopped"' in stderr
+        assert b'"event":"producer_stopped"' in stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    got = await read_records(settings, min_records=1)
+    assert [r.id for r in got] == [body["reports"][0]["id"]]
