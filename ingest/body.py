@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator
-
-from fastapi import Request
+from typing import TYPE_CHECKING
 
 from ingest.errors import ApiError
 from ingest.metrics import Reason
+
+if TYPE_CHECKING:
+    from ingest.reports import Incoming
 
 
 def _too_large(what: str, limit: int) -> ApiError:
@@ -18,7 +20,7 @@ def _too_large(what: str, limit: int) -> ApiError:
     )
 
 
-def content_encoding(request: Request) -> bool:
+def content_encoding(request: Incoming) -> bool:
     """True for gzip, False for identity; 415 for anything else."""
     value = request.headers.get("content-encoding", "").strip().lower()
     if value in ("", "identity"):
@@ -33,7 +35,7 @@ def content_encoding(request: Request) -> bool:
     )
 
 
-async def read_body(request: Request, max_body: int, max_decompressed: int) -> bytes:
+async def read_body(request: Incoming, max_body: int, max_decompressed: int) -> bytes:
     gzipped = content_encoding(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import Response
 from pydantic import BaseModel, Field
 
 
@@ -62,12 +61,8 @@ class ApiError(Exception):
         self.retry_after = retry_after
         self.reason = reason  # pinwatch_ingest_rejected_total's label
 
-    def response(self) -> Response:
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
-        body = {"error": self.error, "field": self.field, "detail": self.detail}
-        return Response(
-            orjson.dumps(body), self.status, headers=headers, media_type="application/json"
-        )
+    def body(self) -> bytes:
+        return orjson.dumps({"error": self.error, "field": self.field, "detail": self.detail})
 
 
 def _error(description: str, retry_after: bool = False) -> dict[str, Any]:

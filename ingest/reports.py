@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -57,6 +59,39 @@ _PARAMETERS = [
 ]
 
 
+class Incoming:
+    """What the report path reads of a request, straight from the ASGI scope: headers looked
+    up in a dict built once (Starlette's Request scans the header list on every access)."""
+
+    __slots__ = ("scope", "receive", "headers")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+    def query(self, name: str) -> str | None:
+        values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name)
+        return values[0] if values else None
+
+    @property
+    def client_host(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "bad_json", "the client went away before the body ended")
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
+
+
+_JSON = (b"content-type", b"application/json")
+
+
 class ReportPath:
     """Everything a report route needs, built once per app (no module globals)."""
 
@@ -77,28 +112,31 @@ class ReportPath:
         # HMAC setup costs ~20 us; a device reports again and again, so remember its hash
         self.hasher = lru_cache(maxsize=65_536)(DeviceHasher(settings.device_hash_key))
 
-    async def handle(self, spec: FormatSpec, request: Request) -> Response:
+    async def handle(
+        self, spec: FormatSpec, request: Incoming
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """(status, JSON body, extra headers) of the answer to one report request."""
         try:
             accepted, rejected = await self._accept(spec, request)
         except ApiError as exc:
             self.metrics.requests.labels(spec.name, exc.status).inc()
             if exc.reason:
                 self.metrics.rejected.labels(spec.name, exc.reason).inc()
-            return exc.response()
+            extra = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after else []
+            return exc.status, exc.body(), extra
         self._accepted_counter(spec.name).inc()
         self.metrics.reports.labels(spec.name).inc(accepted)
         if rejected:
             self.metrics.rejected.labels(spec.name, Reason.BAD_ITEM).inc(len(rejected))
-        body: dict[str, Any] = {"accepted": accepted, "rejected": rejected}
-        return Response(orjson.dumps(body), 202, media_type="application/json")
+        return 202, orjson.dumps({"accepted": accepted, "rejected": rejected}), []
 
     @lru_cache(maxsize=16)  # noqa: B019 - one entry per format, the app lives as long as this
     def _accepted_counter(self, name: str) -> Any:
         return self.metrics.requests.labels(name, 202)
 
-    async def _accept(self, spec: FormatSpec, request: Request) -> tuple[int, list[Any]]:
+    async def _accept(self, spec: FormatSpec, request: Incoming) -> tuple[int, list[Any]]:
         settings = self.settings
-        key = request.headers.get(KEY_HEADER) or request.query_params.get("key")
+        key = request.headers.get(KEY_HEADER) or request.query("key")
         app_id = self.policy.app_for_key(key)
         if app_id is None:
             raise ApiError(
@@ -162,11 +200,11 @@ class ReportPath:
         ]
         return len(parsed.records), rejected
 
-    def _parse(self, spec: FormatSpec, document: Any, request: Request, app_id: str) -> Parsed:
+    def _parse(self, spec: FormatSpec, document: Any, request: Incoming, app_id: str) -> Parsed:
         ctx = IngestContext(
             app_id=app_id,
             received_at_ms=time.time_ns() // 1_000_000,
-            client_network=_network_prefix(request.client.host if request.client else None),
+            client_network=_network_prefix(request.client_host),
             hash_device=self.hasher,
             settings=self.settings,
             policy=self.policy,
@@ -195,8 +233,10 @@ class _ReportEndpoint:
         self.spec = spec
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self.path.handle(self.spec, Request(scope, receive))
-        await response(scope, receive, send)
+        status, body, extra = await self.path.handle(self.spec, Incoming(scope, receive))
+        headers = [_JSON, (b"content-length", str(len(body)).encode()), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def post_endpoints(path: ReportPath) -> dict[str, _ReportEndpoint]:
@@ -244,7 +284,10 @@ async def _preflight() -> Response:
 
 def _endpoint(path: ReportPath, spec: FormatSpec):  # noqa: ANN202 - FastAPI reads its signature
     async def post_reports(request: Request) -> Response:
-        return await path.handle(spec, request)
+        # Served like this only where IngestApp's direct dispatch is bypassed (a mounted router)
+        status, body, extra = await path.handle(spec, Incoming(request.scope, request.receive))
+        headers = {k.decode(): v.decode() for k, v in extra}
+        return Response(body, status, headers=headers, media_type="application/json")
 
     post_reports.__doc__ = spec.summary
     return post_reports
