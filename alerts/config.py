@@ -103,7 +103,7 @@ CONFIG = AlertConfig()
 # What the committed alerts/alertmanager.yml is rendered with: a deployment that mounts the
 # PagerDuty and Opsgenie keys as secret files (Alertmanager reads them when it notifies, so the
 # file is valid without them) and posts tickets and info to a webhook. `pinwatch up` and the
-# tests render their own from Settings (alerts.generate.alertmanager_config_from_settings).
+# tests render their own from Settings (alerts.alertmanager.alertmanager_config_from_settings).
 DEPLOYMENT_EXAMPLE: dict[str, str] = {
     "pagerduty_routing_key_file": "/etc/alertmanager/secrets/pagerduty-routing-key",
     "opsgenie_api_key_file": "/etc/alertmanager/secrets/opsgenie-api-key",

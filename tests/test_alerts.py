@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from alerts import generate
+from alerts.alertmanager import alertmanager_config
 from alerts.config import CONFIG
+from alerts.rules import alert_names
 from consumers.metrics import ConsumerMetrics
 from ingest.metrics import IngestMetrics
 
@@ -80,7 +82,7 @@ def test_every_alert_has_a_firing_case_and_a_near_miss() -> None:
                 series = group["input_series"]
                 if not expected or len(series) > _series_needed(expected, series):
                     quiet[name] = quiet.get(name, 0) + 1
-    names = generate.alert_names()
+    names = alert_names()
     assert sorted(firing) == sorted(names)
     assert all(firing[n] >= 1 for n in names), firing
     assert all(quiet.get(n, 0) >= 1 for n in names), quiet
@@ -158,7 +160,7 @@ def test_amtool_check_config_committed_and_rendered(tmp_path: Path) -> None:
     assert "4 inhibit rules" in result.stdout and "3 receivers" in result.stdout
     # The smallest rendering (no PagerDuty, Opsgenie or webhooks) is valid too.
     bare = tmp_path / "bare.yml"
-    bare.write_text(generate.dump(generate.alertmanager_config()))
+    bare.write_text(generate.dump(alertmanager_config()))
     result = run("amtool", "check-config", bare)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -203,7 +205,7 @@ def test_alertmanager_rendered_from_environment(
 
 
 def test_settings_choose_the_oncall_integrations() -> None:
-    config = generate.alertmanager_config(
+    config = alertmanager_config(
         pagerduty_routing_key_file="/run/secrets/pd", oncall_webhook_url="http://127.0.0.1:1/p"
     )
     oncall = next(r for r in config["receivers"] if r["name"] == "oncall")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from alerts import generate
+from alerts.alertmanager import alertmanager_config
 from pinwatch.localkafka import free_port
 from pinwatch.monitoring import CONSUMER_JOB, LocalAlertmanager
 from pinwatch.stack import PageReceiver
@@ -32,7 +33,7 @@ def receiver() -> Iterator[PageReceiver]:
 
 @pytest.fixture
 def alertmanager(tmp_path: Path, receiver: PageReceiver) -> Iterator[LocalAlertmanager]:
-    config = generate.alertmanager_config(
+    config = alertmanager_config(
         oncall_webhook_url=f"{receiver.url}/page", webhook_url=f"{receiver.url}/notify"
     )
     with LocalAlertmanager(tmp_path / "am", config=generate.dump(config)) as am:

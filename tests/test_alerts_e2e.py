@@ -33,6 +33,7 @@ from payloads import native_batch, network_error, pin_validation
 from pipeline import Pipeline, run_pipeline
 
 from alerts import generate
+from alerts.alertmanager import alertmanager_config
 from alerts.config import CONFIG
 from pinwatch.certs import CertificateAuthority, Chain
 from pinwatch.localkafka import free_port
@@ -91,7 +92,7 @@ class Watched:
 async def watched_pipeline(settings: Settings, tmp_path: Path) -> AsyncIterator[Watched]:
     receiver = PageReceiver(free_port(), lambda _line: None)
     receiver.start()
-    config = generate.alertmanager_config(
+    config = alertmanager_config(
         oncall_webhook_url=f"{receiver.url}/page", webhook_url=f"{receiver.url}/notify"
     )
     alertmanager = LocalAlertmanager(tmp_path / "alertmanager", config=generate.dump(config))

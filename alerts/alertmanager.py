@@ -1,0 +1,124 @@
+"""The Alertmanager configuration pinwatch ships: pages to on-call (PagerDuty, Opsgenie, a
+webhook), tickets and info to a webhook, grouped by app and host, with the inhibit rules that
+keep one incident to one page. Timing comes from alerts/config.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alerts.config import CONFIG, AlertConfig
+from pinwatch.settings import Settings
+
+
+def alertmanager_config(
+    *,
+    pagerduty_routing_key_file: str = "",
+    opsgenie_api_key_file: str = "",
+    oncall_webhook_url: str = "",
+    webhook_url: str = "",
+    c: AlertConfig = CONFIG,
+) -> dict[str, Any]:
+    """Alertmanager configuration: pages to the on-call receiver (PagerDuty and Opsgenie when
+    their key files are given, plus an optional webhook), tickets and info to the webhook."""
+    oncall: dict[str, Any] = {"name": "oncall"}
+    if pagerduty_routing_key_file:
+        oncall["pagerduty_configs"] = [
+            {"routing_key_file": pagerduty_routing_key_file, "send_resolved": True}
+        ]
+    if opsgenie_api_key_file:
+        oncall["opsgenie_configs"] = [
+            {"api_key_file": opsgenie_api_key_file, "priority": "P1", "send_resolved": True}
+        ]
+    if oncall_webhook_url:
+        oncall["webhook_configs"] = [{"url": oncall_webhook_url, "send_resolved": True}]
+
+    def webhook(name: str) -> dict[str, Any]:
+        receiver: dict[str, Any] = {"name": name}
+        if webhook_url:
+            receiver["webhook_configs"] = [{"url": webhook_url, "send_resolved": True}]
+        return receiver
+
+    pipeline_outage = ["component=pipeline", "severity=page"]
+    target_gone = 'alertname=~"PinwatchScrapeTargetDown|PinwatchScrapeTargetAbsent"'
+    return {
+        "route": {
+            "receiver": "tickets",
+            # One notification per app and host: the alerts of one incident travel together.
+            "group_by": ["app", "host"],
+            "group_wait": c.ticket_group_wait,
+            "group_interval": c.ticket_group_interval,
+            "repeat_interval": c.ticket_repeat_interval,
+            "routes": [
+                {
+                    "receiver": "oncall",
+                    "matchers": ["severity=page"],
+                    "group_wait": c.page_group_wait,
+                    "group_interval": c.page_group_interval,
+                    "repeat_interval": c.page_repeat_interval,
+                },
+                {"receiver": "tickets", "matchers": ["severity=ticket"]},
+                {
+                    "receiver": "info",
+                    "matchers": ["severity=info"],
+                    "group_wait": c.info_group_wait,
+                    "group_interval": c.info_group_interval,
+                    "repeat_interval": c.info_repeat_interval,
+                },
+            ],
+        },
+        "inhibit_rules": [
+            # When the pipeline itself is down, pin metrics are partial (some formats, some
+            # partitions): the pipeline page is the one to act on.
+            {"source_matchers": pipeline_outage, "target_matchers": ["component=pinning"]},
+            # A target that cannot be scraped explains that job's other pipeline alerts.
+            {
+                "source_matchers": [target_gone],
+                "target_matchers": [
+                    "component=pipeline",
+                    target_gone.replace("=~", "!~", 1),
+                ],
+                "equal": ["job"],
+            },
+            # A rotation explains the failure rate and any version's failures on that host.
+            {
+                "source_matchers": ["alertname=PinwatchRotationBreakage"],
+                "target_matchers": [
+                    'alertname=~"PinwatchPinFailureRateHigh|PinwatchAppVersionFailing"'
+                ],
+                "equal": ["app", "host"],
+            },
+            # A failing release explains the host's failure rate: page once, naming the version.
+            {
+                "source_matchers": ["alertname=PinwatchAppVersionFailing"],
+                "target_matchers": ["alertname=PinwatchPinFailureRateHigh"],
+                "equal": ["app", "host"],
+            },
+        ],
+        "receivers": [oncall, webhook("tickets"), webhook("info")],
+    }
+
+
+def alertmanager_config_from_settings(settings: Settings, c: AlertConfig = CONFIG) -> dict:
+    return alertmanager_config(
+        pagerduty_routing_key_file=settings.alert_pagerduty_routing_key_file,
+        opsgenie_api_key_file=settings.alert_opsgenie_api_key_file,
+        oncall_webhook_url=settings.alert_oncall_webhook_url,
+        webhook_url=settings.alert_webhook_url,
+        c=c,
+    )
+
+
+ALERTMANAGER_COMMENT = """\
+# Rendered with alerts.config.DEPLOYMENT_EXAMPLE: PagerDuty and Opsgenie keys mounted as secret
+# files, tickets and info posted to a webhook. `pinwatch up` and the tests render their own from
+# settings (alerts.alertmanager.alertmanager_config_from_settings).
+#
+# Timing (alerts/config.py):
+# - pages: group_wait 10s: long enough that a rotation and the failure-rate alert it causes on
+#   the same host share one group (so the inhibition drops the generic one before anything is
+#   sent), short enough to keep time to page under two minutes (docs/alerting.md);
+#   group_interval 1m: a new host failing in an open incident is told within a minute;
+#   repeat_interval 1h: PagerDuty and Opsgenie deduplicate, a reminder an hour is enough.
+# - tickets: 1m / 5m / 12h: nobody waits on them; fewer, fuller notifications.
+# - info: 1m / 10m / 24h.
+"""

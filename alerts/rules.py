@@ -1,0 +1,408 @@
+"""The Prometheus rules pinwatch ships, built from alerts/config.py (written to alerts/rules.yml
+by `python -m alerts.generate`).
+
+Recording rules follow `level:metric:operations`: numerators and denominators are aggregated
+separately and divided afterwards, so a ratio over several series is the ratio of sums, never an
+average of ratios. Every alert carries `severity` (page, ticket, info), a `component` (pinning or
+pipeline, which the inhibit rules use), a summary, a description with the app, host and numbers
+that matter, and a `runbook_url` to its section of docs/runbook.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alerts.config import CONFIG, AlertConfig
+
+PV = "pinwatch_pin_validations_total"
+ENFORCED_FAILURE = 'enforced="true",result!="ok"'
+
+
+def _anchor(alertname: str) -> str:
+    # GitHub's heading anchor of "## PinwatchRotationBreakage" in the runbook.
+    return alertname.lower()
+
+
+def _q(expr: str, fmt: str = "humanize") -> str:
+    """A template fragment that reads one number for this alert's app and host: `expr` has
+    `%s` for app and host, in that order."""
+    return (
+        f"{{{{ with printf `{expr}` $labels.app $labels.host | query }}}}"
+        f"{{{{ . | first | value | {fmt} }}}}{{{{ end }}}}"
+    )
+
+
+def pinning_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
+    w, tw = c.page_window, c.ticket_window
+
+    def rate(level: str, name: str, selector: str, window: str, by: str) -> dict[str, str]:
+        series = f"{PV}{{{selector}}}" if selector else PV
+        return {
+            "record": f"{level}:{name}:rate{window}",
+            "expr": f"sum by ({by}) (rate({series}[{window}]))",
+        }
+
+    def ratio(level: str, num: str, den: str, window: str) -> dict[str, str]:
+        return {
+            "record": f"{level}:{num}:ratio_rate{window}",
+            "expr": f"{level}:{num}:rate{window}\n/\n{den}",
+        }
+
+    ah, ahv = "app, host", "app, host, app_version"
+    return [
+        # Enforced validations: what users experience. Report-only ones have their own below.
+        rate("app_host", "pinwatch_enforced_validations", 'enforced="true"', w, ah),
+        rate("app_host", "pinwatch_enforced_failures", ENFORCED_FAILURE, w, ah),
+        ratio(
+            "app_host",
+            "pinwatch_enforced_failures",
+            f"app_host:pinwatch_enforced_validations:rate{w}",
+            w,
+        ),
+        # Rotation: a public chain (cause) whose keys the policy does not pin (pin_match). A
+        # client failing on a pinned key is a client pin-set problem, not a rotation.
+        rate(
+            "app_host",
+            "pinwatch_rotation_failures",
+            f'{ENFORCED_FAILURE},cause="rotation_suspected",pin_match="none"',
+            w,
+            ah,
+        ),
+        ratio(
+            "app_host",
+            "pinwatch_rotation_failures",
+            f"app_host:pinwatch_enforced_validations:rate{w}",
+            w,
+        ),
+        rate("app_host_version", "pinwatch_enforced_validations", 'enforced="true"', w, ahv),
+        rate("app_host_version", "pinwatch_enforced_failures", ENFORCED_FAILURE, w, ahv),
+        ratio(
+            "app_host_version",
+            "pinwatch_enforced_failures",
+            f"app_host_version:pinwatch_enforced_validations:rate{w}",
+            w,
+        ),
+        rate(
+            "app_host",
+            "pinwatch_interception_failures",
+            f'{ENFORCED_FAILURE},cause="interception_suspected"',
+            tw,
+            ah,
+        ),
+        rate("app_host", "pinwatch_validations", "", tw, ah),
+        rate("app_host", "pinwatch_backup_matches", 'pin_match="backup"', tw, ah),
+        ratio("app_host", "pinwatch_backup_matches", f"app_host:pinwatch_validations:rate{tw}", tw),
+        rate("app_host", "pinwatch_report_only_validations", 'enforced="false"', tw, ah),
+        # Would fail once enforced: no pinned key in the served chain. Interception is left
+        # out, as in `pinwatch rollout`: enforcement is meant to fail there.
+        rate(
+            "app_host",
+            "pinwatch_report_only_would_fail",
+            'enforced="false",pin_match="none",cause!="interception_suspected"',
+            tw,
+            ah,
+        ),
+        ratio(
+            "app_host",
+            "pinwatch_report_only_would_fail",
+            f"app_host:pinwatch_report_only_validations:rate{tw}",
+            tw,
+        ),
+        {
+            "record": "app_host_cause:pinwatch_failing_devices:sum",
+            "expr": "sum by (app, host, cause) (pinwatch_failing_devices)",
+        },
+        {
+            "record": "app_host_cause:pinwatch_failing_networks:sum",
+            "expr": "sum by (app, host, cause) (pinwatch_failing_networks)",
+        },
+    ]
+
+
+def pipeline_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
+    w = c.page_window
+    return [
+        {
+            "record": "job:pinwatch_consumer_lag:sum",
+            "expr": "sum by (job) (pinwatch_consumer_lag)",
+        },
+        {
+            "record": "job:pinwatch_ingest_reports:rate" + c.ingest_silence_window,
+            "expr": "sum by (job) (rate(pinwatch_ingest_reports_total"
+            f"[{c.ingest_silence_window}]))",
+        },
+        {
+            "record": f"job:pinwatch_ingest_requests:rate{w}",
+            "expr": f"sum by (job) (rate(pinwatch_ingest_requests_total[{w}]))",
+        },
+        {
+            "record": f"job:pinwatch_ingest_produce_errors:rate{w}",
+            "expr": f"sum by (job) (rate(pinwatch_ingest_produce_errors_total[{w}]))",
+        },
+        {
+            "record": f"job:pinwatch_ingest_produce_errors:ratio_rate{w}",
+            "expr": f"job:pinwatch_ingest_produce_errors:rate{w}\n/\n"
+            f"job:pinwatch_ingest_requests:rate{w}",
+        },
+    ]
+
+
+def _alert(
+    name: str,
+    expr: str,
+    for_: str,
+    severity: str,
+    component: str,
+    summary: str,
+    description: str,
+    c: AlertConfig,
+) -> dict[str, Any]:
+    return {
+        "alert": name,
+        "expr": expr,
+        "for": for_,
+        "labels": {"severity": severity, "component": component},
+        "annotations": {
+            "summary": summary,
+            "description": description,
+            "runbook_url": f"{c.runbook}#{_anchor(name)}",
+        },
+    }
+
+
+def pinning_alerts(c: AlertConfig) -> list[dict[str, Any]]:
+    w, tw = c.page_window, c.ticket_window
+    at = "{{ $labels.app }} on {{ $labels.host }}"
+    rotation_share = _q(
+        f'app_host:pinwatch_rotation_failures:ratio_rate{w}{{app="%s",host="%s"}}',
+        "humanizePercentage",
+    )
+    rotation_networks = _q(
+        'app_host_cause:pinwatch_failing_networks:sum{app="%s",host="%s",'
+        'cause="rotation_suspected"}'
+    )
+    failure_rate = _q(f'app_host:pinwatch_enforced_failures:rate{w}{{app="%s",host="%s"}}')
+    interception_networks = _q(
+        'app_host_cause:pinwatch_failing_networks:sum{app="%s",host="%s",'
+        'cause="interception_suspected"}'
+    )
+    backup_rate = _q(f'app_host:pinwatch_backup_matches:rate{tw}{{app="%s",host="%s"}}')
+    would_fail_rate = _q(f'app_host:pinwatch_report_only_would_fail:rate{tw}{{app="%s",host="%s"}}')
+    return [
+        _alert(
+            "PinwatchRotationBreakage",
+            f'app_host_cause:pinwatch_failing_devices:sum{{cause="rotation_suspected"}}\n'
+            f"  >= {c.rotation_min_devices}\n"
+            "and on (app, host, cause)\n"
+            'app_host_cause:pinwatch_failing_networks:sum{cause="rotation_suspected"}\n'
+            f"  >= {c.rotation_min_networks}\n"
+            "and on (app, host)\n"
+            f"app_host:pinwatch_rotation_failures:ratio_rate{w} >= {c.rotation_min_share}",
+            c.rotation_for,
+            "page",
+            "pinning",
+            f"{at}: the server presents a key the app does not pin",
+            f"{{{{ $value | humanize }}}} devices on {rotation_networks} networks failed pinning "
+            f"for {at} in the last 5 minutes with a publicly trusted chain whose keys are not "
+            f"in the pin set; {rotation_share} of enforced validations fail this way. A "
+            "certificate rotated to an unpinned key: users of the app cannot reach the host.",
+            c,
+        ),
+        _alert(
+            "PinwatchPinFailureRateHigh",
+            f"app_host:pinwatch_enforced_failures:ratio_rate{w} >= {c.failure_min_share}\n"
+            "and on (app, host)\n"
+            f"app_host:pinwatch_enforced_failures:rate{w} >= {c.failure_min_rate}",
+            c.failure_for,
+            "page",
+            "pinning",
+            f"{at}: {{{{ $value | humanizePercentage }}}} of pin validations fail",
+            f"{{{{ $value | humanizePercentage }}}} of enforced pin validations for {at} "
+            f"failed over the last {w} ({failure_rate} failures/s), whatever the cause "
+            f"(normal is well under {c.failure_min_share:.0%}). Users with enforced pinning "
+            "cannot reach the host.",
+            c,
+        ),
+        _alert(
+            "PinwatchAppVersionFailing",
+            f"app_host_version:pinwatch_enforced_failures:ratio_rate{w} >= {c.version_min_share}\n"
+            f"and app_host_version:pinwatch_enforced_failures:rate{w} >= {c.version_min_rate}\n"
+            "and\n"
+            "(\n"
+            f"    (app_host:pinwatch_enforced_failures:rate{w}"
+            f" - on (app, host) group_right app_host_version:pinwatch_enforced_failures:rate{w})\n"
+            "  /\n"
+            f"    (app_host:pinwatch_enforced_validations:rate{w}"
+            " - on (app, host) group_right"
+            f" app_host_version:pinwatch_enforced_validations:rate{w})\n"
+            f") < {c.version_others_max_share}",
+            c.version_for,
+            "page",
+            "pinning",
+            "{{ $labels.app }} {{ $labels.app_version }} fails pinning on {{ $labels.host }}",
+            "{{ $value | humanizePercentage }} of enforced pin validations from "
+            "{{ $labels.app }} version {{ $labels.app_version }} on {{ $labels.host }} "
+            f"failed over the last {w}, while the host's other versions stay under "
+            f"{c.version_others_max_share:.0%}: that release most likely shipped a wrong pin "
+            "set.",
+            c,
+        ),
+        _alert(
+            "PinwatchInterceptionSuspected",
+            'app_host_cause:pinwatch_failing_devices:sum{cause="interception_suspected"}\n'
+            f"  >= {c.interception_min_devices}\n"
+            "and on (app, host)\n"
+            'app_host_cause:pinwatch_failing_networks:sum{cause="interception_suspected"}\n'
+            f"  <= {c.interception_max_networks}\n"
+            "and on (app, host)\n"
+            f"app_host:pinwatch_interception_failures:rate{tw} > 0",
+            c.interception_for,
+            "ticket",
+            "pinning",
+            f"{at}: TLS interception seen from {interception_networks} client network(s)",
+            f"{{{{ $value | humanize }}}} devices on {interception_networks} network(s) failed "
+            f"pinning for {at} in the last 5 minutes with a chain that does not end in a public "
+            "root: a TLS-inspecting proxy or a user-installed root, not a server problem. "
+            "Pinning is doing its job; find out who intercepts.",
+            c,
+        ),
+        _alert(
+            "PinwatchBackupPinServed",
+            f"app_host:pinwatch_backup_matches:ratio_rate{tw} > 0",
+            c.backup_for,
+            "info",
+            "pinning",
+            f"{at}: clients see the backup pin",
+            f"{{{{ $value | humanizePercentage }}}} of pin validations for {at} over the last "
+            f"{tw} matched a backup pin ({backup_rate}/s): a rotation to the backup key is "
+            "under way. Mint a new offline backup key and ship it in the next release.",
+            c,
+        ),
+        _alert(
+            "PinwatchReportOnlyWouldFail",
+            f"app_host:pinwatch_report_only_would_fail:ratio_rate{tw}"
+            f" > {c.report_only_max_share}\n"
+            "and on (app, host)\n"
+            f"app_host:pinwatch_report_only_validations:rate{tw} >= {c.report_only_min_rate}",
+            c.report_only_for,
+            "ticket",
+            "pinning",
+            f"{at}: enforcing the pin set now would fail "
+            "{{ $value | humanizePercentage }} of validations",
+            f"{{{{ $value | humanizePercentage }}}} of report-only pin validations for {at} "
+            f"over the last {tw} ({would_fail_rate}/s) saw no pinned key, interception left "
+            f"out; the bar for moving to enforcement is {c.report_only_max_share:.2%}. Do not "
+            "raise enforcement; see `pinwatch rollout {{ $labels.host }}`.",
+            c,
+        ),
+    ]
+
+
+def pipeline_alerts(c: AlertConfig) -> list[dict[str, Any]]:
+    w = c.page_window
+    jobs = f"{c.ingest_job}|{c.consumer_job}"
+    stale = (
+        "time() - max by (job) (pinwatch_consumer_last_insert_timestamp_seconds)\n"
+        f"  > {c.insert_stale_seconds}"
+    )
+    return [
+        _alert(
+            "PinwatchIngestNotReceiving",
+            f"(\n  job:pinwatch_ingest_reports:rate{c.ingest_silence_window}\n"
+            # An ingest that never accepted anything has no report series at all: `up * 0`
+            # stands in for it, so silence from the first minute counts too.
+            f'  or sum by (job) (up{{job="{c.ingest_job}"}}) * 0\n) == 0',
+            c.ingest_silence_for,
+            "page",
+            "pipeline",
+            "pinwatch ingest accepts no reports",
+            f"Ingest ({{{{ $labels.job }}}}) accepted no report in the last "
+            f"{c.ingest_silence_window}. Apps report successes continuously, so silence means "
+            "clients cannot reach ingest (DNS, load balancer, certificate) or every request is "
+            "rejected; pinning failures are invisible meanwhile.",
+            c,
+        ),
+        _alert(
+            "PinwatchIngestProduceFailing",
+            f"job:pinwatch_ingest_produce_errors:ratio_rate{w} > {c.produce_error_max_share}",
+            c.produce_error_for,
+            "page",
+            "pipeline",
+            "pinwatch ingest cannot write to Kafka",
+            f"{{{{ $value | humanizePercentage }}}} of ingest requests over the last {w} were "
+            "answered 503 because Kafka did not acknowledge their reports; clients retry, "
+            "but reports are delayed and may be dropped on the device.",
+            c,
+        ),
+        _alert(
+            "PinwatchConsumerLagGrowing",
+            f"job:pinwatch_consumer_lag:sum > {c.lag_min_records}\n"
+            f"and deriv(job:pinwatch_consumer_lag:sum[{c.lag_window}]) > 0",
+            c.lag_for,
+            "page",
+            "pipeline",
+            "pinwatch consumers fall behind Kafka",
+            "{{ $value | humanize }} report batches wait in Kafka and the backlog has grown for "
+            f"{c.lag_for}: consumers cannot keep up, so pin metrics and alerts describe the past "
+            "and time to page grows with the lag.",
+            c,
+        ),
+        _alert(
+            "PinwatchConsumerNotInserting",
+            f"{stale}\nand on (job)\njob:pinwatch_consumer_lag:sum > 0",
+            c.insert_stale_for,
+            "page",
+            "pipeline",
+            "pinwatch consumers stopped writing to ClickHouse",
+            "The last ClickHouse insert was {{ $value | humanizeDuration }} ago while reports "
+            "wait in Kafka: inserts fail or the consumer is stuck. Metrics and the failing-"
+            "devices gauges stop moving.",
+            c,
+        ),
+        _alert(
+            "PinwatchScrapeTargetDown",
+            f'up{{job=~"{jobs}"}} == 0',
+            c.target_down_for,
+            "page",
+            "pipeline",
+            "Prometheus cannot scrape {{ $labels.job }} at {{ $labels.instance }}",
+            "Prometheus failed to scrape {{ $labels.job }} at {{ $labels.instance }} for "
+            f"{c.target_down_for}: the process is down or unreachable, and alerts that depend "
+            "on its metrics are blind.",
+            c,
+        ),
+        _alert(
+            "PinwatchScrapeTargetAbsent",
+            f'absent(up{{job="{c.consumer_job}"}})\nor\nabsent(up{{job="{c.ingest_job}"}})',
+            c.target_down_for,
+            "page",
+            "pipeline",
+            "Prometheus has no {{ $labels.job }} target",
+            "Prometheus has no scrape target for job {{ $labels.job }}: service discovery or "
+            "the Prometheus configuration lost it, so no pinwatch alert can fire.",
+            c,
+        ),
+    ]
+
+
+def rules(c: AlertConfig = CONFIG) -> dict[str, Any]:
+    return {
+        "groups": [
+            # Recording rules share a group with the alerts that read them: a group evaluates
+            # its rules in order at one timestamp, so an alert sees this evaluation's numbers,
+            # not the previous interval's (which would add up to one evaluation interval to
+            # time to page).
+            {
+                "name": "pinwatch.pinning",
+                "rules": pinning_recording_rules(c) + pinning_alerts(c),
+            },
+            {
+                "name": "pinwatch.pipeline",
+                "rules": pipeline_recording_rules(c) + pipeline_alerts(c),
+            },
+        ]
+    }
+
+
+def alert_names(c: AlertConfig = CONFIG) -> list[str]:
+    return [r["alert"] for g in rules(c)["groups"] for r in g["rules"] if "alert" in r]
