@@ -11,7 +11,7 @@ The load generator (this process) keeps N keep-alive connections busy with raw H
 (an httpx client would be the bottleneck), for single-report POSTs and 50-report batches,
 bounded by --seconds and --max-requests per scenario. It prints reports/s and the ratios.
 
-    .venv/bin/python benchmarks/bench_ingest.py            # ~1.5 minutes
+    .venv/bin/python benchmarks/bench_ingest.py            # about 1.5 minutes
     .venv/bin/python benchmarks/bench_ingest.py --seconds 10 --connections 128
 """
 
@@ -273,53 +273,52 @@ def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 60
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, dict[int, Result]]:
+    """All servers run at once; the scenarios take turns across servers for --rounds rounds and
+    each keeps its best run, so load from elsewhere on the machine skews no server in
+    particular."""
     from pinwatch.localkafka import free_port
 
-    results: dict[str, dict[int, Result]] = {}
+    results: dict[str, dict[int, Result]] = {kind: {} for kind in args.servers}
+    processes: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         policy = _policy_file(Path(tmp))
-        for kind in args.servers:
-            port = free_port()
-            topic = f"bench-ingest-{kind}-{uuid.uuid4().hex[:8]}"
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--serve",
-                    kind,
-                    "--port",
-                    str(port),
-                    "--topic",
-                    topic,
-                    "--bootstrap",
-                    args.bootstrap,
-                    "--policy",
-                    str(policy),
-                ],
-                cwd=REPO,
-            )
-            try:
+        try:
+            for kind in args.servers:
+                port = free_port()
+                topic = f"bench-ingest-{kind}-{uuid.uuid4().hex[:8]}"
+                command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
+                command += ["--topic", topic, "--bootstrap", args.bootstrap]
+                command += ["--policy", str(policy)]
+                processes[kind] = (port, subprocess.Popen(command, cwd=REPO))
+            for port, process in processes.values():
                 _wait_ready(port, process)
-                results[kind] = {}
+                for per_request in (1, 50):  # warm-up
+                    asyncio.run(load(port, per_request, 8, 0.5, 500))
+            for round_number in range(1, args.rounds + 1):
                 for per_request, connections in (
                     (1, args.connections),
                     (50, args.batch_connections),
                 ):
-                    # a short warm-up, then the measured run
-                    asyncio.run(load(port, per_request, connections, 1.0, 2_000))
-                    result = asyncio.run(
-                        load(port, per_request, connections, args.seconds, args.max_requests)
-                    )
-                    results[kind][per_request] = result
-                    print(
-                        f"{kind:>9} {per_request:>3} report(s)/request: "
-                        f"{result.reports_per_second(per_request):>10,.0f} reports/s "
-                        f"({result.requests:,} requests in {result.seconds:.1f}s, "
-                        f"{result.failures} not 202)",
-                        flush=True,
-                    )
-            finally:
+                    for kind, (port, _) in processes.items():
+                        result = asyncio.run(
+                            load(port, per_request, connections, args.seconds, args.max_requests)
+                        )
+                        best = results[kind].get(per_request)
+                        if best is None or result.reports_per_second(
+                            per_request
+                        ) > best.reports_per_second(per_request):
+                            results[kind][per_request] = result
+                        print(
+                            f"round {round_number} {kind:>9} {per_request:>3} report(s)/request: "
+                            f"{result.reports_per_second(per_request):>10,.0f} reports/s "
+                            f"({result.requests:,} requests in {result.seconds:.1f}s, "
+                            f"{result.failures} not 202)",
+                            flush=True,
+                        )
+        finally:
+            for _, process in processes.values():
                 process.terminate()
+            for _, process in processes.values():
                 process.wait(timeout=30)
     return results
 
@@ -349,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         "real Kafka broker, next to a naive FastAPI+send_and_wait endpoint and a bare ASGI app.",
     )
     parser.add_argument("--bootstrap", default=Settings().kafka_bootstrap, help="Kafka bootstrap")
-    parser.add_argument("--seconds", type=float, default=8.0, help="length of each measured run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds; each scenario keeps its best"
+    )
     parser.add_argument(
         "--max-requests", type=int, default=200_000, help="most requests per measured run"
     )
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.serve, args.port, args.bootstrap, args.topic, args.policy)
         return 0
     print(
-        f"bench_ingest: real Kafka at {args.bootstrap}, {args.seconds:g}s per run, "
+        f"bench_ingest: real Kafka at {args.bootstrap}, {args.rounds} rounds of {args.seconds:g}s, "
         f"{args.connections}/{args.batch_connections} connections",
         flush=True,
     )
