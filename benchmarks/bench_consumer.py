@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from consumers.classify import Classifier, report_row  # noqa: E402
+from consumers.cli import tune_gc  # noqa: E402
 from consumers.consumer import Consumer  # noqa: E402
 from consumers.decode import check_record  # noqa: E402
 from consumers.roots import PublicRoots  # noqa: E402
@@ -140,6 +141,7 @@ async def produce(settings: Settings, records: list[Record], per_message: int) -
 async def run_consumer(settings: Settings, store: Store, total: int) -> tuple[float, float]:
     consumer = Consumer(settings, store)
     await consumer.start()
+    tune_gc()  # as `pinwatch consume` does
     task = asyncio.create_task(consumer.run())
     # The clock starts once the group gave this consumer its partitions: joining a group takes
     # the broker's group.initial.rebalance.delay.ms, which is not throughput.
