@@ -11,7 +11,8 @@ time, so a 7-day answer merges a few thousand small sketches whatever the report
   and leaf pin: the pin distribution and the would-fail shares by version and platform.
 - `rollout_network_hourly`: the same per client network prefix and leaf pin (no app version or
   platform: those would multiply its rows): the would-fail breakdown by network. Ordered by
-  network first, so counting the worst few networks whole reads only their rows.
+  leaf pin, then network: "which networks see a failing key" reads only that key's rows, and
+  counting the worst few networks whole finds their rows under each key by the sort key.
 Leaf pins are LowCardinality (a host serves a handful of keys), so "leaf pin not in the candidate
 set" is decided once per distinct key, not once per row.
 
@@ -72,7 +73,7 @@ GROUP BY hour, host, app_id, app_version, platform, result, cause, leaf_pin""",
     `devices` {_SKETCH}
 ) ENGINE = AggregatingMergeTree
 PARTITION BY toDate(hour)
-ORDER BY (host, client_network, hour, leaf_pin, app_id, result, cause)
+ORDER BY (host, leaf_pin, client_network, hour, app_id, result, cause)
 TTL hour + INTERVAL {{ttl_days}} DAY
 SETTINGS {{dedup}}, ttl_only_drop_parts = 1""",
     """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rollout_network_hourly_mv
