@@ -8,6 +8,7 @@ import os
 import re
 
 import orjson
+import pytest
 
 from ingest.formats.native import PIN_PATTERN
 from ingest.producer import envelope
@@ -47,3 +48,42 @@ def test_envelope_is_exactly_encode_batch() -> None:
     joined = envelope([orjson.dumps(records)[1:-1]])
     assert joined == encode_batch(records)
     assert envelope([orjson.dumps(r) for r in records]) == encode_batch(records)
+
+
+class _Chunks:
+    """A request body arriving in chunks, counting how many the reader pulled."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        self.pulled = 0
+
+    async def __aiter__(self):  # noqa: ANN204 - an async generator
+        for chunk in self.chunks:
+            self.pulled += 1
+            yield chunk
+
+
+async def test_gzip_bomb_stops_reading_and_inflating_at_the_limit() -> None:
+    import gzip
+
+    from ingest.body import _gunzip_limited
+    from ingest.errors import ApiError
+
+    bomb = gzip.compress(b"\0" * (256 << 20), compresslevel=9)  # 256 MiB inflated, ~250 KiB sent
+    body = _Chunks(bomb, 4096)
+    with pytest.raises(ApiError) as caught:
+        await _gunzip_limited(body, max_body=1 << 20, max_out=1 << 20)
+    assert caught.value.status == 413
+    assert "decompressed" in caught.value.detail
+    assert body.pulled < len(body.chunks) // 10  # stopped long before the end of the upload
+
+
+async def test_plain_body_stops_reading_at_the_limit() -> None:
+    from ingest.body import _read_limited
+    from ingest.errors import ApiError
+
+    body = _Chunks(b"x" * (8 << 20), 65_536)
+    with pytest.raises(ApiError) as caught:
+        await _read_limited(body, 1 << 20)
+    assert caught.value.status == 413
+    assert body.pulled == 17  # 16 chunks fill the limit, the 17th crosses it
