@@ -8,7 +8,6 @@ so several can run side by side.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import logging
 import os
@@ -286,41 +285,11 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="pinwatch kafka", description="Fetch, start or stop the local single-node Kafka."
-    )
-    parser.add_argument(
-        "action",
-        choices=["fetch", "start", "stop", "run"],
-        help="fetch jars; start (background); stop; run (foreground until Ctrl-C)",
-    )
-    args = parser.parse_args(argv)
-    from pinwatch.logs import setup_logging
+    """`python -m pinwatch.localkafka ACTION` is `pinwatch kafka ACTION`, for scripts that run
+    before the console command is installed."""
+    from pinwatch.cli import main as cli_main
 
-    settings = Settings()
-    setup_logging(settings.log_level, settings.log_format)
-    broker = LocalKafka.from_settings(settings)
-    try:
-        if args.action == "fetch":
-            print(fetch(settings))
-        elif args.action == "start":
-            broker.start()
-            print(broker.bootstrap)
-        elif args.action == "stop":
-            broker.stop()
-        else:
-            broker.start()
-            try:
-                assert broker.process is not None
-                broker.process.wait()
-            except KeyboardInterrupt:
-                pass
-            finally:
-                broker.stop()
-    except KafkaError as exc:
-        print(f"pinwatch kafka: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return cli_main(["kafka", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
