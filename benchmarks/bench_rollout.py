@@ -34,7 +34,7 @@ from pathlib import Path
 from consumers.rollout import sql
 from consumers.rollout.analysis import analyze
 from consumers.rollout.request import build_request
-from consumers.store import Store
+from consumers.store import Store, StoreError
 from pinwatch.policy import parse_policy
 from pinwatch.settings import Settings
 
@@ -138,6 +138,14 @@ async def generate(store: Store, db: str, rows: int, devices: int, networks: int
     return time.perf_counter() - started
 
 
+async def _has_rows(store: Store, db: str, rows: int) -> bool:
+    """A kept --data-dir already holding exactly `rows` reports is timed again as it is."""
+    try:
+        return await store.scalar(f"SELECT count() FROM {db}.reports") == rows
+    except StoreError:
+        return False
+
+
 async def timed(fn, repeat: int) -> float:
     """Median seconds of `repeat` runs after one warm-up."""
     await fn()
@@ -155,7 +163,11 @@ async def main() -> int:
     parser.add_argument("--devices", type=int, default=0, help="distinct devices (rows/50)")
     parser.add_argument("--networks", type=int, default=20_000, help="distinct client /24s")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per query (median)")
-    parser.add_argument("--data-dir", type=Path, help="chDB directory (default: a temp dir)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="chDB directory (default: a temp dir); reused if it holds --rows",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args()
     devices = args.devices or max(1000, args.rows // 50)
@@ -169,13 +181,17 @@ async def main() -> int:
     store = Store.from_settings(settings)
     db = settings.clickhouse_database
     try:
-        await store.command(f"DROP DATABASE IF EXISTS {db}")
-        await store.migrate(settings)
-        print(
-            f"generating {args.rows:,} reports ({devices:,} devices) into {data_dir}",
-            file=sys.stderr,
-        )
-        gen_seconds = await generate(store, db, args.rows, devices, args.networks)
+        gen_seconds = 0.0
+        if args.data_dir is not None and await _has_rows(store, db, args.rows):
+            print(f"reusing the {args.rows:,} reports in {data_dir}", file=sys.stderr)
+        else:
+            await store.command(f"DROP DATABASE IF EXISTS {db}")
+            await store.migrate(settings)
+            print(
+                f"generating {args.rows:,} reports ({devices:,} devices) into {data_dir}",
+                file=sys.stderr,
+            )
+            gen_seconds = await generate(store, db, args.rows, devices, args.networks)
         rollup_rows = await store.scalar(f"SELECT count() FROM {db}.rollout_hourly")
         network_rows = await store.scalar(f"SELECT count() FROM {db}.rollout_network_hourly")
 
@@ -220,7 +236,8 @@ async def main() -> int:
         if not args.keep and args.data_dir is None:
             shutil.rmtree(data_dir, ignore_errors=True)
 
-    print(f"reports                 {args.rows:>14,}   (generated in {gen_seconds:.0f}s)")
+    made = f"generated in {gen_seconds:.0f}s" if gen_seconds else "reused"
+    print(f"reports                 {args.rows:>14,}   ({made})")
     print(f"rollout_hourly rows     {rollup_rows:>14,}   (rollout_network_hourly {network_rows:,})")
     print(f"count() baseline        {t_count:>10.3f} s")
     print(f"rollout answer (full)   {t_full:>10.3f} s   ratio {t_full / t_count:8.1f}x count()")
