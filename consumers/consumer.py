@@ -32,6 +32,7 @@ from consumers.steps import (
     DeadLetters,
     Enricher,
     Progress,
+    RecentIds,
     Writer,
 )
 from consumers.store import Store, StoreError
@@ -75,6 +76,7 @@ class Consumer:
         self.classifier = Classifier(self.policy, roots)
         self.enricher = Enricher(self.classifier, self.metrics, settings.evidence_per_pin_hour)
         self.progress = Progress(store)
+        self.recent = RecentIds(store, settings.dedup_window_seconds, settings.dedup_max_ids)
         self.writer = Writer(
             store, self.metrics, settings.clickhouse_retry_max_seconds, self._set_trouble
         )
@@ -204,6 +206,12 @@ class Consumer:
             self.progress.is_stored(tp.topic, tp.partition, message.offset)
             and await self.progress.confirm(tp.topic, tp.partition, message.offset, records)
         )
+        if store:
+            records, duplicates = await self.recent.fresh(records)
+            batch.tally.duplicates += duplicates
+        else:  # already stored by a consumer that crashed: these rows are the first copies
+            for record in records:
+                self.recent.remember(record)
         for index, record in enumerate(records):
             try:
                 self.enricher.add(record, batch, tp.topic, tp.partition, message.offset, store)

@@ -117,6 +117,11 @@ class ConsumerMetrics:
             ["kind"],
             registry=r,
         )
+        self.duplicates = Counter(
+            "pinwatch_consumer_duplicate_reports",
+            "Reports dropped as client retries (report id already seen within the dedup window).",
+            registry=r,
+        )
         self.insert_seconds = Histogram(
             "pinwatch_consumer_insert_seconds",
             "Duration of one successful ClickHouse batch insert.",
@@ -160,6 +165,7 @@ class ConsumerMetrics:
             self.network_errors.labels(*key).inc(n)
         for kind, n in tally.kinds.items():
             self.inserted.labels(kind=kind).inc(n)
+        self.duplicates.inc(tally.duplicates)
         if tally.messages:
             self.consumed.inc(tally.messages)
 
@@ -184,16 +190,18 @@ class ConsumerMetrics:
 class BatchTally:
     """The metric increments a batch will cause once committed (aggregated per label set)."""
 
-    __slots__ = ("pins", "network", "kinds", "messages")
+    __slots__ = ("pins", "network", "kinds", "messages", "duplicates")
 
     def __init__(self) -> None:
         self.pins: Tally[PinKey] = Tally()
         self.network: Tally[NetKey] = Tally()
         self.kinds: Tally[str] = Tally()
         self.messages = 0
+        self.duplicates = 0
 
     def merge(self, other: BatchTally) -> None:
         self.pins.update(other.pins)
         self.network.update(other.network)
         self.kinds.update(other.kinds)
         self.messages += other.messages
+        self.duplicates += other.duplicates

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -295,6 +296,64 @@ class Progress:
         for tp in tps:
             self.stored.pop(tp, None)
             self.loaded.discard(tp)
+
+
+class RecentIds:
+    """Report ids (scoped by app) already counted, so a client's retried batch, which reaches
+    Kafka as a second message with the same ids (on any partition), is counted once. Bounded:
+    ids older than `window` seconds or beyond `max_ids` are forgotten; ids this process has not
+    seen (after a restart or rebalance) are looked up in `reports` within the window, one query
+    per Kafka message."""
+
+    def __init__(self, store: Store, window: float, max_ids: int) -> None:
+        self.store = store
+        self.window_ms = int(window * 1000)
+        self.max_ids = max_ids
+        self._ids: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def remember(self, r: dict[str, Any]) -> None:
+        self._ids[(r["app_id"], r["id"])] = r["received_at_ms"]
+        horizon = r["received_at_ms"] - self.window_ms
+        while self._ids and (
+            len(self._ids) > self.max_ids or next(iter(self._ids.values())) < horizon
+        ):
+            self._ids.popitem(last=False)
+
+    async def fresh(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """The records not counted before (first copy wins within the message), and how many
+        were dropped as duplicates. Remembers the fresh ones."""
+        unknown = [r for r in records if (r["app_id"], r["id"]) not in self._ids]
+        stored: set[tuple[str, str]] = set()
+        if unknown:
+            newest = max(r["received_at_ms"] for r in unknown)
+            try:
+                rows = await self._stored(unknown, newest)
+            except StoreError as exc:
+                # ClickHouse is down: the writer pauses and retries; meanwhile the in-memory set
+                # is all we have (it covers every retry this process has seen).
+                event(log, "dedup_lookup_failed", logging.WARNING, error=str(exc)[:300])
+                rows = []
+            stored = {(str(a), str(i)) for a, i in rows}
+        keep = []
+        for r in records:
+            key = (r["app_id"], r["id"])
+            if key in self._ids or key in stored:
+                continue
+            self.remember(r)
+            keep.append(r)
+        return keep, len(records) - len(keep)
+
+    async def _stored(self, unknown: list[dict[str, Any]], newest: int) -> list[Any]:
+        return await self.store.query(
+            "SELECT DISTINCT app_id, id FROM {db}.reports "
+            "WHERE received_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
+            "AND app_id IN {apps:Array(String)} AND id IN {ids:Array(String)}",
+            {
+                "since": newest - self.window_ms,
+                "apps": sorted({r["app_id"] for r in unknown}),
+                "ids": sorted({r["id"] for r in unknown}),
+            },
+        )
 
 
 # --- write -------------------------------------------------------------------------------------

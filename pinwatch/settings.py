@@ -138,6 +138,15 @@ class Settings(BaseSettings):
     metrics_max_app_versions: int = Field(
         5, ge=1, description="Most recent app versions per app kept as metric labels; rest `other`."
     )
+    dedup_window_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="A report id (per app) seen again within this window is a client retry: "
+        "dropped, not stored or counted twice (in-memory set, backed by a ClickHouse lookup).",
+    )
+    dedup_max_ids: int = Field(
+        1_000_000, ge=1, description="Most report ids kept in the consumer's in-memory dedup set."
+    )
     admin_token: str = Field(
         "pinwatch-local-admin-token", description="Bearer token for the query API (/v1/rollout)."
     )

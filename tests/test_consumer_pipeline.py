@@ -316,15 +316,15 @@ async def test_clickhouse_outage_pauses_consumption_and_resumes_without_loss(
         await p.store.command("DETACH TABLE {db}.reports")
         batches = [
             native_batch(
-                [pin_validation(TEST_HOST, ca.chain("rotated"), result="pin_mismatch", count=2)]
-                * 5,
+                [
+                    pin_validation(TEST_HOST, ca.chain("rotated"), result="pin_mismatch", count=2)
+                    for _ in range(5)
+                ],
                 app=TEST_APP,
             )
             for _ in range(4)
         ]
         for batch in batches:
-            for report in batch["reports"]:
-                report["id"] = str(uuid.uuid4())
             await p.post(batch)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
