@@ -298,6 +298,14 @@ class Progress:
             self.loaded.discard(tp)
 
 
+# Formats whose report id tells one device's report from another's: the native id is the
+# client's own, TrustKit's is derived from content that includes the (hashed) vendor id. NEL and
+# HPKP carry no device identity, so two devices on one network sending the same report in the
+# same minute get the same derived id: deduplicating those would drop real events, so they are
+# deduplicated by Kafka offset only (a lost 202 followed by a browser retry can count twice).
+ID_DEDUP_FORMATS = frozenset({"native", "trustkit"})
+
+
 class RecentIds:
     """Report ids (scoped by app) already counted, so a client's retried batch, which reaches
     Kafka as a second message with the same ids (on any partition), is counted once. Bounded:
@@ -312,6 +320,8 @@ class RecentIds:
         self._ids: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def remember(self, r: dict[str, Any]) -> None:
+        if r["format"] not in ID_DEDUP_FORMATS:
+            return
         self._ids[(r["app_id"], r["id"])] = r["received_at_ms"]
         horizon = r["received_at_ms"] - self.window_ms
         while self._ids and (
@@ -322,7 +332,11 @@ class RecentIds:
     async def fresh(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
         """The records not counted before (first copy wins within the message), and how many
         were dropped as duplicates. Remembers the fresh ones."""
-        unknown = [r for r in records if (r["app_id"], r["id"]) not in self._ids]
+        unknown = [
+            r
+            for r in records
+            if r["format"] in ID_DEDUP_FORMATS and (r["app_id"], r["id"]) not in self._ids
+        ]
         stored: set[tuple[str, str]] = set()
         if unknown:
             newest = max(r["received_at_ms"] for r in unknown)
@@ -336,6 +350,9 @@ class RecentIds:
             stored = {(str(a), str(i)) for a, i in rows}
         keep = []
         for r in records:
+            if r["format"] not in ID_DEDUP_FORMATS:
+                keep.append(r)
+                continue
             key = (r["app_id"], r["id"])
             if key in self._ids or key in stored:
                 continue

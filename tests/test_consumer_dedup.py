@@ -7,9 +7,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
-from conftest import TEST_APP, TEST_HOST
-from payloads import native_batch, pin_validation, trustkit_ios
+from conftest import TEST_APP, TEST_HOST, TEST_KEY
+from payloads import native_batch, nel_report, pin_validation, trustkit_ios
 from pipeline import Pipeline, run_pipeline
 
 from pinwatch.certs import CertificateAuthority
@@ -76,3 +77,29 @@ async def test_a_retried_batch_is_counted_once_also_after_a_restart(
         assert await p.metric(PINS, **MISMATCH) == 5
         assert await p.store.scalar("SELECT count() FROM {db}.reports") == 3
         assert await p.store.scalar("SELECT sum(count) FROM {db}.rollup_minute") == 3 + 1 + 5
+
+
+async def test_identical_nel_reports_from_two_browsers_both_count(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """NEL carries no device identity: the same failure seen by two browsers on one network in
+    the same minute yields the same derived id, and both are real events, so NEL is deduplicated
+    by Kafka offset only, never by id."""
+    settings = make_settings(batch_max_seconds=0.3)
+    delivery = [nel_report(f"https://{TEST_HOST}/v1/feed", "tls.cert.pinned_key_not_in_cert_chain")]
+    async with run_pipeline(settings) as p:
+        async with httpx.AsyncClient(base_url=p.ingest_url, timeout=30) as client:
+            for _ in range(2):
+                response = await client.post(
+                    "/v1/reports/nel",
+                    content=httpx.Request("POST", "/", json=delivery).content,
+                    headers={
+                        "X-Pinwatch-Key": TEST_KEY,
+                        "Content-Type": "application/reports+json",
+                    },
+                )
+                assert response.status_code == 202, response.text
+        await p.wait_inserted(2, timeout=60)
+        assert await p.store.scalar("SELECT count() FROM {db}.reports WHERE format = 'nel'") == 2
+        assert await p.store.scalar("SELECT uniqExact(id) FROM {db}.reports") == 1
+        assert await p.metric("pinwatch_consumer_duplicate_reports_total") == 0

@@ -259,12 +259,16 @@ def trustkit_requests(
     device: Device, version: str, outcomes: list[Outcome], now: dt.datetime
 ) -> list[Request]:
     """TrustKit reports failures only, one POST per failed validation, and no successes or
-    network errors: such devices add nothing to the denominator. TrustKit's own rate limiter
-    suppresses identical reports, so a device sends one report per failing host per interval."""
+    network errors: such devices add nothing to the denominator. Like TrustKit's own rate limiter,
+    a device sends an identical report (host, chain, result, pins) only once."""
     requests = []
     for o in outcomes:
         if o.result in (None, "ok") or not o.validations or o.chain is None:
             continue
+        seen = (o.target.host, o.result, tuple(o.chain.pins), _pins(device, o))
+        if seen in device.trustkit_sent:
+            continue
+        device.trustkit_sent.add(seen)
         body = {
             "app-bundle-id": device.app.id,
             "app-version": version,

@@ -60,6 +60,9 @@ class Device:
     client_format: ClientFormat
     offset: float  # seconds into each report interval at which this device reports
     pin_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # host -> shipped pins
+    # what TrustKit's rate limiter has already let through: it sends an identical report
+    # (host, chain, result, pins) once a day at most, whatever the date-time says
+    trustkit_sent: set[tuple[object, ...]] = field(default_factory=set, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
