@@ -12,7 +12,7 @@ Tables (database `settings.clickhouse_database`):
   `evidence_hourly` counts everything for the same keys (materialized view on `reports`).
 - `kafka_progress`: highest Kafka offset stored per topic and partition (materialized view on
   `reports`); the consumer reads it on partition assignment so a batch inserted but not
-  committed before a crash is never inserted twice (see consumers/README in docs/readme).
+  committed before a crash is never inserted twice (see the README's consumer section).
 - `schema_migrations`: which migration versions were applied, and when.
 
 Every table that receives inserts has `non_replicated_deduplication_window`, and the consumer
