@@ -1,16 +1,19 @@
 """Sample payloads shared by every test, built from real certificates (pinwatch.certs).
 
 One module so that ingest, consumer, alert and dashboard tests all send the same realistic
-reports. Builders return plain dicts (the JSON a client would POST).
+reports. Builders return plain dicts (the JSON a client would POST), except `kafka_record`: the
+normalized Record ingest puts on Kafka, for consumer tests that skip ingest.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
 from pinwatch.certs import Chain
+from pinwatch.record import Format, Kind, Record, Result
 
 
 def iso(ts: dt.datetime | None = None) -> str:
@@ -77,6 +80,22 @@ def native_batch(
         "sent_at": iso(),
         "reports": reports,
     }
+
+
+def kafka_record(*, app_id: str, host: str, **overrides: Any) -> Record:
+    """A native pin-mismatch Record received now, as ingest produces it; `overrides` set any
+    other Record field (kind, result, served_chain, enforced, ...)."""
+    values: dict[str, Any] = dict(
+        id=str(uuid.uuid4()),
+        kind=Kind.PIN_VALIDATION,
+        format=Format.NATIVE,
+        app_id=app_id,
+        host=host,
+        received_at_ms=int(time.time() * 1000),
+        result=Result.PIN_MISMATCH,
+    )
+    values.update(overrides)
+    return Record(**values)
 
 
 # --- client formats: TrustKit iOS / Android, HPKP, NEL --------------------------------------

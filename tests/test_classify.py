@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
-import uuid
+import functools
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -14,6 +12,7 @@ from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from payloads import kafka_record
 
 from consumers.classify import Classifier, ClassifyError
 from consumers.decode import decode
@@ -22,7 +21,7 @@ from consumers.roots import PublicRoots, RootsError
 from consumers.steps import Batch
 from pinwatch.certs import CertificateAuthority, Chain
 from pinwatch.policy import load_policy
-from pinwatch.record import ErrorCategory, Format, Kind, Record, Result, encode_batch
+from pinwatch.record import ErrorCategory, Kind, Result, encode_batch
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +29,8 @@ def classifier(ca: CertificateAuthority, policy_file: Path, public_roots_file: P
     return Classifier(load_policy(policy_file), PublicRoots.load(public_roots_file))
 
 
-def record(**overrides: Any) -> Record:
-    values: dict[str, Any] = dict(
-        id=str(uuid.uuid4()),
-        kind=Kind.PIN_VALIDATION,
-        format=Format.NATIVE,
-        app_id=TEST_APP,
-        host=TEST_HOST,
-        received_at_ms=int(time.time() * 1000),
-        result=Result.PIN_MISMATCH,
-    )
-    values.update(overrides)
-    return Record(**values)
+# a pin mismatch on the test app's pinned host, unless a test says otherwise
+record = functools.partial(kafka_record, app_id=TEST_APP, host=TEST_HOST)
 
 
 def test_public_chain_without_its_root_is_a_rotation(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -15,12 +14,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
-from payloads import native_batch, network_error, pin_validation
+from payloads import kafka_record, native_batch, network_error, pin_validation
 from pipeline import Pipeline, run_pipeline
 
 from consumers.consumer import Consumer
 from pinwatch.certs import CertificateAuthority, Chain
-from pinwatch.record import Format, Kind, Record, Result, encode_batch
+from pinwatch.record import Record, encode_batch
 from pinwatch.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -236,21 +235,11 @@ async def _read_topic(
 
 
 def _record(ca: CertificateAuthority, **overrides: Any) -> Record:
+    """An enforced pin mismatch from one device, serving the rotated (public) chain."""
     values: dict[str, Any] = dict(
-        id=str(uuid.uuid4()),
-        kind=Kind.PIN_VALIDATION,
-        format=Format.NATIVE,
-        app_id=TEST_APP,
-        host=TEST_HOST,
-        received_at_ms=int(time.time() * 1000),
-        result=Result.PIN_MISMATCH,
-        enforced=True,
-        device="hashed-device-1",
-        served_chain=ca.chain("rotated").b64,
-        count=1,
+        enforced=True, device="hashed-device-1", served_chain=ca.chain("rotated").b64
     )
-    values.update(overrides)
-    return Record(**values)
+    return kafka_record(app_id=TEST_APP, host=TEST_HOST, **{**values, **overrides})
 
 
 async def test_undecodable_records_go_to_the_dead_letter_topic_and_the_rest_flows(
