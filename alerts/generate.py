@@ -23,6 +23,7 @@ from alerts.alertmanager import (
 )
 from alerts.config import DEPLOYMENT_EXAMPLE
 from alerts.rules import rules
+from pinwatch.generated import out_of_date, write_out_of_date
 from pinwatch.settings import Settings
 
 ALERTS_DIR = Path(__file__).resolve().parent
@@ -76,17 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         args.alertmanager_out.write_text(dump(config))
         print(f"wrote {args.alertmanager_out}")
         return 0
-    stale = []
-    for path, text in files().items():
-        if path.exists() and path.read_text() == text:
-            continue
-        stale.append(path)
-        if not args.check:
-            path.write_text(text)
-            print(f"wrote {path}")
-    if args.check and stale:
-        print("out of date, run `python -m alerts.generate`: " + ", ".join(map(str, stale)))
-        return 1
+    if args.check:
+        stale = out_of_date(files())
+        if stale:
+            print("out of date, run `python -m alerts.generate`: " + ", ".join(map(str, stale)))
+            return 1
+        return 0
+    for path in write_out_of_date(files()):
+        print(f"wrote {path}")
     return 0
 
 

@@ -20,6 +20,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
 from dashboards import overview, pipeline, rollout
 from dashboards.common import DEFAULT_RUNBOOK_URL
+from pinwatch.generated import out_of_date, write_out_of_date
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
 
@@ -40,27 +41,21 @@ def render(runbook_url: str = DEFAULT_RUNBOOK_URL) -> dict[str, str]:
     return out
 
 
+def files(directory: Path = JSON_DIR, runbook_url: str = DEFAULT_RUNBOOK_URL) -> dict[Path, str]:
+    """path in `directory` -> JSON text of every dashboard."""
+    return {directory / name: text for name, text in render(runbook_url).items()}
+
+
 def drift(directory: Path = JSON_DIR, runbook_url: str = DEFAULT_RUNBOOK_URL) -> list[str]:
     """Names of the files that differ from (or are missing next to) what the generator makes."""
-    expected = render(runbook_url)
-    changed = [
-        name
-        for name, text in expected.items()
-        if not (directory / name).exists() or (directory / name).read_text() != text
-    ]
-    stale = [p.name for p in directory.glob("*.json") if p.name not in expected]
+    expected = files(directory, runbook_url)
+    changed = [path.name for path in out_of_date(expected)]
+    stale = [p.name for p in directory.glob("*.json") if p not in expected]
     return sorted(changed + stale)
 
 
 def write(directory: Path = JSON_DIR, runbook_url: str = DEFAULT_RUNBOOK_URL) -> list[str]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in render(runbook_url).items():
-        path = directory / name
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-            written.append(name)
-    return written
+    return [path.name for path in write_out_of_date(files(directory, runbook_url))]
 
 
 def main(argv: list[str] | None = None) -> int:
