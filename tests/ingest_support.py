@@ -1,9 +1,8 @@
-"""Helpers for ingest tests and the ingest benchmark: serve an app with real uvicorn in the
-running event loop, and read records back from a real topic."""
+"""Helpers for ingest tests and the ingest benchmark: serve fresh ingest apps (tests/serve.py)
+with a client, and read records back from a real topic."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -11,10 +10,9 @@ from typing import Any
 
 import httpx
 import orjson
-import uvicorn
 from aiokafka import AIOKafkaConsumer
+from serve import serve
 
-from pinwatch.localkafka import free_port
 from pinwatch.record import Record, decode_batch
 from pinwatch.settings import Settings
 
@@ -59,30 +57,6 @@ async def ingest_apps(
             return running
 
         yield start
-
-
-@asynccontextmanager
-async def serve(app: Any, startup_seconds: float = 30.0) -> AsyncIterator[str]:
-    """Run `app` under uvicorn on a free loopback port; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + startup_seconds
-    while not server.started:
-        if task.done():
-            task.result()  # raises the startup error
-            raise RuntimeError("uvicorn exited during startup")
-        if time.monotonic() > deadline:
-            raise TimeoutError("uvicorn did not start")
-        await asyncio.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, startup_seconds)
 
 
 async def read_messages(

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
+from serve import Served, start_server
 
 from consumers.api import create_api
 from consumers.consumer import Consumer
 from consumers.store import Store
-from pinwatch.localkafka import free_port
 from pinwatch.settings import Settings
 from pinwatch.topics import ensure_topics
 
@@ -120,33 +119,12 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     )
 
 
-async def serve_app(app: Any, *, lifespan: str) -> tuple[uvicorn.Server, asyncio.Task[Any], str]:
-    """Serve an ASGI app with uvicorn on a free loopback port in this event loop, once it
-    listens: (server, its task, base URL). Stop with `server.should_exit = True; await task`."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan=lifespan, log_config=None, access_log=False
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if task.done():
-            task.result()  # raises the startup failure
-            raise RuntimeError("uvicorn exited during startup")
-        if time.monotonic() > deadline:
-            raise TimeoutError("uvicorn did not start in 30s")
-        await asyncio.sleep(0.02)
-    return server, task, f"http://127.0.0.1:{port}"
-
-
 @contextlib.asynccontextmanager
 async def run_pipeline(
     settings: Settings, *, ingest: bool = True, consumer: bool = True
 ) -> AsyncIterator[Pipeline]:
     """Start ingest (optional), the consumer (optional) and the consumer API; stop them all."""
-    servers: list[tuple[uvicorn.Server, asyncio.Task[Any]]] = []
+    servers: list[Served] = []
     store = Store.from_settings(settings)
     engine: Consumer | None = None
     run_task: asyncio.Task[None] | None = None
@@ -157,23 +135,21 @@ async def run_pipeline(
         if ingest:
             from ingest.app import create_app
 
-            server, task, ingest_url = await serve_app(create_app(settings), lifespan="on")
-            servers.append((server, task))
+            servers.append(await start_server(create_app(settings), lifespan="on"))
+            ingest_url = servers[-1].url
         if consumer:
             engine = Consumer(settings, store)
             await engine.start()
             run_task = asyncio.create_task(engine.run())
         api = create_api(settings, store, consumer=engine)
-        server, task, consumer_url = await serve_app(api, lifespan="off")
-        servers.append((server, task))
-        yield Pipeline(settings, store, engine, ingest_url, consumer_url, run_task)
+        servers.append(await start_server(api, lifespan="off"))
+        yield Pipeline(settings, store, engine, ingest_url, servers[-1].url, run_task)
     finally:
         if engine is not None and run_task is not None:
             engine.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(run_task, 30)
-        for server, task in reversed(servers):
-            server.should_exit = True
+        for served in reversed(servers):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 10)
+                await served.stop(10)
         await store.close()

@@ -16,8 +16,9 @@ import httpx
 import orjson
 import pytest
 from conftest import TEST_APP, TEST_HOST, TEST_KEY
-from ingest_support import read_records, serve
+from ingest_support import read_records
 from payloads import native_batch, network_error
+from serve import serve
 
 from ingest.app import create_app
 from pinwatch.localkafka import LocalKafka, free_port
