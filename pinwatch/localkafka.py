@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pinwatch.logs import event
+from pinwatch.processes import read_pid, stop_group, tail
 from pinwatch.settings import Settings
 
 log = logging.getLogger("pinwatch.kafka")
@@ -206,7 +205,7 @@ class LocalKafka:
             if self.process is not None and self.process.poll() is not None:
                 raise KafkaError(
                     f"Kafka exited with {self.process.returncode}; see {self.log_path}:\n"
-                    + _tail(self.log_path)
+                    + tail(self.log_path)
                 )
             if port_open("127.0.0.1", self.port) and _metadata_ok(self.bootstrap):
                 event(log, "kafka_ready", bootstrap=self.bootstrap)
@@ -219,23 +218,10 @@ class LocalKafka:
         raise KafkaError(f"Kafka not ready after {timeout:.0f}s; see {self.log_path}")
 
     def stop(self, timeout: float = 20.0) -> None:
-        pid = self.process.pid if self.process else _read_pid(self.pid_path)
+        pid = self.process.pid if self.process else read_pid(self.pid_path)
         if pid is None:
             return
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid, self.process):
-            time.sleep(0.2)
-        if _alive(pid, self.process):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.process is not None:
-            self.process.wait(timeout=5)
+        stop_group(pid, self.process, timeout=timeout, poll=0.2)
         self.pid_path.unlink(missing_ok=True)
         self.process = None
         event(log, "kafka_stopped", bootstrap=self.bootstrap)
@@ -258,30 +244,6 @@ def _metadata_ok(bootstrap: str) -> bool:
             await admin.close()
 
     return asyncio.run(probe())
-
-
-def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
-    if process is not None:
-        return process.poll() is None
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def main(argv: list[str] | None = None) -> int:

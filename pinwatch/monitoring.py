@@ -19,8 +19,6 @@ serves what Prometheus scrapes, call them through `asyncio.to_thread`.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -30,9 +28,9 @@ from typing import Any, Self
 import httpx
 import yaml
 
-# Process helpers shared with the local Kafka launcher, which manages its broker the same way.
-from pinwatch.localkafka import _alive, _read_pid, _tail, free_port
+from pinwatch.localkafka import free_port
 from pinwatch.logs import event
+from pinwatch.processes import alive, cmdline, read_pid, stop_group, tail
 
 log = logging.getLogger("pinwatch.monitoring")
 
@@ -186,7 +184,7 @@ class _ChildProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise MonitoringError(
                     f"{self.name} exited with {self.process.returncode}; see {self.log_path}:\n"
-                    + _tail(self.log_path)
+                    + tail(self.log_path)
                 )
             try:
                 if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
@@ -197,22 +195,22 @@ class _ChildProcess:
             time.sleep(0.1)
         raise MonitoringError(
             f"{self.name} not ready after {timeout:.0f}s on {self.url}; see {self.log_path}:\n"
-            + _tail(self.log_path)
+            + tail(self.log_path)
         )
 
     @property
     def running(self) -> bool:
         pid = self._pid()
-        return pid is not None and _alive(pid, self.process)
+        return pid is not None and alive(pid, self.process)
 
     def _pid(self) -> int | None:
         if self.process is not None:
             return self.process.pid
-        pid = _read_pid(self.pid_path)
+        pid = read_pid(self.pid_path)
         # A pid file can outlive its process and the number be reused: only signal a process
         # that runs our binary with our configuration file.
-        cmdline = _cmdline(pid) if pid is not None else ""
-        if self.binary not in cmdline or str(self.config_path.resolve()) not in cmdline:
+        command = cmdline(pid) if pid is not None else ""
+        if self.binary not in command or str(self.config_path.resolve()) not in command:
             return None
         return pid
 
@@ -221,14 +219,7 @@ class _ChildProcess:
         process too, through the pid file."""
         pid = self._pid()
         if pid is not None:
-            _signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _alive(pid, self.process):
-                time.sleep(0.05)
-            if _alive(pid, self.process):
-                _signal_group(pid, signal.SIGKILL)
-            if self.process is not None:
-                self.process.wait(timeout=5)
+            stop_group(pid, self.process, timeout=timeout, poll=0.05)
             event(log, f"{self.name}_stopped", url=self.url)
         self.pid_path.unlink(missing_ok=True)
         self.process = None
@@ -410,17 +401,3 @@ def _check(response: httpx.Response, owner: _ChildProcess | None = None) -> Any:
     if isinstance(body, dict) and body.get("status") == "error":
         raise MonitoringError(f"{response.request.url}: {body.get('error')}{where}")
     return body
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""

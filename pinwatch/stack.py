@@ -40,6 +40,7 @@ from pinwatch.monitoring import (
     LocalPrometheus,
     MonitoringError,
 )
+from pinwatch.processes import cmdline, read_pid, signal_group, tail
 from pinwatch.settings import Settings
 
 log = logging.getLogger("pinwatch.stack")
@@ -51,10 +52,9 @@ Say = Callable[[str], None]
 class StackError(RuntimeError):
     def __init__(self, component: str, why: str, log_path: Path | None = None) -> None:
         where = f"\n  log: {log_path}" if log_path else ""
-        tail = _tail(log_path) if log_path else ""
-        super().__init__(
-            f"{component} failed to start: {why}{where}" + (f"\n{tail}" if tail else "")
-        )
+        last_lines = tail(log_path, 15).splitlines() if log_path else []
+        quoted = "".join(f"\n  | {line}" for line in last_lines)
+        super().__init__(f"{component} failed to start: {why}{where}{quoted}")
         self.component = component
         self.log_path = log_path
 
@@ -240,11 +240,11 @@ class ChildCommand:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        _signal_group(process.pid, signal.SIGTERM)
+        signal_group(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _signal_group(process.pid, signal.SIGKILL)
+            signal_group(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
 
 
@@ -397,8 +397,8 @@ class Stack:
                 self.say(f"  stopping {engine.name}, left running by an earlier stack")
                 engine.stop()
         broker = LocalKafka.from_settings(self.config)
-        pid = _read_pid(broker.pid_path)
-        if pid is not None and str(broker.data_dir.resolve()) in _cmdline(pid):
+        pid = read_pid(broker.pid_path)
+        if pid is not None and str(broker.data_dir.resolve()) in cmdline(pid):
             self.say("  stopping Kafka, left running by an earlier stack")
             broker.stop()
 
@@ -574,38 +574,7 @@ def _die_with_parent() -> None:
         pass  # not Linux: stop() still ends the children on every orderly exit
 
 
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 def _wipe(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path)
-
-
-def _tail(path: Path | None, lines: int = 15) -> str:
-    if path is None:
-        return ""
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return ""
-    return "\n".join(f"  | {line}" for line in text)
