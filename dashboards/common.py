@@ -110,24 +110,31 @@ def _all_option() -> dm.VariableOption:
     return dm.VariableOption(text=["All"], value=["$__all"], selected=True)
 
 
-def prometheus_label_variable(
-    name: str, label: str, query: str, help_text: str
+def _multi_value_variable(
+    name: str, label: str, help_text: str, datasource: dm.DataSourceRef, query: str
 ) -> dashboard.QueryVariable:
-    # allValue `.*`: "All" then also matches series whose label is empty, and the query stays
-    # short however many apps exist.
+    """A variable listing what `query` returns (sorted, refreshed with the time range), several
+    values selectable, "All" selected at first."""
     return (
         dashboard.QueryVariable(name)
         .label(label)
         .description(help_text)
-        .datasource(PROMETHEUS)
+        .datasource(datasource)
         .query(query)
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_ASC)
         .multi(True)
         .include_all(True)
-        .all_value(".*")
         .current(_all_option())
     )
+
+
+def prometheus_label_variable(
+    name: str, label: str, query: str, help_text: str
+) -> dashboard.QueryVariable:
+    # allValue `.*`: "All" then also matches series whose label is empty, and the query stays
+    # short however many apps exist.
+    return _multi_value_variable(name, label, help_text, PROMETHEUS, query).all_value(".*")
 
 
 def prometheus_app_host_variables() -> list[cogbuilder.Builder[dm.VariableModel]]:
@@ -152,18 +159,7 @@ def clickhouse_label_variable(
 ) -> dashboard.QueryVariable:
     # No allValue: the rollout SQL wraps every filter in $__conditionalAll, which the plugin
     # replaces by 1=1 when "All" is selected, so "All" never lists every value in SQL.
-    return (
-        dashboard.QueryVariable(name)
-        .label(label)
-        .description(help_text)
-        .datasource(CLICKHOUSE)
-        .query(_dedent(sql))
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .current(_all_option())
-    )
+    return _multi_value_variable(name, label, help_text, CLICKHOUSE, _dedent(sql))
 
 
 # --- annotations and links ---------------------------------------------------------------------
