@@ -1,15 +1,18 @@
-"""Serve an ASGI app with real uvicorn on a free loopback port, in the running event loop
-(ingest tests and the in-process pipeline)."""
+"""Serving HTTP in tests: an ASGI app with real uvicorn on a free loopback port, in the running
+event loop (ingest tests and the in-process pipeline), and waiting for a `pinwatch` child
+process to answer /readyz."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import uvicorn
 
 from pinwatch.localkafka import free_port
@@ -57,3 +60,31 @@ async def serve(app: Any, startup_seconds: float = 30.0) -> AsyncIterator[str]:
         yield served.url
     finally:
         await served.stop(startup_seconds)
+
+
+async def wait_ready(
+    url: str,
+    *,
+    running: Callable[[], bool],
+    what: str,
+    log: Path | None = None,
+    seconds: float = 60,
+) -> None:
+    """Until GET `url`/readyz answers 200. Fails naming `what` (with the end of its `log`) when
+    `running()` turns false or after `seconds`."""
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        while time.monotonic() < deadline:
+            if not running():
+                raise AssertionError(f"{what} exited{_log_end(log)}")
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{what} not ready after {seconds}s{_log_end(log)}")
+
+
+def _log_end(log: Path | None) -> str:
+    return f": {log.read_text()[-3000:]}" if log is not None else ""

@@ -26,6 +26,7 @@ from aiokafka.structs import TopicPartition
 from conftest import TEST_APP, TEST_HOST
 from payloads import native_batch, network_error, pin_validation
 from pipeline import metric_value, run_pipeline
+from serve import wait_ready
 
 from pinwatch.certs import CertificateAuthority
 from pinwatch.localkafka import free_port
@@ -82,18 +83,13 @@ class ConsumerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def wait_up(self, seconds: float = 60) -> None:
-        deadline = time.monotonic() + seconds
-        async with httpx.AsyncClient(base_url=self.url) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"consumer exited: {self.log.read_text()[-3000:]}")
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise AssertionError(f"consumer not ready: {self.log.read_text()[-3000:]}")
+        await wait_ready(
+            self.url,
+            running=lambda: self.proc.poll() is None,
+            what="consumer",
+            log=self.log,
+            seconds=seconds,
+        )
 
     async def metric(self, name: str, **labels: str) -> float:
         async with httpx.AsyncClient(base_url=self.url) as client:

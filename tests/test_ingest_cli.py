@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from conftest import TEST_APP, TEST_HOST, TEST_KEY
 from ingest_support import read_records
 from payloads import native_batch, network_error
+from serve import wait_ready
 
 from pinwatch.localkafka import free_port, port_open
 from pinwatch.settings import Settings
@@ -70,17 +70,8 @@ async def test_serves_until_sigterm_then_exits_cleanly(
     )
     try:
         url = f"http://127.0.0.1:{port}"
+        await wait_ready(url, running=lambda: proc.returncode is None, what="pinwatch ingest")
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.returncode is None, "pinwatch ingest exited early"
-                assert time.monotonic() < deadline, "pinwatch ingest did not become ready"
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
             body = native_batch([network_error(TEST_HOST)], app=TEST_APP)
             response = await client.post(
                 "/v1/reports",
