@@ -7,21 +7,19 @@ from __future__ import annotations
 import base64
 import gzip
 import random
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 from conftest import TEST_APP, TEST_HOST, TEST_KEY
+from ingest_support import RunningIngest, ingest_apps, read_records
 from payloads import hpkp_report, nel_report, trustkit_android, trustkit_ios, trustkit_json
-from pipeline import run_pipeline
 
 from pinwatch.certs import CertificateAuthority
 from pinwatch.privacy import DeviceHasher
-from pinwatch.record import ErrorCategory, Format, Kind, Record, Result, decode_batch
+from pinwatch.record import ErrorCategory, Format, Kind, Result
 from pinwatch.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -30,9 +28,11 @@ LOOPBACK = "127.0.0.0/24"
 
 
 class Ingest:
-    def __init__(self, url: str, settings: Settings) -> None:
-        self.settings = settings
-        self.client = httpx.AsyncClient(base_url=url, timeout=30)
+    """An ingest app (tests/ingest_support.py) posted to as the client formats post."""
+
+    def __init__(self, running: RunningIngest) -> None:
+        self.settings = running.settings
+        self.client = running.client
 
     async def post(
         self, path: str, body: Any, content_type: str = "application/json", **headers: str
@@ -54,46 +54,17 @@ class Ingest:
 
 
 @pytest.fixture
-async def ingest(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+async def ingest(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Awaitable[Ingest]]]:
     """`await ingest(**settings_overrides)`: the real ingest (uvicorn, real Kafka), no consumer,
     so what it accepted is read straight off the topic."""
-    stack: list[Any] = []
+    async with ingest_apps(make_settings) as start:
 
-    async def start(**overrides: Any) -> Ingest:
-        settings = make_settings(**overrides)
-        ctx = run_pipeline(settings, consumer=False)
-        pipeline = await ctx.__aenter__()
-        running = Ingest(pipeline.ingest_url, settings)
-        stack.append((ctx, running))
-        return running
+        async def start_ingest(**overrides: Any) -> Ingest:
+            return Ingest(await start(**overrides))
 
-    yield start
-    for ctx, running in reversed(stack):
-        await running.client.aclose()
-        await ctx.__aexit__(None, None, None)
-
-
-async def read_records(settings: Settings, *, min_records: int) -> list[Record]:
-    """Every record on the test's topic: until `min_records` arrived, then one more quiet
-    second, so a record that should not be there would be seen too."""
-    consumer = AIOKafkaConsumer(
-        settings.kafka_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    records: list[Record] = []
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            for messages in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(r for m in messages for r in decode_batch(m.value))
-            if len(records) >= min_records:
-                deadline = min(deadline, time.monotonic() + 1.0)
-    finally:
-        await consumer.stop()
-    return records
+        yield start_ingest
 
 
 async def test_trustkit_ios_and_android_reports_land_normalized(
