@@ -104,6 +104,17 @@ def make_settings(
 ) -> Callable[..., Settings]:
     """Settings for one test: the session's real components, but topics, consumer group and
     ClickHouse database of its own."""
+    return settings_factory(
+        kafka_bootstrap, chdb_dsn, policy_file, public_roots_file, tmp_path / "data"
+    )
+
+
+def settings_factory(
+    kafka_bootstrap: str, chdb_dsn: str, policy_file: Path, public_roots_file: Path, data_dir: Path
+) -> Callable[..., Settings]:
+    """`make(**overrides)` building Settings on these components, with topics, consumer group
+    and ClickHouse database of their own, the same for every call of one factory. For fixtures
+    wider than a test, which cannot use `make_settings`."""
     suffix = uuid.uuid4().hex[:10]
 
     def make(**overrides: Any) -> Settings:
@@ -116,7 +127,7 @@ def make_settings(
             "clickhouse_database": f"pw_{suffix}",
             "policy_file": policy_file,
             "public_roots_file": public_roots_file,
-            "data_dir": tmp_path / "data",
+            "data_dir": data_dir,
             "log_format": "text",
         }
         values.update(overrides)

@@ -19,7 +19,6 @@ import asyncio
 import json
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,14 +28,13 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
+from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST, settings_factory
 from payloads import native_batch, network_error, pin_validation
 from pipeline import run_pipeline
 
 from dashboards.interpolate import Selection, clickhouse_sql, grafana_interval, prometheus_expr
 from pinwatch.certs import CertificateAuthority
 from pinwatch.monitoring import CONSUMER_JOB, INGEST_JOB, LocalPrometheus
-from pinwatch.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -162,20 +160,8 @@ async def seeded(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Seeded]:
     tmp = tmp_path_factory.mktemp("dashboards")
-    suffix = uuid.uuid4().hex[:10]
-    settings = Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        kafka_topic=f"reports-{suffix}",
-        kafka_dead_letter_topic=f"dead-letter-{suffix}",
-        kafka_consumer_group=f"group-{suffix}",
-        clickhouse_dsn=chdb_dsn,
-        clickhouse_database=f"pw_{suffix}",
-        policy_file=policy_file,
-        public_roots_file=public_roots_file,
-        data_dir=tmp / "data",
-        log_format="text",
-        failing_refresh_seconds=0.5,
-    )
+    make = settings_factory(kafka_bootstrap, chdb_dsn, policy_file, public_roots_file, tmp / "data")
+    settings = make(failing_refresh_seconds=0.5)
     rules = tmp / "probe-rules.yml"
     rules.write_text(PROBE_RULES)
     async with run_pipeline(settings) as p:
