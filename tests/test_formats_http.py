@@ -16,6 +16,7 @@ import pytest
 from conftest import TEST_APP, TEST_HOST, TEST_KEY
 from ingest_support import RunningIngest, ingest_apps, read_records
 from payloads import hpkp_report, nel_report, trustkit_android, trustkit_ios, trustkit_json
+from pipeline import metric_value
 
 from pinwatch.certs import CertificateAuthority
 from pinwatch.privacy import DeviceHasher
@@ -46,11 +47,8 @@ class Ingest:
             headers={"Content-Type": content_type, **headers},
         )
 
-    async def metric(self, line_start: str) -> float:
-        for line in (await self.client.get("/metrics")).text.splitlines():
-            if line.startswith(line_start):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+    async def metric(self, name: str, **labels: str) -> float:
+        return metric_value((await self.client.get("/metrics")).text, name, **labels)
 
 
 @pytest.fixture
@@ -149,9 +147,11 @@ async def test_nel_batch_accepts_good_items_and_counts_bad_ones(ingest: Any) -> 
         (Kind.NETWORK_ERROR, None, ErrorCategory.DNS, 1),
     ]
     assert all(r.format == Format.NEL and r.host == TEST_HOST for r in records)
-    bad_items = 'pinwatch_ingest_rejected_total{format="nel",reason="bad_item"}'
-    assert await running.metric(bad_items) == 2
-    assert await running.metric('pinwatch_ingest_reports_total{format="nel"}') == 3
+    rejected = await running.metric(
+        "pinwatch_ingest_rejected_total", format="nel", reason="bad_item"
+    )
+    assert rejected == 2
+    assert await running.metric("pinwatch_ingest_reports_total", format="nel") == 3
 
 
 async def test_nel_with_only_bad_items_is_a_400(ingest: Any) -> None:
