@@ -9,7 +9,7 @@ datasources are called.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from grafana_foundation_sdk.builders import (
     bargauge,
@@ -59,6 +59,20 @@ ALERTS_SELECTOR = f'alertname=~"{ALERT_NAME_REGEX}"'
 APP_HOST = 'app=~"$app", host=~"$host"'
 
 TAGS = ["pinwatch"]
+
+
+_Model = TypeVar("_Model")
+
+
+class _Built(cogbuilder.Builder[_Model]):
+    """A builder for a model built here (one the SDK cannot express), where the SDK's builder
+    methods take a builder."""
+
+    def __init__(self, model: _Model) -> None:
+        self._model = model
+
+    def build(self) -> _Model:
+        return self._model
 
 
 # --- variables ---------------------------------------------------------------------------------
@@ -177,14 +191,6 @@ class _PrometheusAnnotation(dm.AnnotationQuery):
         return payload
 
 
-class _AnnotationBuilder(cogbuilder.Builder[dm.AnnotationQuery]):
-    def __init__(self, model: _PrometheusAnnotation) -> None:
-        self._model = model
-
-    def build(self) -> dm.AnnotationQuery:
-        return self._model
-
-
 def alert_annotation() -> cogbuilder.Builder[dm.AnnotationQuery]:
     """Firing pinwatch alerts from Prometheus' ALERTS series, drawn on every time panel."""
     model = _PrometheusAnnotation(
@@ -203,7 +209,7 @@ def alert_annotation() -> cogbuilder.Builder[dm.AnnotationQuery]:
         "tagKeys": "severity,alertname",
         "useValueForTime": False,
     }
-    return _AnnotationBuilder(model)
+    return _Built[dm.AnnotationQuery](model)
 
 
 def runbook_link(
@@ -304,19 +310,11 @@ class ClickHouseQuery(cogvariants.Dataquery):
         }
 
 
-class _ClickHouseBuilder(cogbuilder.Builder[cogvariants.Dataquery]):
-    def __init__(self, query: ClickHouseQuery) -> None:
-        self._query = query
-
-    def build(self) -> cogvariants.Dataquery:
-        return self._query
-
-
 def sql(
     text: str, ref_id: str = "A", timeseries_format: bool = False
 ) -> cogbuilder.Builder[cogvariants.Dataquery]:
     query_type: Literal["table", "timeseries"] = "timeseries" if timeseries_format else "table"
-    return _ClickHouseBuilder(ClickHouseQuery(_dedent(text), ref_id, query_type))
+    return _Built[cogvariants.Dataquery](ClickHouseQuery(_dedent(text), ref_id, query_type))
 
 
 def _dedent(text: str) -> str:
