@@ -78,7 +78,11 @@ class Consumer:
         self.progress = Progress(store)
         self.recent = RecentIds(store, settings.dedup_window_seconds, settings.dedup_max_ids)
         self.writer = Writer(
-            store, self.metrics, settings.clickhouse_retry_max_seconds, self._set_trouble
+            store,
+            self.metrics,
+            settings.clickhouse_retry_max_seconds,
+            self._set_trouble,
+            self.recent,
         )
         self._kafka: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -207,7 +211,8 @@ class Consumer:
             and await self.progress.confirm(tp.topic, tp.partition, message.offset, records)
         )
         if store:
-            records, duplicates = await self.recent.fresh(records)
+            # Copies this process remembers; the writer asks ClickHouse about the rest.
+            records, duplicates = self.recent.fresh(records)
             batch.tally.duplicates += duplicates
         else:  # already stored by a consumer that crashed: these rows are the first copies
             for record in records:

@@ -13,6 +13,8 @@ Tables (database `settings.clickhouse_database`):
 - `kafka_progress`: highest Kafka offset stored per topic and partition (materialized view on
   `reports`); the consumer reads it on partition assignment so a batch inserted but not
   committed before a crash is never inserted twice (see the README's consumer section).
+- `report_ids`: (app_id, id, received_at) of native and TrustKit reports, sorted by id
+  (materialized view on `reports`), for the consumer's client-retry lookup.
 - `schema_migrations`: which migration versions were applied, and when.
 
 Every table that receives inserts has `non_replicated_deduplication_window`, and the consumer
@@ -114,6 +116,15 @@ def _columns(columns: tuple[tuple[str, str], ...]) -> str:
 
 
 _DEDUP = f"non_replicated_deduplication_window = {DEDUP_WINDOW}"
+
+# Formats whose report id tells one device's report from another's: the native id is the
+# client's own, TrustKit's is derived from content that includes the (hashed) vendor id. NEL and
+# HPKP carry no device identity, so two devices on one network sending the same report in the
+# same minute get the same derived id: deduplicating those would drop real events, so they are
+# deduplicated by Kafka offset only (a lost 202 followed by a browser retry can count twice).
+# Migration 3 bakes this list into the `report_ids` view: changing it takes a new migration.
+ID_DEDUP_FORMATS = frozenset({"native", "trustkit"})
+_ID_DEDUP_FORMATS_SQL = ", ".join(f"'{f}'" for f in sorted(ID_DEDUP_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -226,6 +237,35 @@ GROUP BY kafka_topic, kafka_partition""",
         "rollout hourly rollups",
         tuple(s.replace("{dedup}", _DEDUP) for s in rollout_rollups.STATEMENTS),
     ),
+    # The retry lookup (consumers/steps.py RecentIds) asks "which of these ids are stored?";
+    # `reports` is sorted by (host, received_at), so that read the window's whole `id` column.
+    # Sorted by (app_id, id), the same question reads one small granule per id. A bloom-filter
+    # index on reports.id would not do: a lookup carries thousands of ids, and a granule whose
+    # filter matches any one of them is read, which is nearly every granule.
+    Migration(
+        3,
+        "report ids for the retry lookup",
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.report_ids (
+    `app_id` LowCardinality(String),
+    `id` String,
+    `received_at` DateTime64(3, 'UTC')
+) ENGINE = MergeTree
+PARTITION BY toDate(received_at)
+ORDER BY (app_id, id)
+TTL toDateTime(received_at) + INTERVAL {{ttl_days}} DAY
+SETTINGS {_DEDUP}, ttl_only_drop_parts = 1, index_granularity = 256""",
+            f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.report_ids_mv
+TO {{db}}.report_ids AS
+SELECT app_id, id, received_at FROM {{db}}.reports
+WHERE format IN ({_ID_DEDUP_FORMATS_SQL})""",
+            # Ids stored before this migration, within the dedup window (the view is created
+            # first: a row inserted meanwhile is copied twice, which a lookup does not mind).
+            f"""INSERT INTO {{db}}.report_ids SELECT app_id, id, received_at FROM {{db}}.reports
+WHERE format IN ({_ID_DEDUP_FORMATS_SQL})
+AND received_at >= now64(3) - toIntervalSecond({{dedup_seconds}})""",
+        ),
+    ),
 )
 
 # Tables whose TTL follows settings.retention_days; re-applied on every migrate run so a changed
@@ -235,6 +275,7 @@ _TTL_TABLES: dict[str, str] = {
     "rollup_minute": "minute",
     "evidence": "hour",
     "evidence_hourly": "hour",
+    "report_ids": "toDateTime(received_at)",
     **rollout_rollups.TTL_TABLES,
 }
 
@@ -268,7 +309,13 @@ def migrate(client: object, settings: Settings) -> list[int]:
             continue
         for statement in migration.statements:
             try:
-                command(statement.format(db=db, ttl_days=settings.retention_days))
+                command(
+                    statement.format(
+                        db=db,
+                        ttl_days=settings.retention_days,
+                        dedup_seconds=int(settings.dedup_window_seconds),
+                    )
+                )
             except Exception as exc:  # noqa: BLE001 - name the step that failed, keep the cause
                 raise MigrationError(
                     f"migration {migration.version} ({migration.name}) failed: {exc}"

@@ -22,7 +22,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from consumers.classify import Classifier, report_row
 from consumers.decode import Rejected
 from consumers.metrics import OTHER, PLATFORMS, BatchTally, ConsumerMetrics
-from consumers.schema import EVIDENCE_COLUMN_NAMES, REPORT_COLUMN_NAMES
+from consumers.schema import EVIDENCE_COLUMN_NAMES, ID_DEDUP_FORMATS, REPORT_COLUMN_NAMES
 from consumers.store import Store, StoreError
 from pinwatch.logs import event
 from pinwatch.record import Kind
@@ -32,6 +32,15 @@ log = logging.getLogger("pinwatch.consumer")
 
 TopicPartition = tuple[str, int]
 PIN_VALIDATION = Kind.PIN_VALIDATION.value
+# Positions in a `reports` row (consumers.classify.report_row) that the retry lookup reads.
+_ID, _RECEIVED, _APP, _KIND, _FORMAT, _COUNT = (
+    REPORT_COLUMN_NAMES.index(name)
+    for name in ("id", "received_at", "app_id", "kind", "format", "count")
+)
+_EVIDENCE_ID, _EVIDENCE_APP = (
+    EVIDENCE_COLUMN_NAMES.index("report_id"),
+    EVIDENCE_COLUMN_NAMES.index("app_id"),
+)
 
 
 # --- dead letters ------------------------------------------------------------------------------
@@ -108,6 +117,7 @@ class Batch:
     """Rows of consecutive Kafka messages, and what committing them will count."""
 
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    keys: list[tuple[str, ...]] = field(default_factory=list)  # each row's metric labels (tally)
     evidence: list[tuple[Any, ...]] = field(default_factory=list)
     first: dict[TopicPartition, int] = field(default_factory=dict)
     last: dict[TopicPartition, int] = field(default_factory=dict)
@@ -128,6 +138,31 @@ class Batch:
 
     def commit_offsets(self) -> dict[TopicPartition, int]:
         return {tp: offset + 1 for tp, offset in self.last.items()}
+
+    def drop_stored(self, stored: set[tuple[str, str]]) -> int:
+        """Remove the rows (and evidence) of reports already in ClickHouse, (app_id, id) in
+        `stored`, and take them out of the tally: they are client retries. Returns how many."""
+        if not stored:
+            return 0
+        rows, keys, dropped = [], [], 0
+        tally = self.tally
+        for row, key in zip(self.rows, self.keys, strict=True):
+            if row[_FORMAT] in ID_DEDUP_FORMATS and (row[_APP], row[_ID]) in stored:
+                counter = tally.pins if row[_KIND] == PIN_VALIDATION else tally.network
+                counter[key] -= row[_COUNT]
+                if counter[key] <= 0:
+                    del counter[key]
+                tally.kinds[row[_KIND]] -= 1
+                dropped += 1
+            else:
+                rows.append(row)
+                keys.append(key)
+        self.rows, self.keys = rows, keys
+        self.evidence = [
+            e for e in self.evidence if (e[_EVIDENCE_APP], e[_EVIDENCE_ID]) not in stored
+        ]
+        tally.duplicates += dropped
+        return dropped
 
 
 class Enricher:
@@ -159,25 +194,27 @@ class Enricher:
         platform = r["platform"] if r["platform"] in PLATFORMS else OTHER
         tally = batch.tally
         kind = r["kind"]
+        key: tuple[str, ...]
         if kind == PIN_VALIDATION:
-            tally.pins[
-                (
-                    app,
-                    host,
-                    platform,
-                    self.versions.label(app_id, r["app_version"]),
-                    r["result"] or "",
-                    c.pin_match or "unknown",
-                    "true" if c.enforced else "false",
-                    c.cause or "none",
-                )
-            ] += r["count"]
+            key = (
+                app,
+                host,
+                platform,
+                self.versions.label(app_id, r["app_version"]),
+                r["result"] or "",
+                c.pin_match or "unknown",
+                "true" if c.enforced else "false",
+                c.cause or "none",
+            )
+            tally.pins[key] += r["count"]
         else:
-            tally.network[(app, host, platform, r["error"] or OTHER)] += r["count"]
+            key = (app, host, platform, r["error"] or OTHER)
+            tally.network[key] += r["count"]
         tally.kinds[kind] += 1
         if not store:
             return
         batch.rows.append(report_row(r, c, topic, partition, offset))
+        batch.keys.append(key)
         if (r["served_chain"] or r["raw"]) and self.evidence_per_key:
             self._sample(r, c.leaf_pin, c.pin_match, c.cause, batch)
 
@@ -298,20 +335,16 @@ class Progress:
             self.loaded.discard(tp)
 
 
-# Formats whose report id tells one device's report from another's: the native id is the
-# client's own, TrustKit's is derived from content that includes the (hashed) vendor id. NEL and
-# HPKP carry no device identity, so two devices on one network sending the same report in the
-# same minute get the same derived id: deduplicating those would drop real events, so they are
-# deduplicated by Kafka offset only (a lost 202 followed by a browser retry can count twice).
-ID_DEDUP_FORMATS = frozenset({"native", "trustkit"})
-
-
 class RecentIds:
     """Report ids (scoped by app) already counted, so a client's retried batch, which reaches
-    Kafka as a second message with the same ids (on any partition), is counted once. Bounded:
-    ids older than `window` seconds or beyond `max_ids` are forgotten; ids this process has not
-    seen (after a restart or rebalance) are looked up in `reports` within the window, one query
-    per Kafka message."""
+    Kafka as a second message with the same ids (on any partition), is counted once. Only for
+    `ID_DEDUP_FORMATS` (consumers/schema.py says why).
+
+    Two levels: `fresh` drops copies of ids this process remembers (bounded: ids older than
+    `window` seconds or beyond `max_ids` are forgotten), on the event loop; `stored` asks
+    ClickHouse (`report_ids`, sorted by id) about a whole batch's ids right before its insert,
+    on the writer's side, so the lookup never holds up decoding and classifying (it did, as one
+    query per Kafka message on the event loop's path)."""
 
     def __init__(self, store: Store, window: float, max_ids: int) -> None:
         self.store = store
@@ -329,48 +362,34 @@ class RecentIds:
         ):
             self._ids.popitem(last=False)
 
-    async def fresh(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        """The records not counted before (first copy wins within the message), and how many
-        were dropped as duplicates. Remembers the fresh ones."""
-        unknown = [
-            r
-            for r in records
-            if r["format"] in ID_DEDUP_FORMATS and (r["app_id"], r["id"]) not in self._ids
-        ]
-        stored: set[tuple[str, str]] = set()
-        if unknown:
-            newest = max(r["received_at_ms"] for r in unknown)
-            try:
-                rows = await self._stored(unknown, newest)
-            except StoreError as exc:
-                # ClickHouse is down: the writer pauses and retries; meanwhile the in-memory set
-                # is all we have (it covers every retry this process has seen).
-                event(log, "dedup_lookup_failed", logging.WARNING, error=str(exc)[:300])
-                rows = []
-            stored = {(str(a), str(i)) for a, i in rows}
+    def fresh(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """The records this process has not counted before (first copy wins within the
+        message), and how many were dropped as duplicates. Remembers the fresh ones."""
         keep = []
+        ids = self._ids
         for r in records:
-            if r["format"] not in ID_DEDUP_FORMATS:
-                keep.append(r)
-                continue
-            key = (r["app_id"], r["id"])
-            if key in self._ids or key in stored:
-                continue
-            self.remember(r)
+            if r["format"] in ID_DEDUP_FORMATS:
+                if (r["app_id"], r["id"]) in ids:
+                    continue
+                self.remember(r)
             keep.append(r)
         return keep, len(records) - len(keep)
 
-    async def _stored(self, unknown: list[dict[str, Any]], newest: int) -> list[Any]:
-        return await self.store.query(
-            "SELECT DISTINCT app_id, id FROM {db}.reports "
+    async def stored(self, rows: list[tuple[Any, ...]]) -> set[tuple[str, str]]:
+        """(app_id, id) of these `reports` rows already in ClickHouse within the window (stored
+        before a restart or rebalance, or by another process). Raises StoreError."""
+        keys = {(r[_APP], r[_ID]) for r in rows if r[_FORMAT] in ID_DEDUP_FORMATS}
+        if not keys:
+            return set()
+        since = max(r[_RECEIVED] for r in rows) - self.window_ms
+        found = await self.store.query_with_values(
+            "SELECT DISTINCT app_id, id FROM {db}.report_ids "
             "WHERE received_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
-            "AND app_id IN {apps:Array(String)} AND id IN {ids:Array(String)}",
-            {
-                "since": newest - self.window_ms,
-                "apps": sorted({r["app_id"] for r in unknown}),
-                "ids": sorted({r["id"] for r in unknown}),
-            },
+            "AND app_id IN {apps:Array(String)} AND id IN {values}",
+            [i for _, i in keys],
+            {"since": since, "apps": sorted({a for a, _ in keys})},
         )
+        return {(str(a), str(i)) for a, i in found} & keys
 
 
 # --- write -------------------------------------------------------------------------------------
@@ -387,9 +406,11 @@ class Writer:
         metrics: ConsumerMetrics,
         retry_max_seconds: float,
         on_trouble: Callable[[bool], None],
+        recent: RecentIds | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
+        self.recent = recent
         self.retry_max = retry_max_seconds
         self.on_trouble = on_trouble
         self.stopping = False
@@ -399,13 +420,22 @@ class Writer:
         if not batch.rows:
             return True
         token = batch.token()
-        columns = [list(col) for col in zip(*batch.rows, strict=True)]
+        columns: list[list[Any]] | None = None
         delay = 0.1
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
             try:
+                if columns is None:
+                    # Once per batch, before the first attempt: a retried attempt whose
+                    # predecessor did store the rows must not find them and drop them.
+                    if self.recent is not None:
+                        batch.drop_stored(await self.recent.stored(batch.rows))
+                        if not batch.rows:
+                            self.on_trouble(False)
+                            return True
+                    columns = [list(col) for col in zip(*batch.rows, strict=True)]
                 await self.store.insert(
                     "reports",
                     columns,
