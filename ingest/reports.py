@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from ingest.body import read_body
 from ingest.errors import REPORT_RESPONSES, ApiError
 from ingest.formats import FORMATS
-from ingest.formats.base import BadReport, FormatSpec, IngestContext, Parsed
+from ingest.formats.base import BadReport, FormatSpec, IngestContext, NotJson, Parsed
 from ingest.metrics import IngestMetrics, Reason
 from ingest.producer import KafkaSink, ProduceFailed, RecordTooLarge
 from ingest.ratelimit import RateLimiter
@@ -164,13 +164,7 @@ class ReportPath:
                 reason=Reason.MEDIA_TYPE,
             )
         body = await read_body(request, settings.max_body_bytes, settings.max_decompressed_bytes)
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(
-                400, "bad_json", f"body is not JSON: {exc}", reason=Reason.BAD_JSON
-            ) from None
-        parsed = self._parse(spec, document, request, app_id)
+        parsed = self._parse(spec, body, request, app_id)
         if not parsed.records and parsed.rejected:
             first = parsed.rejected[0]
             raise ApiError(
@@ -200,7 +194,7 @@ class ReportPath:
         ]
         return len(parsed.records), rejected
 
-    def _parse(self, spec: FormatSpec, document: Any, request: Incoming, app_id: str) -> Parsed:
+    def _parse(self, spec: FormatSpec, body: bytes, request: Incoming, app_id: str) -> Parsed:
         ctx = IngestContext(
             app_id=app_id,
             received_at_ms=time.time_ns() // 1_000_000,
@@ -211,7 +205,11 @@ class ReportPath:
             user_agent=request.headers.get("user-agent", "")[: self.settings.max_string_length],
         )
         try:
-            return spec.parse(document, ctx)
+            return spec.parse(spec.decode(body, self.settings), ctx)
+        except NotJson as exc:
+            raise ApiError(
+                400, "bad_json", f"body is not JSON: {exc}", reason=Reason.BAD_JSON
+            ) from None
         except BadReport as exc:
             error = "too_large" if exc.status == 413 else "bad_report"
             reason = Reason.TOO_LARGE if exc.status == 413 else Reason.BAD_REPORT
@@ -294,10 +292,9 @@ def _endpoint(path: ReportPath, spec: FormatSpec):  # noqa: ANN202 - FastAPI rea
 
 
 def _openapi_extra(spec: FormatSpec, settings: Settings) -> dict[str, Any]:
-    if spec.request_model is not None:
-        schema: dict[str, Any] = {
-            "$ref": f"#/components/schemas/{spec.request_model(settings).__name__}"
-        }
+    if spec.request_schema is not None:
+        name, _ = spec.request_schema(settings)
+        schema: dict[str, Any] = {"$ref": f"#/components/schemas/{name}"}
     else:
         schema = {"type": ["object", "array"], "description": f"A {spec.name} report document."}
     return {
@@ -310,13 +307,9 @@ def _openapi_extra(spec: FormatSpec, settings: Settings) -> dict[str, Any]:
 
 
 def request_schemas(settings: Settings) -> dict[str, Any]:
-    """Component schemas of every format's request model, for the OpenAPI document."""
+    """Component schemas of every format's request body, for the OpenAPI document."""
     out: dict[str, Any] = {}
     for spec in FORMATS.values():
-        if spec.request_model is None:
-            continue
-        model = spec.request_model(settings)
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        out.update(schema.pop("$defs", {}))
-        out[model.__name__] = schema
+        if spec.request_schema is not None:
+            out.update(spec.request_schema(settings)[1])
     return out

@@ -1,8 +1,9 @@
 """The contract between the HTTP layer and each input format.
 
-The HTTP layer (ingest/app.py) authenticates, enforces size limits, decompresses and parses the
-JSON, then hands the parsed document to the format's `parse`, which returns normalized
-`Record`s and, for batch formats whose items are independent (NEL), the items it rejected.
+The HTTP layer (ingest/app.py) authenticates, enforces size limits and decompresses, the format's
+`decode` turns the body into a document (JSON values by default; the native format decodes
+straight into its typed Structs), and the format's `parse` makes normalized `Record`s of that
+document and, for batch formats whose items are independent (NEL), lists the items it rejected.
 A format raises `BadReport` to reject the whole request with a 400 naming the field.
 """
 
@@ -12,11 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+import orjson
 
 from pinwatch.policy import Policy
 from pinwatch.record import Record
 from pinwatch.settings import Settings
+
+
+class NotJson(ValueError):
+    """400 bad_json: the body is not JSON at all (the message says where it breaks)."""
 
 
 class BadReport(ValueError):
@@ -53,8 +58,18 @@ class Parsed:
     rejected: list[Rejection] = field(default_factory=list)
 
 
-# parse(document, ctx) -> Parsed; document is the decoded JSON value (dict or list).
+# parse(document, ctx) -> Parsed; document is what the format's `decode` made of the body.
 Parser = Callable[[Any, IngestContext], Parsed]
+# decode(body, settings) -> document; raises NotJson, or BadReport for a typed decoder.
+Decoder = Callable[[bytes, Settings], Any]
+
+
+def decode_json(body: bytes, settings: Settings) -> Any:
+    """The default decoder: any JSON value, for parsers that read it with `fields.Fields`."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise NotJson(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -63,7 +78,9 @@ class FormatSpec:
     path: str  # e.g. "/v1/reports/trustkit"
     content_types: tuple[str, ...]  # accepted media types (parameters like charset ignored)
     parse: Parser
+    decode: Decoder = decode_json
     summary: str = ""
-    # The request body's pydantic model for these settings' limits, for the OpenAPI document
-    # (optional: formats without one are documented as a plain JSON object).
-    request_model: Callable[[Settings], type[BaseModel]] | None = None
+    # The request body's JSON schema for these settings' limits, for the OpenAPI document:
+    # (name of the body's schema, every component schema by name). Optional: formats without
+    # one are documented as a plain JSON object.
+    request_schema: Callable[[Settings], tuple[str, dict[str, Any]]] | None = None

@@ -1,41 +1,35 @@
 """pinwatch's native batch (`POST /v1/reports`): one app, one device, many reports.
 
-The pydantic models are the documentation of the wire format (they feed the OpenAPI document)
-and the validation. Limits come from settings, so the models are built per limit set and cached.
+The msgspec Structs below are the one definition of the wire format: they validate every batch
+(in C, with the limits from settings) and they are the JSON schema the OpenAPI document shows.
+They replaced pydantic models, which cost most of a 50-report batch's time
+(benchmarks/bench_ingest.py). What msgspec cannot check in C is checked after decoding: pins
+against `PIN_PATTERN`, certificates by loading them.
 Every violation becomes a `BadReport` naming the field as a path into the body, e.g.
 `reports[3].observed_pins[0]`; a limit exceeded answers 413, anything else 400.
 """
 
-# No `from __future__ import annotations`: the models are defined inside a function and pydantic
+# No `from __future__ import annotations`: the Structs are defined inside a function and msgspec
 # must see their (local) annotation types as objects.
 
 import base64
 import binascii
 import dataclasses
 import datetime as dt
+import re
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
+import msgspec
 from cryptography import x509
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-)
-from pydantic_core import PydanticCustomError
+from msgspec import Meta, Struct
 
 from ingest.formats import register
-from ingest.formats.base import BadReport, FormatSpec, IngestContext, Parsed
+from ingest.formats.base import BadReport, FormatSpec, IngestContext, NotJson, Parsed
 from pinwatch.record import SCHEMA_VERSION, ErrorCategory, Format, Kind, Record, Result
 from pinwatch.settings import Settings
 
 PLATFORMS = frozenset({"ios", "android", "tvos", "watchos", "macos", "web", "other"})
-# pydantic error types that mean "a limit was exceeded" (answered 413, not 400)
 _RECORD_FIELDS = (
     "id", "kind", "format", "app_id", "host", "received_at_ms", "event_at_ms", "sent_at_ms",
     "app_version", "platform", "os_version", "device", "network", "client_network", "port",
@@ -44,124 +38,107 @@ _RECORD_FIELDS = (
 )  # fmt: skip
 if tuple(f.name for f in dataclasses.fields(Record)) != _RECORD_FIELDS:
     raise ImportError("pinwatch.record.Record changed its fields: update ingest/formats/native.py")
-_KINDS = frozenset(k.value for k in Kind)
-_LIMIT_ERRORS = frozenset({"too_long", "string_too_long", "certificate_too_large"})
-
 
 # The base64 of 32 bytes: 42 characters, one whose low two bits are zero, one '='. The
 # pinwatch.policy.is_spki_pin test (tests/test_ingest_native.py checks they agree), restricted to
-# canonical base64, as a pattern pydantic runs in Rust: decoding every pin in Python was half of
-# the parse time of a 50-report batch.
+# canonical base64.
 PIN_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
 PIN_PROBLEM = "must be the base64 SHA-256 of a SubjectPublicKeyInfo (32 bytes, 44 characters)"
-
-
-def _certificate_checker(max_bytes: int):  # noqa: ANN202 - a pydantic validator
-    def check(value: str) -> str:
-        # base64 of max_bytes is at most 4/3 as long: refuse before decoding anything bigger
-        if len(value) > (max_bytes + 2) // 3 * 4:
-            raise PydanticCustomError(
-                "certificate_too_large",
-                "certificate larger than {limit} bytes",
-                {"limit": max_bytes},
-            )
-        try:
-            der = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise PydanticCustomError(
-                "bad_certificate", "must be base64 (DER certificate)"
-            ) from None
-        if len(der) > max_bytes:
-            raise PydanticCustomError(
-                "certificate_too_large",
-                "certificate larger than {limit} bytes",
-                {"limit": max_bytes},
-            )
-        try:
-            x509.load_der_x509_certificate(der)
-        except ValueError:
-            raise PydanticCustomError(
-                "bad_certificate", "is not a DER-encoded X.509 certificate"
-            ) from None
-        return value
-
-    return check
+_PIN = re.compile(PIN_PATTERN)
+# Clients report the same few pins over and over: remember good ones instead of matching each
+# (bounded: cleared when full).
+_GOOD_PINS: set[str] = set()
+_MAX_GOOD_PINS = 65_536
+_ENUM_CHOICES = {
+    "result": ", ".join(r.value for r in Result),
+    "error": ", ".join(e.value for e in ErrorCategory),
+}
 
 
 @lru_cache(maxsize=8)
-def native_models(
+def native_types(
     max_reports: int,
     max_pins: int,
     max_certs: int,
     max_cert_bytes: int,
     max_str: int,
     max_count: int,
-) -> type[BaseModel]:
-    """The batch model for one set of limits (tests and apps with other settings get theirs)."""
-    Text = Annotated[StrictStr, Field(max_length=max_str)]
-    Id = Annotated[StrictStr, Field(min_length=1, max_length=max_str)]
-    Pin = Annotated[StrictStr, Field(pattern=PIN_PATTERN)]
-    Cert = Annotated[StrictStr, AfterValidator(_certificate_checker(max_cert_bytes))]
-    Port = Annotated[StrictInt, Field(ge=1, le=65535)]
-    Count = Annotated[StrictInt, Field(ge=1, le=max_count)]
+) -> type[Struct]:
+    """The batch type for one set of limits (tests and apps with other settings get theirs)."""
 
-    class _Strict(BaseModel):
-        model_config = ConfigDict(extra="ignore", frozen=True)
+    def text(description: str | None = None, min_length: int = 0) -> Any:
+        return Annotated[
+            str, Meta(min_length=min_length, max_length=max_str, description=description)
+        ]
 
-    class AppInfo(_Strict):
-        id: Id = Field(description="App id; must be the app the ingest key belongs to.")
-        version: Text = ""
-        platform: Text = Field("", description="ios, android, tvos, watchos, macos, web, other.")
-        os_version: Text = ""
+    # checked by pattern after decoding (msgspec runs patterns through Python's re, per value)
+    Pin = Annotated[str, Meta(extra_json_schema={"pattern": PIN_PATTERN})]
+    Cert = Annotated[
+        str,
+        Meta(
+            max_length=(max_cert_bytes + 2) // 3 * 4,  # base64 of max_cert_bytes
+            description=f"base64 DER X.509 certificate, at most {max_cert_bytes} bytes",
+        ),
+    ]
+    Port = Annotated[int, Meta(ge=1, le=65535)]
+    Count = Annotated[int, Meta(ge=1, le=max_count)]
+    At = Annotated[dt.datetime | None, Meta(description="When it happened (client clock).")]
+    Enforced = Annotated[
+        bool | None,
+        Meta(description="false in report-only builds; absent: the host's policy phase."),
+    ]
+    Pins = Annotated[list[Pin], Meta(max_length=max_pins, description="SPKI pins, leaf first.")]
+    Chain = Annotated[list[Cert], Meta(max_length=max_certs, description="Leaf first.")]
+    Id = text(min_length=1)
 
-    class DeviceInfo(_Strict):
-        id: Text = Field("", description="Opaque install id; stored only as a keyed hash.")
-        network: Text = Field("", description="wifi, cellular, ethernet, ...")
+    class AppInfo(Struct, frozen=True):
+        id: text("App id; must be the app the ingest key belongs to.", min_length=1)
+        version: text() = ""
+        platform: text("ios, android, tvos, watchos, macos, web, other.") = ""
+        os_version: text() = ""
 
-    class PinValidation(_Strict):
-        id: Id = Field(description="Unique report id; a retried report keeps its id.")
-        type: Literal["pin_validation"]
-        at: dt.datetime | None = Field(None, description="When it happened (client clock).")
+    class DeviceInfo(Struct, frozen=True):
+        id: text("Opaque install id; stored only as a keyed hash.") = ""
+        network: text("wifi, cellular, ethernet, ...") = ""
+
+    class PinValidation(Struct, frozen=True, tag_field="type", tag="pin_validation"):
+        id: text("Unique report id; a retried report keeps its id.", min_length=1)
         host: Id
-        port: Port = 443
         result: Result
-        enforced: StrictBool | None = Field(
-            None, description="false in report-only builds; absent: the host's policy phase."
-        )
-        observed_pins: list[Pin] = Field(
-            default_factory=list, max_length=max_pins, description="SPKI pins, leaf first."
-        )
-        known_pins: list[Pin] = Field(default_factory=list, max_length=max_pins)
-        served_chain: list[Cert] = Field(
-            default_factory=list, max_length=max_certs, description="base64 DER, leaf first."
-        )
-        count: Count = 1
-
-    class NetworkError(_Strict):
-        id: Id
-        type: Literal["network_error"]
-        at: dt.datetime | None = None
-        host: Id
+        at: At = None
         port: Port = 443
-        error: ErrorCategory
-        detail: Text = ""
+        enforced: Enforced = None
+        observed_pins: Pins = []
+        known_pins: Pins = []
+        served_chain: Chain = []
         count: Count = 1
 
-    Report = Annotated[PinValidation | NetworkError, Field(discriminator="type")]
+    class NetworkError(Struct, frozen=True, tag_field="type", tag="network_error"):
+        id: Id
+        host: Id
+        error: ErrorCategory
+        at: At = None
+        port: Port = 443
+        detail: text() = ""
+        count: Count = 1
 
-    class NativeBatch(_Strict):
+    Reports = Annotated[
+        list[PinValidation | NetworkError], Meta(min_length=1, max_length=max_reports)
+    ]
+
+    class NativeBatch(Struct, frozen=True):
         """One app on one device sends many reports at once."""
 
         app: AppInfo
+        reports: Reports
         device: DeviceInfo = DeviceInfo()
         sent_at: dt.datetime | None = None
-        reports: list[Report] = Field(min_length=1, max_length=max_reports)
 
     return NativeBatch
 
 
-def models_for(settings: Settings) -> type[BaseModel]:
-    return native_models(
+def _limits(settings: Settings) -> tuple[int, ...]:
+    return (
         settings.max_reports_per_batch,
         settings.max_pins_per_report,
         settings.max_chain_certificates,
@@ -171,36 +148,78 @@ def models_for(settings: Settings) -> type[BaseModel]:
     )
 
 
-def field_path(loc: tuple[Any, ...]) -> str:
-    """('reports', 3, 'pin_validation', 'observed_pins', 0) -> 'reports[3].observed_pins[0]'."""
-    out = ""
-    previous: Any = None
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(previous, int) and part in _KINDS:
-            pass  # the discriminated union puts the tag into the location; readers want fields
-        else:
-            out += f".{part}" if out else str(part)
-        previous = part
-    return out
+def types_for(settings: Settings) -> type[Struct]:
+    return native_types(*_limits(settings))
 
 
-def bad_report(exc: ValidationError) -> BadReport:
-    err = exc.errors(include_url=False)[0]
-    path = field_path(tuple(err["loc"]))
-    message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "union_tag_invalid":
-        sent = err["input"].get("type") if isinstance(err["input"], dict) else None
-        message = f"unknown report type {sent!r}; expected pin_validation or network_error"
-        path = f"{path}.type" if path else "type"
-    elif err["type"] == "union_tag_not_found":
-        path = f"{path}.type" if path else "type"
-        message = "missing report type; expected pin_validation or network_error"
-    elif err["type"] == "string_pattern_mismatch":
-        message = PIN_PROBLEM  # pins are the only pattern-checked fields
-    status = 413 if err["type"] in _LIMIT_ERRORS else 400
+@lru_cache(maxsize=8)
+def _decoder(limits: tuple[int, ...]) -> msgspec.json.Decoder:
+    return msgspec.json.Decoder(native_types(*limits))
+
+
+def decode_native(body: bytes, settings: Settings) -> Any:
+    """The body straight into the batch Struct: JSON parsing and validation in one pass in C."""
+    try:
+        return _decoder(_limits(settings)).decode(body)
+    except msgspec.ValidationError as exc:
+        raise bad_report(exc) from None
+    except msgspec.DecodeError as exc:
+        raise NotJson(str(exc)) from None
+
+
+def request_schema(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """(name of the batch schema, every component schema it refers to) for OpenAPI."""
+    batch = types_for(settings)
+    _, components = msgspec.json.schema_components(
+        (batch,), ref_template="#/components/schemas/{name}"
+    )
+    return batch.__name__, components
+
+
+def bad_report(exc: msgspec.ValidationError) -> BadReport:
+    """msgspec says e.g. "Expected `int` >= 1, got `0` - at `$.reports[1].count`"."""
+    message, _, where = str(exc).partition(" - at `$")
+    path = where.rstrip("`").lstrip(".")
+    missing = re.fullmatch(r"Object missing required field `(\w+)`", message)
+    if missing:
+        name = missing.group(1)
+        path = f"{path}.{name}" if path else name
+        message = "required"
+        if name == "type":
+            message = "missing report type; expected pin_validation or network_error"
+    elif path.endswith(".type") and message.startswith("Invalid value"):
+        sent = message.removeprefix("Invalid value ")
+        message = f"unknown report type {sent}; expected pin_validation or network_error"
+    elif message.startswith("Invalid enum value"):
+        name = path.rsplit(".", 1)[-1]
+        if name in _ENUM_CHOICES:
+            message += f"; expected one of {_ENUM_CHOICES[name]}"
+    status = 413 if "of length <=" in message else 400
     return BadReport(path or "body", message, status=status)
+
+
+def _check_pins(pins: list[str], where: str) -> None:
+    for i, pin in enumerate(pins):
+        if pin not in _GOOD_PINS:
+            if not _PIN.match(pin):
+                raise BadReport(f"{where}[{i}]", PIN_PROBLEM)
+            if len(_GOOD_PINS) >= _MAX_GOOD_PINS:
+                _GOOD_PINS.clear()
+            _GOOD_PINS.add(pin)
+
+
+def _check_certificates(chain: list[str], where: str, max_bytes: int) -> None:
+    for i, value in enumerate(chain):
+        try:
+            der = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadReport(f"{where}[{i}]", "must be base64 (DER certificate)") from None
+        if len(der) > max_bytes:
+            raise BadReport(f"{where}[{i}]", f"certificate larger than {max_bytes} bytes", 413)
+        try:
+            x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise BadReport(f"{where}[{i}]", "is not a DER-encoded X.509 certificate") from None
 
 
 def _ms(value: dt.datetime | None) -> int | None:
@@ -211,13 +230,9 @@ def _ms(value: dt.datetime | None) -> int | None:
     return int(value.timestamp() * 1000)
 
 
-def parse_native(document: Any, ctx: IngestContext) -> Parsed:
-    if not isinstance(document, dict):
-        raise BadReport("body", "must be a JSON object with `app` and `reports`")
-    try:
-        batch: Any = models_for(ctx.settings).model_validate(document)
-    except ValidationError as exc:
-        raise bad_report(exc) from None
+def parse_native(batch: Any, ctx: IngestContext) -> Parsed:
+    """Records of a batch `decode_native` made; pins and certificates are checked here."""
+    settings = ctx.settings
     if batch.app.id != ctx.app_id:
         raise BadReport("app.id", f"{batch.app.id!r} is not the app this ingest key belongs to")
     platform = batch.app.platform.lower()
@@ -228,12 +243,19 @@ def parse_native(document: Any, ctx: IngestContext) -> Parsed:
     device, network = ctx.hash_device(batch.device.id), batch.device.network
     client_network = ctx.client_network
     records = []
-    for report in batch.reports:
+    for i, report in enumerate(batch.reports):
         host = report.host.strip().lower().rstrip(".")
         at = _ms(report.at) if report.at is not None else None
         # Positional (order checked at import, see _RECORD_FIELDS): binding 25 keyword
         # arguments took ten times longer, the largest cost of a 50-report batch.
-        if report.type == "pin_validation":
+        if report.__struct_config__.tag == "pin_validation":
+            if report.observed_pins:
+                _check_pins(report.observed_pins, f"reports[{i}].observed_pins")
+            if report.known_pins:
+                _check_pins(report.known_pins, f"reports[{i}].known_pins")
+            if report.served_chain:
+                where = f"reports[{i}].served_chain"
+                _check_certificates(report.served_chain, where, settings.max_certificate_bytes)
             records.append(
                 Record(
                     report.id, Kind.PIN_VALIDATION, Format.NATIVE, app_id, host, received, at,
@@ -261,7 +283,8 @@ NATIVE = register(
         path="/v1/reports",
         content_types=("application/json",),
         parse=parse_native,
-        request_model=models_for,
+        decode=decode_native,
+        request_schema=request_schema,
         summary="Native batch: one app and device, many pin-validation and network-error reports",
     )
 )
