@@ -3,16 +3,18 @@
 How records map to messages (measured in benchmarks/bench_ingest.py): aiokafka spends tens of
 microseconds of Python per message, so one message per report caps ingest at a few thousand
 reports/s. `KafkaSink` therefore coalesces: every request's records join a per-partition buffer,
-and a single flusher task turns whatever accumulated while the event loop served other requests
-into as few messages as fit under `kafka_max_message_bytes` (each value is exactly
-`pinwatch.record.encode_batch(records)`). A request is answered only when every message holding
-one of its records is acknowledged (`acks=all`, idempotent producer), or with a 503 when that
-takes longer than `kafka_produce_timeout_seconds`.
+and a single flusher task turns whatever accumulated into as few messages as fit under
+`kafka_max_message_bytes` (each value is exactly `pinwatch.record.encode_batch(records)`).
+A partition with a message in flight is not flushed again until Kafka answers (group commit):
+under load the buffer then gathers a round trip's worth of requests instead of a few.
+A request is answered only when every message holding one of its records is acknowledged
+(`acks=all`, idempotent producer), or with a 503 when that takes longer than
+`kafka_produce_timeout_seconds`.
 
 Partitioning: by the record's device hash (or, without one, its client network, then its app).
-A device's retries and duplicates land in one partition, so
-a consumer that deduplicates within a partition sees both copies; different devices spread
-evenly. The message key is left empty because one message mixes many devices.
+A device's retries and duplicates land in one partition, so a consumer that deduplicates within
+a partition sees both copies; different devices spread evenly. The message key is left empty
+because one message mixes many devices.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import orjson
@@ -109,6 +111,7 @@ class KafkaSink:
         self._resetting = False
         self._partitions: list[int] = []
         self._pending: dict[int, _Pending] = defaultdict(_Pending)
+        self._busy: Counter[int] = Counter()  # partition -> its messages in flight
         self._pending_bytes = 0  # encoded bytes not yet acknowledged (buffered or in flight)
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -169,7 +172,7 @@ class KafkaSink:
         if not self.started:
             return
         self.started = False
-        self._drain()
+        self._drain(all_partitions=True)
         waiting = list(self._in_flight)
         if waiting:
             await asyncio.wait(waiting, timeout=self.settings.kafka_produce_timeout_seconds)
@@ -264,9 +267,10 @@ class KafkaSink:
             self._wake.clear()
             self._drain()
 
-    def _drain(self) -> None:
+    def _drain(self, *, all_partitions: bool = False) -> None:
         for partition in list(self._pending):
-            self._drain_partition(partition)
+            if all_partitions or not self._busy[partition]:
+                self._drain_partition(partition)
 
     def _drain_partition(self, partition: int) -> None:
         pending = self._pending.pop(partition, None)
@@ -283,6 +287,7 @@ class KafkaSink:
                 size = 0
             messages[-1].append(part)
             size += len(part) + 1
+        self._busy[partition] += 1
         task = asyncio.ensure_future(
             self._produce(partition, [envelope(m) for m in messages], pending)
         )
@@ -305,6 +310,9 @@ class KafkaSink:
                 task.add_done_callback(self._in_flight.discard)
         finally:
             self._pending_bytes -= pending.size
+            self._busy[partition] -= 1
+            if partition in self._pending:
+                self._wake.set()  # what gathered meanwhile goes next
         for waiter in pending.waiters:
             if waiter.done():
                 continue  # the request already gave up (timeout): it answered 503
