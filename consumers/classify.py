@@ -14,6 +14,7 @@ from typing import Any
 
 from cryptography import x509
 
+from consumers.decode import WireRecord
 from consumers.roots import PublicRoots
 from pinwatch.pins import spki_pin
 from pinwatch.policy import HostPolicy, Phase, Policy
@@ -175,41 +176,41 @@ class Classifier:
 
 
 def report_row(
-    r: dict[str, Any], c: Classification, topic: str, partition: int, offset: int
+    r: WireRecord, c: Classification, topic: str, partition: int, offset: int
 ) -> tuple[Any, ...]:
-    """One `reports` row from a decoded record (consumers.decode), in
+    """One `reports` row from a decoded record (consumers.decode.WireRecord), in
     consumers.schema.REPORT_COLUMN_NAMES order. Times stay integer milliseconds: DateTime64(3)
     takes raw ticks, which spares a datetime object per row."""
     return (
-        r["id"],
-        r["received_at_ms"],
-        r["event_at_ms"],
-        r["sent_at_ms"],
-        r["app_id"],
-        r["app_version"],
-        r["platform"],
-        r["os_version"],
-        r["device"],
-        r["network"],
-        r["client_network"],
-        r["host"],
+        r.id,
+        r.received_at_ms,
+        r.event_at_ms,
+        r.sent_at_ms,
+        r.app_id,
+        r.app_version,
+        r.platform,
+        r.os_version,
+        r.device,
+        r.network,
+        r.client_network,
+        r.host,
         c.policy_host,
-        r["port"],
-        r["kind"],
-        r["format"],
-        r["result"] or "",
+        r.port,
+        r.kind,
+        r.format,
+        r.result or "",
         c.pin_match,
         1 if c.enforced else 0,
         c.phase,
         c.cause,
         c.observed_pins,
-        r["observed_pins"],
+        r.observed_pins,
         1 if c.client_pins_consistent else 0,
         c.leaf_pin,
         1 if c.public_root else 0,
-        r["error"] or "",
-        r["detail"],
-        r["count"],
+        r.error or "",
+        r.detail,
+        r.count,
         topic,
         partition,
         offset,

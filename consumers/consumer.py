@@ -138,6 +138,12 @@ class Consumer:
         return sorted((tp.topic, tp.partition) for tp in self._kafka.assignment())
 
     @property
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Next offset to handle per (topic, partition) this consumer has handled messages of
+        (handled: in a batch, not necessarily inserted or committed yet)."""
+        return dict(self._position)
+
+    @property
     def ready(self) -> bool:
         return self.started and self.fatal is None and not self._trouble
 

@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from consumers.classify import Classifier, report_row
-from consumers.decode import Rejected
+from consumers.decode import Rejected, WireRecord
 from consumers.metrics import OTHER, PLATFORMS, BatchTally, ConsumerMetrics
 from consumers.schema import EVIDENCE_COLUMN_NAMES, ID_DEDUP_FORMATS, REPORT_COLUMN_NAMES
 from consumers.store import Store, StoreError
@@ -181,51 +181,51 @@ class Enricher:
         self._evidence_hour = 0
 
     def add(
-        self, r: dict[str, Any], batch: Batch, topic: str, partition: int, offset: int, store: bool
+        self, r: WireRecord, batch: Batch, topic: str, partition: int, offset: int, store: bool
     ) -> None:
         """Classify record `r` into `batch`; `store=False` counts it without inserting (already
         stored before a crash, see `Progress`). Raises ClassifyError."""
         c = self.classifier.classify_fields(
-            r["host"], r["kind"], r["result"], r["enforced"], r["served_chain"], r["observed_pins"]
+            r.host, r.kind, r.result, r.enforced, r.served_chain, r.observed_pins
         )
-        app_id = r["app_id"]
+        app_id = r.app_id
         app = app_id if app_id in self.apps else OTHER
         host = c.policy_host or OTHER
-        platform = r["platform"] if r["platform"] in PLATFORMS else OTHER
+        platform = r.platform if r.platform in PLATFORMS else OTHER
         tally = batch.tally
-        kind = r["kind"]
+        kind = r.kind
         key: tuple[str, ...]
         if kind == PIN_VALIDATION:
             key = (
                 app,
                 host,
                 platform,
-                self.versions.label(app_id, r["app_version"]),
-                r["result"] or "",
+                self.versions.label(app_id, r.app_version),
+                r.result or "",
                 c.pin_match or "unknown",
                 "true" if c.enforced else "false",
                 c.cause or "none",
             )
-            tally.pins[key] += r["count"]
+            tally.pins[key] += r.count
         else:
-            key = (app, host, platform, r["error"] or OTHER)
-            tally.network[key] += r["count"]
+            key = (app, host, platform, r.error or OTHER)
+            tally.network[key] += r.count
         tally.kinds[kind] += 1
         if not store:
             return
         batch.rows.append(report_row(r, c, topic, partition, offset))
         batch.keys.append(key)
-        if (r["served_chain"] or r["raw"]) and self.evidence_per_key:
+        if (r.served_chain or r.raw) and self.evidence_per_key:
             self._sample(r, c.leaf_pin, c.pin_match, c.cause, batch)
 
     def _sample(
-        self, r: dict[str, Any], leaf_pin: str, pin_match: str, cause: str, batch: Batch
+        self, r: WireRecord, leaf_pin: str, pin_match: str, cause: str, batch: Batch
     ) -> None:
-        hour = r["received_at_ms"] // 3_600_000
+        hour = r.received_at_ms // 3_600_000
         if hour != self._evidence_hour:  # a new hour: earlier keys can never be hit again
             self._evidence_seen.clear()
             self._evidence_hour = hour
-        key = (r["host"], leaf_pin, hour)
+        key = (r.host, leaf_pin, hour)
         seen = self._evidence_seen.get(key, 0)
         if seen >= self.evidence_per_key or len(self._evidence_seen) > 100_000:
             return
@@ -233,21 +233,21 @@ class Enricher:
         batch.evidence.append(
             (
                 hour * 3600,
-                r["host"],
+                r.host,
                 leaf_pin,
-                r["id"],
-                r["received_at_ms"],
-                r["app_id"],
-                r["app_version"],
-                r["platform"],
-                r["format"],
-                r["result"] or "",
+                r.id,
+                r.received_at_ms,
+                r.app_id,
+                r.app_version,
+                r.platform,
+                r.format,
+                r.result or "",
                 pin_match,
                 cause,
-                r["client_network"],
-                r["observed_pins"],
-                r["served_chain"],
-                r["raw"],
+                r.client_network,
+                r.observed_pins,
+                r.served_chain,
+                r.raw,
             )
         )
 
@@ -288,7 +288,7 @@ class Progress:
         return stored is not None and offset <= stored
 
     async def confirm(
-        self, topic: str, partition: int, offset: int, records: list[dict[str, Any]]
+        self, topic: str, partition: int, offset: int, records: list[WireRecord]
     ) -> bool:
         """Are this message's rows really there? `kafka_progress` alone cannot tell a replay
         after a crash from a topic that was deleted and created again (offsets restart at 0
@@ -305,9 +305,9 @@ class Progress:
             "AND id IN {ids:Array(String)} AND kafka_topic = {topic:String} "
             "AND kafka_partition = {partition:UInt32} AND kafka_offset = {offset:UInt64}",
             {
-                "hosts": sorted({r["host"] for r in records}),
-                "times": sorted({r["received_at_ms"] for r in records}),
-                "ids": [r["id"] for r in records],
+                "hosts": sorted({r.host for r in records}),
+                "times": sorted({r.received_at_ms for r in records}),
+                "ids": [r.id for r in records],
                 "topic": topic,
                 "partition": partition,
                 "offset": offset,
@@ -352,24 +352,24 @@ class RecentIds:
         self.max_ids = max_ids
         self._ids: OrderedDict[tuple[str, str], int] = OrderedDict()
 
-    def remember(self, r: dict[str, Any]) -> None:
-        if r["format"] not in ID_DEDUP_FORMATS:
+    def remember(self, r: WireRecord) -> None:
+        if r.format not in ID_DEDUP_FORMATS:
             return
-        self._ids[(r["app_id"], r["id"])] = r["received_at_ms"]
-        horizon = r["received_at_ms"] - self.window_ms
+        self._ids[(r.app_id, r.id)] = r.received_at_ms
+        horizon = r.received_at_ms - self.window_ms
         while self._ids and (
             len(self._ids) > self.max_ids or next(iter(self._ids.values())) < horizon
         ):
             self._ids.popitem(last=False)
 
-    def fresh(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    def fresh(self, records: list[WireRecord]) -> tuple[list[WireRecord], int]:
         """The records this process has not counted before (first copy wins within the
         message), and how many were dropped as duplicates. Remembers the fresh ones."""
         keep = []
         ids = self._ids
         for r in records:
-            if r["format"] in ID_DEDUP_FORMATS:
-                if (r["app_id"], r["id"]) in ids:
+            if r.format in ID_DEDUP_FORMATS:
+                if (r.app_id, r.id) in ids:
                     continue
                 self.remember(r)
             keep.append(r)

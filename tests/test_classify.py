@@ -140,8 +140,8 @@ def test_decode_rejects_records_one_by_one() -> None:
     envelope = orjson.loads(encode_batch([good]))
     envelope["records"].append({"kind": "pin_validation"})
     records, rejected = decode(orjson.dumps(envelope))
-    assert [r["id"] for r in records] == [good.id]
-    assert records[0]["port"] == 443  # defaults of the Record schema filled in
+    assert [r.id for r in records] == [good.id]
+    assert records[0].port == 443  # defaults of the Record schema filled in
     assert [(r.reason, r.index) for r in rejected] == [("invalid_record", 1)]
     # a wrongly typed field is this record's problem, not its batch's insert's
     envelope["records"][1] = dict(envelope["records"][0], count="3")
