@@ -41,6 +41,11 @@ async def read_body(request: Incoming, max_body: int, max_decompressed: int) -> 
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise _too_large("request body", max_body)
     if not gzipped:
+        first = await request.first_chunk()
+        if first is not None:  # the whole body arrived at once: the common case
+            if len(first) > max_body:
+                raise _too_large("request body", max_body)
+            return first
         return await _read_limited(request.stream(), max_body)
     return await _gunzip_limited(request.stream(), max_body, max_decompressed)
 

@@ -26,7 +26,6 @@ import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -37,7 +36,7 @@ from aiokafka.errors import (
 )
 
 from pinwatch.logs import event
-from pinwatch.record import SCHEMA_VERSION, Record
+from pinwatch.record import SCHEMA_VERSION, Record, encode_json
 from pinwatch.settings import Settings
 
 log = logging.getLogger("pinwatch.ingest.producer")
@@ -72,7 +71,7 @@ class RecordTooLarge(Exception):
 
 def envelope(parts: list[bytes]) -> bytes:
     """The bytes `encode_batch(records)` produces, from records already encoded one by one
-    (orjson output is compact, so joining is exact); encoding each record once also gives the
+    (the JSON is compact, so joining is exact); encoding each record once also gives the
     sizes the split needs."""
     return _HEAD + b",".join(parts) + _TAIL
 
@@ -84,7 +83,7 @@ def partition_key(record: Record) -> bytes:
 
 
 def _one_by_one(records: list[Record], limit: int) -> list[bytes]:
-    parts = [orjson.dumps(record) for record in records]
+    parts = [encode_json(record) for record in records]
     for record, part in zip(records, parts, strict=True):
         if len(part) > limit:
             raise RecordTooLarge(f"report {record.id!r} is {len(part)} bytes encoded")
@@ -236,8 +235,8 @@ class KafkaSink:
         limit = self.settings.kafka_max_message_bytes - len(_HEAD) - len(_TAIL) - 1
         groups: dict[int, list[bytes]] = {}
         for partition, group in by_partition.items():
-            # one orjson call per group ("r1,r2,..."); per record only when it must be split
-            encoded = orjson.dumps(group)[1:-1]
+            # one encoder call per group ("r1,r2,..."); per record only when it must be split
+            encoded = encode_json(group)[1:-1]
             groups[partition] = [encoded] if len(encoded) <= limit else _one_by_one(group, limit)
         waiters = []
         for partition, parts in groups.items():

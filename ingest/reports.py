@@ -63,12 +63,13 @@ class Incoming:
     """What the report path reads of a request, straight from the ASGI scope: headers looked
     up in a dict built once (Starlette's Request scans the header list on every access)."""
 
-    __slots__ = ("scope", "receive", "headers")
+    __slots__ = ("scope", "receive", "headers", "_held")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
         self.receive = receive
         self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        self._held: bytes | None = None  # a chunk first_chunk() read that stream() yields first
 
     def query(self, name: str) -> str | None:
         values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name)
@@ -79,14 +80,31 @@ class Incoming:
         client = self.scope.get("client")
         return client[0] if client else None
 
+    async def first_chunk(self) -> bytes | None:
+        """The whole body when it came in one piece (no async generator needed), else None and
+        `stream()` starts with this piece."""
+        message = await self._next()
+        body = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+        self._held = body
+        return None
+
     async def stream(self) -> AsyncIterator[bytes]:
+        if self._held is not None:
+            held, self._held = self._held, None
+            yield held
         while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ApiError(400, "bad_json", "the client went away before the body ended")
+            message = await self._next()
             yield message.get("body", b"")
             if not message.get("more_body", False):
                 return
+
+    async def _next(self) -> Any:
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "bad_json", "the client went away before the body ended")
+        return message
 
 
 _JSON = (b"content-type", b"application/json")
@@ -124,15 +142,17 @@ class ReportPath:
                 self.metrics.rejected.labels(spec.name, exc.reason).inc()
             extra = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after else []
             return exc.status, exc.body(), extra
-        self._accepted_counter(spec.name).inc()
-        self.metrics.reports.labels(spec.name).inc(accepted)
+        answered, reports = self._accepted_counters(spec.name)
+        answered.inc()
+        reports.inc(accepted)
         if rejected:
             self.metrics.rejected.labels(spec.name, Reason.BAD_ITEM).inc(len(rejected))
         return 202, orjson.dumps({"accepted": accepted, "rejected": rejected}), []
 
     @lru_cache(maxsize=16)  # noqa: B019 - one entry per format, the app lives as long as this
-    def _accepted_counter(self, name: str) -> Any:
-        return self.metrics.requests.labels(name, 202)
+    def _accepted_counters(self, name: str) -> tuple[Any, Any]:
+        """The format's 202 request and report counters (`labels()` costs more than `inc()`)."""
+        return self.metrics.requests.labels(name, 202), self.metrics.reports.labels(name)
 
     async def _accept(self, spec: FormatSpec, request: Incoming) -> tuple[int, list[Any]]:
         settings = self.settings

@@ -7,13 +7,12 @@ import hashlib
 import os
 import re
 
-import orjson
 import pytest
 
 from ingest.formats.native import PIN_PATTERN
 from ingest.producer import envelope
 from pinwatch.policy import is_spki_pin
-from pinwatch.record import Format, Kind, Record, encode_batch
+from pinwatch.record import Format, Kind, Record, encode_batch, encode_json
 
 
 def test_pin_pattern_agrees_with_policy_check() -> None:
@@ -45,9 +44,9 @@ def test_envelope_is_exactly_encode_batch() -> None:
         )
         for i in range(3)
     ]
-    joined = envelope([orjson.dumps(records)[1:-1]])
+    joined = envelope([encode_json(records)[1:-1]])
     assert joined == encode_batch(records)
-    assert envelope([orjson.dumps(r) for r in records]) == encode_batch(records)
+    assert envelope([encode_json(r) for r in records]) == encode_batch(records)
 
 
 class _Chunks:
