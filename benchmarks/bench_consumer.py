@@ -28,12 +28,12 @@ from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumers.classify import Classifier, report_row  # noqa: E402
+from consumers.classify import Classifier, report_columns  # noqa: E402
 from consumers.cli import tune_gc  # noqa: E402
 from consumers.consumer import Consumer  # noqa: E402
 from consumers.decode import decode  # noqa: E402
 from consumers.roots import PublicRoots  # noqa: E402
-from consumers.schema import REPORT_COLUMN_NAMES  # noqa: E402
+from consumers.schema import REPORT_COLUMN_NAMES, REPORT_COLUMN_TYPES  # noqa: E402
 from consumers.store import Store  # noqa: E402
 from pinwatch.certs import CertificateAuthority  # noqa: E402
 from pinwatch.policy import load_policy  # noqa: E402
@@ -205,13 +205,14 @@ async def run_ceiling(
         load_policy(settings.policy_file), PublicRoots.load(settings.public_roots_file)
     )
     decoded, _ = decode(encode_batch(records))
-    prepared = [
-        report_row(d, classifier.classify(r), settings.kafka_topic, 0, i)
-        for i, (r, d) in enumerate(zip(records, decoded, strict=True))
-    ]
+    classes = [classifier.classify(r) for r in records]
     batches = [
-        [list(col) for col in zip(*prepared[i : i + rows], strict=True)]
-        for i in range(0, len(prepared), rows)
+        report_columns(
+            decoded[i : i + rows],
+            classes[i : i + rows],
+            [(settings.kafka_topic, 0, n) for n in range(i, min(i + rows, len(decoded)))],
+        )
+        for i in range(0, len(decoded), rows)
     ]
     started, cpu_started = time.perf_counter(), time.process_time()
     for n, columns in enumerate(batches):
@@ -220,6 +221,7 @@ async def run_ceiling(
             columns,
             REPORT_COLUMN_NAMES,
             column_oriented=True,
+            column_types=REPORT_COLUMN_TYPES,
             settings={"insert_deduplication_token": f"ceiling-{n}"},
         )
     return time.perf_counter() - started, time.process_time() - cpu_started

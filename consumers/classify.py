@@ -48,10 +48,7 @@ class Classification:
     cause: str  # rotation_suspected | interception_suspected | unknown | ''
     public_root: bool
     has_chain: bool
-
-    @property
-    def leaf_pin(self) -> str:
-        return self.observed_pins[0] if self.observed_pins else ""
+    leaf_pin: str  # observed_pins[0], '' without pins
 
 
 _CHAIN_CACHE_SIZE = 4096
@@ -143,6 +140,7 @@ class Classifier:
                 cause="",
                 public_root=False,
                 has_chain=False,
+                leaf_pin="",
             )
         if served_chain:
             facts = self.chain_facts(list(served_chain))
@@ -172,46 +170,52 @@ class Classifier:
             cause=cause,
             public_root=public_root,
             has_chain=bool(served_chain),
+            leaf_pin=observed[0] if observed else "",
         )
 
 
-def report_row(
-    r: WireRecord, c: Classification, topic: str, partition: int, offset: int
-) -> tuple[Any, ...]:
-    """One `reports` row from a decoded record (consumers.decode.WireRecord), in
-    consumers.schema.REPORT_COLUMN_NAMES order. Times stay integer milliseconds: DateTime64(3)
-    takes raw ticks, which spares a datetime object per row."""
-    return (
-        r.id,
-        r.received_at_ms,
-        r.event_at_ms,
-        r.sent_at_ms,
-        r.app_id,
-        r.app_version,
-        r.platform,
-        r.os_version,
-        r.device,
-        r.network,
-        r.client_network,
-        r.host,
-        c.policy_host,
-        r.port,
-        r.kind,
-        r.format,
-        r.result or "",
-        c.pin_match,
-        1 if c.enforced else 0,
-        c.phase,
-        c.cause,
-        c.observed_pins,
-        r.observed_pins,
-        1 if c.client_pins_consistent else 0,
-        c.leaf_pin,
-        1 if c.public_root else 0,
-        r.error or "",
-        r.detail,
-        r.count,
-        topic,
-        partition,
-        offset,
-    )
+def report_columns(
+    records: list[WireRecord],
+    classes: list[Classification],
+    origins: list[tuple[str, int, int]],
+) -> list[list[Any]]:
+    """The `reports` columns (consumers.schema.REPORT_COLUMN_NAMES order) of decoded records
+    (consumers.decode.WireRecord), their classifications and their Kafka (topic, partition,
+    offset). Built column by column for clickhouse-connect's column-oriented insert: no row
+    tuple per report, no transposition. Times stay integer milliseconds: DateTime64(3) takes raw
+    ticks, which spares a datetime object per row."""
+    rs, cs = records, classes
+    return [
+        [r.id for r in rs],
+        [r.received_at_ms for r in rs],
+        [r.event_at_ms for r in rs],
+        [r.sent_at_ms for r in rs],
+        [r.app_id for r in rs],
+        [r.app_version for r in rs],
+        [r.platform for r in rs],
+        [r.os_version for r in rs],
+        [r.device for r in rs],
+        [r.network for r in rs],
+        [r.client_network for r in rs],
+        [r.host for r in rs],
+        [c.policy_host for c in cs],
+        [r.port for r in rs],
+        [r.kind for r in rs],
+        [r.format for r in rs],
+        [r.result or "" for r in rs],
+        [c.pin_match for c in cs],
+        [1 if c.enforced else 0 for c in cs],
+        [c.phase for c in cs],
+        [c.cause for c in cs],
+        [c.observed_pins for c in cs],
+        [r.observed_pins for r in rs],
+        [1 if c.client_pins_consistent else 0 for c in cs],
+        [c.leaf_pin for c in cs],
+        [1 if c.public_root else 0 for c in cs],
+        [r.error or "" for r in rs],
+        [r.detail for r in rs],
+        [r.count for r in rs],
+        [o[0] for o in origins],
+        [o[1] for o in origins],
+        [o[2] for o in origins],
+    ]

@@ -225,7 +225,7 @@ class Consumer:
                 self.recent.remember(record)
         for index, record in enumerate(records):
             try:
-                self.enricher.add(record, batch, tp.topic, tp.partition, message.offset, store)
+                self.enricher.add(record, batch, origin, store)
             except ClassifyError as exc:
                 bad = Rejected(
                     DeadLetterReason.UNCLASSIFIABLE_RECORD,
@@ -244,7 +244,9 @@ class Consumer:
 
     def _batch_full(self) -> bool:
         s = self.settings
-        return len(self._batch.rows) >= s.batch_max_rows or self._batch.nbytes >= s.batch_max_bytes
+        return (
+            len(self._batch.records) >= s.batch_max_rows or self._batch.nbytes >= s.batch_max_bytes
+        )
 
     async def _advance(self) -> None:
         await self._collect_write()

@@ -72,6 +72,7 @@ REPORT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("kafka_offset", "UInt64"),
 )
 REPORT_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in REPORT_COLUMNS)
+REPORT_COLUMN_TYPES: tuple[str, ...] = tuple(kind for _, kind in REPORT_COLUMNS)
 
 EVIDENCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("hour", "DateTime('UTC')"),
@@ -92,6 +93,7 @@ EVIDENCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("raw", "String"),
 )
 EVIDENCE_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in EVIDENCE_COLUMNS)
+EVIDENCE_COLUMN_TYPES: tuple[str, ...] = tuple(kind for _, kind in EVIDENCE_COLUMNS)
 
 # Dimensions of the per-minute rollup, in sort-key order (most selective for per-host reads first).
 ROLLUP_DIMENSIONS: tuple[str, ...] = (

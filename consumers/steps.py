@@ -19,10 +19,16 @@ from typing import Any
 
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from consumers.classify import Classifier, report_row
+from consumers.classify import Classification, Classifier, report_columns
 from consumers.decode import Rejected, WireRecord
 from consumers.metrics import OTHER, PLATFORMS, BatchTally, ConsumerMetrics
-from consumers.schema import EVIDENCE_COLUMN_NAMES, ID_DEDUP_FORMATS, REPORT_COLUMN_NAMES
+from consumers.schema import (
+    EVIDENCE_COLUMN_NAMES,
+    EVIDENCE_COLUMN_TYPES,
+    ID_DEDUP_FORMATS,
+    REPORT_COLUMN_NAMES,
+    REPORT_COLUMN_TYPES,
+)
 from consumers.store import Store, StoreError
 from pinwatch.logs import event
 from pinwatch.record import Kind
@@ -32,11 +38,6 @@ log = logging.getLogger("pinwatch.consumer")
 
 TopicPartition = tuple[str, int]
 PIN_VALIDATION = Kind.PIN_VALIDATION.value
-# Positions in a `reports` row (consumers.classify.report_row) that the retry lookup reads.
-_ID, _RECEIVED, _APP, _KIND, _FORMAT, _COUNT = (
-    REPORT_COLUMN_NAMES.index(name)
-    for name in ("id", "received_at", "app_id", "kind", "format", "count")
-)
 _EVIDENCE_ID, _EVIDENCE_APP = (
     EVIDENCE_COLUMN_NAMES.index("report_id"),
     EVIDENCE_COLUMN_NAMES.index("app_id"),
@@ -116,8 +117,12 @@ class DeadLetters:
 class Batch:
     """Rows of consecutive Kafka messages, and what committing them will count."""
 
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    keys: list[tuple[str, ...]] = field(default_factory=list)  # each row's metric labels (tally)
+    # One entry per report to insert, in step: the record, its classification, its Kafka
+    # (topic, partition, offset) and the metric labels it is tallied under.
+    records: list[WireRecord] = field(default_factory=list)
+    classes: list[Classification] = field(default_factory=list)
+    origins: list[tuple[str, int, int]] = field(default_factory=list)
+    keys: list[tuple[str, ...]] = field(default_factory=list)
     evidence: list[tuple[Any, ...]] = field(default_factory=list)
     first: dict[TopicPartition, int] = field(default_factory=dict)
     last: dict[TopicPartition, int] = field(default_factory=dict)
@@ -140,24 +145,31 @@ class Batch:
         return {tp: offset + 1 for tp, offset in self.last.items()}
 
     def drop_stored(self, stored: set[tuple[str, str]]) -> int:
-        """Remove the rows (and evidence) of reports already in ClickHouse, (app_id, id) in
-        `stored`, and take them out of the tally: they are client retries. Returns how many."""
+        """Remove the reports (and evidence) already in ClickHouse, (app_id, id) in `stored`,
+        and take them out of the tally: they are client retries. Returns how many."""
         if not stored:
             return 0
-        rows, keys, dropped = [], [], 0
+        keep = [
+            i
+            for i, r in enumerate(self.records)
+            if r.format not in ID_DEDUP_FORMATS or (r.app_id, r.id) not in stored
+        ]
         tally = self.tally
-        for row, key in zip(self.rows, self.keys, strict=True):
-            if row[_FORMAT] in ID_DEDUP_FORMATS and (row[_APP], row[_ID]) in stored:
-                counter = tally.pins if row[_KIND] == PIN_VALIDATION else tally.network
-                counter[key] -= row[_COUNT]
-                if counter[key] <= 0:
-                    del counter[key]
-                tally.kinds[row[_KIND]] -= 1
-                dropped += 1
-            else:
-                rows.append(row)
-                keys.append(key)
-        self.rows, self.keys = rows, keys
+        kept = set(keep)
+        for i, r in enumerate(self.records):
+            if i in kept:
+                continue
+            counter = tally.pins if r.kind == PIN_VALIDATION else tally.network
+            key = self.keys[i]
+            counter[key] -= r.count
+            if counter[key] <= 0:
+                del counter[key]
+            tally.kinds[r.kind] -= 1
+        dropped = len(self.records) - len(keep)
+        self.records = [self.records[i] for i in keep]
+        self.classes = [self.classes[i] for i in keep]
+        self.origins = [self.origins[i] for i in keep]
+        self.keys = [self.keys[i] for i in keep]
         self.evidence = [
             e for e in self.evidence if (e[_EVIDENCE_APP], e[_EVIDENCE_ID]) not in stored
         ]
@@ -166,8 +178,8 @@ class Batch:
 
 
 class Enricher:
-    """Classifies decoded records (consumers.decode) into `reports` rows and the metric keys they
-    will count under; samples evidence (full chains / raw payloads) per host, leaf pin and
+    """Classifies decoded records (consumers.decode) into a batch's reports and the metric keys
+    they will count under; samples evidence (full chains / raw payloads) per host, leaf pin and
     hour."""
 
     def __init__(
@@ -180,9 +192,7 @@ class Enricher:
         self._evidence_seen: dict[tuple[str, str, int], int] = {}
         self._evidence_hour = 0
 
-    def add(
-        self, r: WireRecord, batch: Batch, topic: str, partition: int, offset: int, store: bool
-    ) -> None:
+    def add(self, r: WireRecord, batch: Batch, origin: tuple[str, int, int], store: bool) -> None:
         """Classify record `r` into `batch`; `store=False` counts it without inserting (already
         stored before a crash, see `Progress`). Raises ClassifyError."""
         c = self.classifier.classify_fields(
@@ -213,7 +223,9 @@ class Enricher:
         tally.kinds[kind] += 1
         if not store:
             return
-        batch.rows.append(report_row(r, c, topic, partition, offset))
+        batch.records.append(r)
+        batch.classes.append(c)
+        batch.origins.append(origin)
         batch.keys.append(key)
         if (r.served_chain or r.raw) and self.evidence_per_key:
             self._sample(r, c.leaf_pin, c.pin_match, c.cause, batch)
@@ -375,13 +387,13 @@ class RecentIds:
             keep.append(r)
         return keep, len(records) - len(keep)
 
-    async def stored(self, rows: list[tuple[Any, ...]]) -> set[tuple[str, str]]:
-        """(app_id, id) of these `reports` rows already in ClickHouse within the window (stored
+    async def stored(self, records: list[WireRecord]) -> set[tuple[str, str]]:
+        """(app_id, id) of these records already in ClickHouse within the window (stored
         before a restart or rebalance, or by another process). Raises StoreError."""
-        keys = {(r[_APP], r[_ID]) for r in rows if r[_FORMAT] in ID_DEDUP_FORMATS}
+        keys = {(r.app_id, r.id) for r in records if r.format in ID_DEDUP_FORMATS}
         if not keys:
             return set()
-        since = max(r[_RECEIVED] for r in rows) - self.window_ms
+        since = max(r.received_at_ms for r in records) - self.window_ms
         found = await self.store.query_with_values(
             "SELECT DISTINCT app_id, id FROM {db}.report_ids "
             "WHERE received_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
@@ -417,7 +429,7 @@ class Writer:
 
     async def write(self, batch: Batch) -> bool:
         """True once stored; False only when asked to stop while ClickHouse was failing."""
-        if not batch.rows:
+        if not batch.records:
             return True
         token = batch.token()
         columns: list[list[Any]] | None = None
@@ -431,16 +443,17 @@ class Writer:
                     # Once per batch, before the first attempt: a retried attempt whose
                     # predecessor did store the rows must not find them and drop them.
                     if self.recent is not None:
-                        batch.drop_stored(await self.recent.stored(batch.rows))
-                        if not batch.rows:
+                        batch.drop_stored(await self.recent.stored(batch.records))
+                        if not batch.records:
                             self.on_trouble(False)
                             return True
-                    columns = [list(col) for col in zip(*batch.rows, strict=True)]
+                    columns = report_columns(batch.records, batch.classes, batch.origins)
                 await self.store.insert(
                     "reports",
                     columns,
                     REPORT_COLUMN_NAMES,
                     column_oriented=True,
+                    column_types=REPORT_COLUMN_TYPES,
                     settings={
                         "insert_deduplication_token": token,
                         "deduplicate_blocks_in_dependent_materialized_views": 1,
@@ -451,6 +464,7 @@ class Writer:
                         "evidence",
                         batch.evidence,
                         EVIDENCE_COLUMN_NAMES,
+                        column_types=EVIDENCE_COLUMN_TYPES,
                         settings={"insert_deduplication_token": token + ":evidence"},
                     )
             except StoreError as exc:
@@ -461,7 +475,7 @@ class Writer:
                     "insert_failed",
                     logging.WARNING,
                     attempt=attempt,
-                    rows=len(batch.rows),
+                    rows=len(batch.records),
                     retry_in=round(delay, 2),
                     error=str(exc)[:300],
                 )
@@ -473,7 +487,7 @@ class Writer:
             self.metrics.insert_seconds.observe(time.perf_counter() - started)
             self.metrics.last_insert.set(time.time())
             if attempt > 1:
-                event(log, "insert_recovered", attempts=attempt, rows=len(batch.rows))
+                event(log, "insert_recovered", attempts=attempt, rows=len(batch.records))
             self.on_trouble(False)
             return True
 
