@@ -30,6 +30,19 @@ PinKey = tuple[str, str, str, str, str, str, str, str]  # app,host,platform,vers
 NetKey = tuple[str, str, str, str]  # app, host, platform, category
 
 
+def fold_labels(
+    app_id: str, policy_host: str, platform: str, known_apps: frozenset[str]
+) -> tuple[str, str, str]:
+    """The (app, host, platform) label values every report metric shares, bounded: an app
+    outside the policy, a host no policy entry covers (policy_host '') and an unknown platform
+    fold into `other`."""
+    return (
+        app_id if app_id in known_apps else OTHER,
+        policy_host or OTHER,
+        platform if platform in PLATFORMS else OTHER,
+    )
+
+
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Numeric-aware ordering: 5.10.0 > 5.9.1 > 5.9.1-beta (a text part ranks below a number)."""
     return tuple(
@@ -159,10 +172,12 @@ class ConsumerMetrics:
     def apply(self, tally: BatchTally) -> None:
         """Add a committed batch's counts. Called with no await in between the commit and this,
         so a scrape sees either none or all of a batch."""
-        for key, n in tally.pins.items():
-            self.pin_validations.labels(*key).inc(n)
-        for key, n in tally.network.items():
-            self.network_errors.labels(*key).inc(n)
+        for counter, counts in (
+            (self.pin_validations, tally.pins),
+            (self.network_errors, tally.network),
+        ):
+            for key, n in counts.items():
+                counter.labels(*key).inc(n)
         for kind, n in tally.kinds.items():
             self.inserted.labels(kind=kind).inc(n)
         self.duplicates.inc(tally.duplicates)
@@ -176,15 +191,14 @@ class ConsumerMetrics:
         devices: Tally[tuple[str, str, str]] = Tally()
         networks: Tally[tuple[str, str, str]] = Tally()
         for app, host, cause, n_devices, n_networks in rows:
-            key = (app if app in known_apps else OTHER, host or OTHER, cause)
+            app_label, host_label, _ = fold_labels(app, host, "", known_apps)
+            key = (app_label, host_label, cause)
             devices[key] += n_devices
             networks[key] += n_networks
-        self.failing_devices.clear()
-        self.failing_networks.clear()
-        for key, n in devices.items():
-            self.failing_devices.labels(*key).set(n)
-        for key, n in networks.items():
-            self.failing_networks.labels(*key).set(n)
+        for gauge, counts in ((self.failing_devices, devices), (self.failing_networks, networks)):
+            gauge.clear()
+            for key, n in counts.items():
+                gauge.labels(*key).set(n)
 
 
 class BatchTally:

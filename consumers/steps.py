@@ -21,7 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from consumers.classify import Classification, Classifier, report_columns
 from consumers.decode import Rejected, WireRecord
-from consumers.metrics import OTHER, PLATFORMS, BatchTally, ConsumerMetrics
+from consumers.metrics import OTHER, BatchTally, ConsumerMetrics, fold_labels
 from consumers.schema import (
     EVIDENCE_COLUMN_NAMES,
     EVIDENCE_COLUMN_TYPES,
@@ -199,9 +199,7 @@ class Enricher:
             r.host, r.kind, r.result, r.enforced, r.served_chain, r.observed_pins
         )
         app_id = r.app_id
-        app = app_id if app_id in self.apps else OTHER
-        host = c.policy_host or OTHER
-        platform = r.platform if r.platform in PLATFORMS else OTHER
+        app, host, platform = fold_labels(app_id, c.policy_host, r.platform, self.apps)
         tally = batch.tally
         kind = r.kind
         key: tuple[str, ...]
