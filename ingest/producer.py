@@ -92,9 +92,14 @@ def _one_by_one(records: list[Record], limit: int) -> list[bytes]:
 
 @dataclass
 class _Pending:
+    """Records waiting for one partition's next message, and the requests waiting on them."""
+
     parts: list[bytes] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     size: int = 0
+    # One timer per group, not per request (asyncio.timeout per request was a tenth of a
+    # single-report request's cost): a request that joins later gets a little less time.
+    timer: asyncio.TimerHandle | None = None
 
 
 class KafkaSink:
@@ -109,7 +114,7 @@ class KafkaSink:
         self.producer: AIOKafkaProducer = producer  # type: ignore[assignment]
         self._resetting = False
         self._partitions: list[int] = []
-        self._pending: dict[int, _Pending] = defaultdict(_Pending)
+        self._pending: dict[int, _Pending] = {}
         self._busy: Counter[int] = Counter()  # partition -> its messages in flight
         self._pending_bytes = 0  # encoded bytes not yet acknowledged (buffered or in flight)
         self._wake = asyncio.Event()
@@ -219,7 +224,6 @@ class KafkaSink:
             return
         if not self.started:
             raise ProduceFailed("not_started", "the Kafka producer is not running")
-        timeout = self.settings.kafka_produce_timeout_seconds
         if self._pending_bytes > self.settings.ingest_max_pending_bytes:
             raise ProduceFailed("backlog", "too many records are waiting for Kafka")
         loop = asyncio.get_running_loop()
@@ -241,10 +245,14 @@ class KafkaSink:
         waiters = []
         for partition, parts in groups.items():
             size = sum(len(p) + 1 for p in parts)
-            pending = self._pending[partition]
-            if pending.size and pending.size + size > self.settings.kafka_max_message_bytes:
+            pending = self._pending.get(partition)
+            if pending and pending.size + size > self.settings.kafka_max_message_bytes:
                 self._drain_partition(partition)
-                pending = self._pending[partition]
+                pending = None
+            if pending is None:
+                pending = self._pending[partition] = _Pending()
+                timeout = self.settings.kafka_produce_timeout_seconds
+                pending.timer = loop.call_later(timeout, self._expire, partition, pending)
             waiter: asyncio.Future[None] = loop.create_future()
             pending.parts.extend(parts)
             pending.waiters.append(waiter)
@@ -252,13 +260,15 @@ class KafkaSink:
             self._pending_bytes += size
             waiters.append(waiter)
         self._wake.set()
+        if len(waiters) == 1:
+            await waiters[0]
+            return
         try:
-            async with asyncio.timeout(timeout):
-                await (waiters[0] if len(waiters) == 1 else asyncio.gather(*waiters))
-        except TimeoutError:
-            raise ProduceFailed(
-                "timeout", f"Kafka did not acknowledge within {timeout:g}s"
-            ) from None
+            await asyncio.gather(*waiters)
+        except ProduceFailed:
+            for waiter in waiters:
+                waiter.cancel()  # the answer is a 503 already; nobody reads the others
+            raise
 
     async def _flush_loop(self) -> None:
         while True:
@@ -293,6 +303,19 @@ class KafkaSink:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
+    def _expire(self, partition: int, pending: _Pending) -> None:
+        """Answer a group's requests 503 once their time is up. A group still waiting for its
+        partition (a message stuck in flight) is dropped: its requests were refused, and new
+        requests must not join a group whose timer is spent."""
+        if self._pending.get(partition) is pending:
+            del self._pending[partition]
+            self._pending_bytes -= pending.size
+        timeout = self.settings.kafka_produce_timeout_seconds
+        failure = ProduceFailed("timeout", f"Kafka did not acknowledge within {timeout:g}s")
+        for waiter in pending.waiters:
+            if not waiter.done():
+                waiter.set_exception(failure)
+
     async def _produce(self, partition: int, values: list[bytes], pending: _Pending) -> None:
         error: BaseException | None = None
         producer = self.producer
@@ -308,13 +331,15 @@ class KafkaSink:
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
         finally:
+            if pending.timer is not None:
+                pending.timer.cancel()
             self._pending_bytes -= pending.size
             self._busy[partition] -= 1
             if partition in self._pending:
                 self._wake.set()  # what gathered meanwhile goes next
         for waiter in pending.waiters:
             if waiter.done():
-                continue  # the request already gave up (timeout): it answered 503
+                continue  # the request already got its answer (timeout: 503)
             if error is None:
                 waiter.set_result(None)
             else:
