@@ -42,7 +42,7 @@ class Classification:
     policy_host: str  # '' when no policy entry covers the host
     observed_pins: list[str]
     client_pins_consistent: bool
-    pin_match: str  # primary | backup | none | ''
+    pin_match: str  # primary | backup | none (pins seen, none pinned) | '' (no policy or no pins)
     enforced: bool
     phase: str  # enforce | report_only | ''
     cause: str  # rotation_suspected | interception_suspected | unknown | ''
@@ -151,7 +151,9 @@ class Classifier:
             consistent = not client_pins or client_pins[0] == observed[0]
         else:
             observed, public_root, consistent = list(client_pins), False, True
-        pin_match = hp.match(observed).value if hp is not None else ""
+        # `none` is "pins were seen and none is pinned"; a report without any pins (NEL sends
+        # no keys) says nothing about them, so it matches nothing: ''.
+        pin_match = hp.match(observed).value if hp is not None and observed else ""
         if enforced is None:
             enforced = hp is not None and hp.phase is Phase.ENFORCE
         if result == Result.OK.value:

@@ -12,7 +12,8 @@ Label bounds: `app` is an app of the policy (else `other`); `host` is the policy
 the reported host (a subdomain under `include_subdomains` is counted under its entry), `other` for
 hosts outside the policy; `platform` one of the wire platforms (else `other`); `app_version` one
 of the `metrics_max_app_versions` highest versions seen per app (see `VersionLabels`), else
-`other`; `pin_match` is `unknown` for hosts outside the policy.
+`other`; `pin_match` is `unknown` for hosts outside the policy and for reports that carry no
+pins (a NEL report), `none` only when pins were seen and none of them is pinned.
 """
 
 from __future__ import annotations

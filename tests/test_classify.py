@@ -21,7 +21,7 @@ from consumers.roots import PublicRoots, RootsError
 from consumers.steps import Batch
 from pinwatch.certs import CertificateAuthority, Chain
 from pinwatch.policy import load_policy
-from pinwatch.record import ErrorCategory, Kind, Result, encode_batch
+from pinwatch.record import ErrorCategory, Format, Kind, Result, encode_batch
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,21 @@ def test_pin_match_enforced_and_phase(classifier: Classifier, ca: CertificateAut
     assert (c.policy_host, c.pin_match) == (TEST_HOST, "primary")
     c = classifier.classify(record(host="elsewhere.example", observed_pins=[ca.pin("primary")]))
     assert (c.policy_host, c.pin_match, c.phase, c.enforced) == ("", "", "", False)
+
+
+def test_a_report_without_pins_matches_nothing_rather_than_none(
+    classifier: Classifier, ca: CertificateAuthority
+) -> None:
+    """`none` means pins were seen and none of them is pinned (a would-fail chain); a report
+    that carries no pins at all (NEL: the browser sends no keys) tells nothing about the keys."""
+    nel = functools.partial(record, format=Format.NEL, enforced=True)
+    ok = classifier.classify(nel(result=Result.OK))
+    assert (ok.pin_match, ok.cause, ok.leaf_pin) == ("", "", "")
+    failed = classifier.classify(nel(result=Result.PIN_MISMATCH))
+    assert (failed.pin_match, failed.cause, failed.enforced) == ("", "unknown", True)
+    # with pins but no chain, the client's pins are matched as before
+    seen = classifier.classify(nel(observed_pins=[ca.pin("rotated")]))
+    assert (seen.pin_match, seen.cause) == ("none", "unknown")
 
 
 def test_client_pins_are_checked_against_the_chain(

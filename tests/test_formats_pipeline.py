@@ -127,7 +127,7 @@ async def test_client_formats_are_stored_classified_and_counted(
 
         # NEL: the pin failure has no chain, so no cause can be told; times from `age`
         row = by[("nel", "web", "pin_mismatch", "")]
-        assert (row["pin_match"], row["cause"], row["enforced"]) == ("none", "unknown", 1)
+        assert (row["pin_match"], row["cause"], row["enforced"]) == ("", "unknown", 1)
         assert row["received_ms"] - row["event_ms"] == 30_000
         assert by[("nel", "web", "ok", "")]["count"] == 10
         assert by[("nel", "web", "", "h2.protocol.error")]["error"] == "http"
