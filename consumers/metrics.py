@@ -64,6 +64,9 @@ class VersionLabels:
         self.limit = limit
         self._top: dict[str, list[str]] = {}  # app -> versions, highest first
         self._memo: dict[tuple[str, str], str] = {}
+        # Moves whenever a label may have changed (a version took another's slot), so callers
+        # that cache labels know to drop them.
+        self.generation = 0
 
     def seed(self, pairs: Iterable[tuple[str, str]]) -> None:
         for app, version in pairs:
@@ -84,6 +87,7 @@ class VersionLabels:
                 top.sort(key=version_key, reverse=True)
                 del top[self.limit :]
                 self._memo.clear()  # a slot moved: earlier decisions may be stale
+                self.generation += 1
         result = version if version in top else OTHER
         if len(self._memo) > 100_000:
             self._memo.clear()

@@ -177,6 +177,9 @@ class Batch:
         return dropped
 
 
+_MEMO_SIZE = 65_536
+
+
 class Enricher:
     """Classifies decoded records (consumers.decode) into a batch's reports and the metric keys
     they will count under; samples evidence (full chains / raw payloads) per host, leaf pin and
@@ -191,32 +194,41 @@ class Enricher:
         self.evidence_per_key = evidence_per_key
         self._evidence_seen: dict[tuple[str, str, int], int] = {}
         self._evidence_hour = 0
+        self._memo: dict[tuple[Any, ...], tuple[Classification, tuple[str, ...], bool]] = {}
+        self._generation = self.versions.generation
 
     def add(self, r: WireRecord, batch: Batch, origin: tuple[str, int, int], store: bool) -> None:
         """Classify record `r` into `batch`; `store=False` counts it without inserting (already
         stored before a crash, see `Progress`). Raises ClassifyError."""
-        c = self.classifier.classify_fields(
-            r.host, r.kind, r.result, r.enforced, r.served_chain, r.observed_pins
+        if self.versions.generation != self._generation:  # an app version lost its label
+            self._memo.clear()
+            self._generation = self.versions.generation
+        # Real traffic repeats a few combinations of these fields (per host, chain, outcome,
+        # app version): classification and metric labels are looked up once per combination.
+        memo_key = (
+            r.host,
+            r.kind,
+            r.result,
+            r.enforced,
+            r.served_chain,
+            r.observed_pins,
+            r.app_id,
+            r.app_version,
+            r.platform,
+            r.error,
         )
-        app_id = r.app_id
-        app, host, platform = fold_labels(app_id, c.policy_host, r.platform, self.apps)
+        found = self._memo.get(memo_key)
+        if found is None:
+            found = self._labels(r)
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[memo_key] = found
+        c, key, pin = found
         tally = batch.tally
         kind = r.kind
-        key: tuple[str, ...]
-        if kind == PIN_VALIDATION:
-            key = (
-                app,
-                host,
-                platform,
-                self.versions.label(app_id, r.app_version),
-                r.result or "",
-                c.pin_match or "unknown",
-                "true" if c.enforced else "false",
-                c.cause or "none",
-            )
+        if pin:
             tally.pins[key] += r.count
         else:
-            key = (app, host, platform, r.error or OTHER)
             tally.network[key] += r.count
         tally.kinds[kind] += 1
         if not store:
@@ -227,6 +239,26 @@ class Enricher:
         batch.keys.append(key)
         if (r.served_chain or r.raw) and self.evidence_per_key:
             self._sample(r, c.leaf_pin, c.pin_match, c.cause, batch)
+
+    def _labels(self, r: WireRecord) -> tuple[Classification, tuple[str, ...], bool]:
+        """(classification, metric labels, whether they are pin validation labels)."""
+        c = self.classifier.classify_fields(
+            r.host, r.kind, r.result, r.enforced, r.served_chain, r.observed_pins
+        )
+        app, host, platform = fold_labels(r.app_id, c.policy_host, r.platform, self.apps)
+        if r.kind == PIN_VALIDATION:
+            key = (
+                app,
+                host,
+                platform,
+                self.versions.label(r.app_id, r.app_version),
+                r.result or "",
+                c.pin_match or "unknown",
+                "true" if c.enforced else "false",
+                c.cause or "none",
+            )
+            return c, key, True
+        return c, (app, host, platform, r.error or OTHER), False
 
     def _sample(
         self, r: WireRecord, leaf_pin: str, pin_match: str, cause: str, batch: Batch

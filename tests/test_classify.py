@@ -16,9 +16,9 @@ from payloads import kafka_record
 
 from consumers.classify import Classifier, ClassifyError
 from consumers.decode import decode
-from consumers.metrics import VersionLabels, version_key
+from consumers.metrics import ConsumerMetrics, VersionLabels, version_key
 from consumers.roots import PublicRoots, RootsError
-from consumers.steps import Batch
+from consumers.steps import Batch, Enricher
 from pinwatch.certs import CertificateAuthority, Chain
 from pinwatch.policy import load_policy
 from pinwatch.record import ErrorCategory, Format, Kind, Result, encode_batch
@@ -170,6 +170,17 @@ def test_decode_rejects_records_one_by_one() -> None:
     assert records == [] and rejected[0].reason == "undecodable_message"
     records, rejected = decode(orjson.dumps({"v": 99, "records": []}))
     assert rejected[0].reason == "undecodable_message" and "v1" in rejected[0].detail
+
+
+def test_a_version_pushed_out_of_the_labels_is_counted_as_other(classifier: Classifier) -> None:
+    """The enricher caches labels per field combination; a version that loses its label slot
+    must not keep it through that cache."""
+    enricher = Enricher(classifier, ConsumerMetrics(max_app_versions=1), evidence_per_key=0)
+    batch = Batch()
+    for version in ("5.1.0", "5.2.0", "5.1.0"):
+        (r,), _ = decode(encode_batch([record(app_version=version, enforced=True)]))
+        enricher.add(r, batch, ("t", 0, 0), store=True)
+    assert [key[3] for key in batch.keys] == ["5.1.0", "5.2.0", "other"]
 
 
 def test_insert_token_is_the_offset_ranges() -> None:
