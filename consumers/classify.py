@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,6 @@ class Classification:
 
 
 _CHAIN_CACHE_SIZE = 4096
-_MEMO_SIZE = 65_536
 
 
 class Classifier:
@@ -61,7 +61,6 @@ class Classifier:
         self.roots = roots
         self._chains: OrderedDict[tuple[str, ...], ChainFacts] = OrderedDict()
         self._hosts: dict[str, HostPolicy | None] = {}
-        self._memo: dict[tuple[Any, ...], Classification] = {}
 
     def host_policy(self, host: str) -> HostPolicy | None:
         try:
@@ -111,22 +110,11 @@ class Classifier:
         kind: str,
         result: str | None,
         enforced: bool | None,
-        served_chain: list[str],
-        client_pins: list[str],
+        served_chain: Sequence[str],
+        client_pins: Sequence[str],
     ) -> Classification:
-        """Memoized: a classification depends only on these fields, and real traffic repeats
-        the same few combinations (per host, chain and outcome) over and over."""
-        key = (host, kind, result, enforced, tuple(served_chain), tuple(client_pins))
-        found = self._memo.get(key)
-        if found is None:
-            found = self._classify(key)
-            if len(self._memo) >= _MEMO_SIZE:
-                self._memo.clear()
-            self._memo[key] = found
-        return found
-
-    def _classify(self, key: tuple[Any, ...]) -> Classification:
-        host, kind, result, enforced, served_chain, client_pins = key
+        """A classification depends only on these fields (the consumer caches it per
+        combination, see consumers.steps.Enricher)."""
         hp = self.host_policy(host)
         phase = hp.phase.value if hp is not None else ""
         if kind != Kind.PIN_VALIDATION.value:
