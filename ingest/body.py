@@ -22,7 +22,7 @@ def _too_large(what: str, limit: int) -> ApiError:
 
 def content_encoding(request: Incoming) -> bool:
     """True for gzip, False for identity; 415 for anything else."""
-    value = request.headers.get("content-encoding", "").strip().lower()
+    value = (request.header(b"content-encoding") or "").strip().lower()
     if value in ("", "identity"):
         return False
     if value in ("gzip", "x-gzip"):
@@ -37,7 +37,7 @@ def content_encoding(request: Incoming) -> bool:
 
 async def read_body(request: Incoming, max_body: int, max_decompressed: int) -> bytes:
     gzipped = content_encoding(request)
-    declared = request.headers.get("content-length")
+    declared = request.header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise _too_large("request body", max_body)
     if not gzipped:

@@ -32,7 +32,7 @@ from pinwatch.settings import Settings
 
 log = logging.getLogger("pinwatch.ingest")
 
-KEY_HEADER = "x-pinwatch-key"
+KEY_HEADER = b"x-pinwatch-key"
 
 _PARAMETERS = [
     {
@@ -61,15 +61,20 @@ _PARAMETERS = [
 
 class Incoming:
     """What the report path reads of a request, straight from the ASGI scope: headers looked
-    up in a dict built once (Starlette's Request scans the header list on every access)."""
+    up in a dict built once (Starlette's Request scans the header list on every access), and
+    decoded only when read."""
 
     __slots__ = ("scope", "receive", "headers", "_held")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
         self.receive = receive
-        self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        self.headers: dict[bytes, bytes] = dict(scope["headers"])  # ASGI names are lower-case
         self._held: bytes | None = None  # a chunk first_chunk() read that stream() yields first
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
 
     def query(self, name: str) -> str | None:
         values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name)
@@ -156,7 +161,7 @@ class ReportPath:
 
     async def _accept(self, spec: FormatSpec, request: Incoming) -> tuple[int, list[Any]]:
         settings = self.settings
-        key = request.headers.get(KEY_HEADER) or request.query("key")
+        key = request.header(KEY_HEADER) or request.query("key")
         app_id = self.policy.app_for_key(key)
         if app_id is None:
             raise ApiError(
@@ -174,7 +179,7 @@ class ReportPath:
                 retry_after=wait,
                 reason=Reason.RATE_LIMITED,
             )
-        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        media = (request.header(b"content-type") or "").split(";", 1)[0].strip().lower()
         if media not in spec.content_types:
             raise ApiError(
                 415,
@@ -222,7 +227,7 @@ class ReportPath:
             hash_device=self.hasher,
             settings=self.settings,
             policy=self.policy,
-            user_agent=request.headers.get("user-agent", "")[: self.settings.max_string_length],
+            user_agent=(request.header(b"user-agent") or "")[: self.settings.max_string_length],
         )
         try:
             return spec.parse(spec.decode(body, self.settings), ctx)
