@@ -210,16 +210,26 @@ def _check_pins(pins: list[str], where: str) -> None:
 
 def _check_certificates(chain: list[str], where: str, max_bytes: int) -> None:
     for i, value in enumerate(chain):
-        try:
-            der = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadReport(f"{where}[{i}]", "must be base64 (DER certificate)") from None
-        if len(der) > max_bytes:
-            raise BadReport(f"{where}[{i}]", f"certificate larger than {max_bytes} bytes", 413)
-        try:
-            x509.load_der_x509_certificate(der)
-        except ValueError:
-            raise BadReport(f"{where}[{i}]", "is not a DER-encoded X.509 certificate") from None
+        problem = _certificate_problem(value, max_bytes)
+        if problem is not None:
+            raise BadReport(f"{where}[{i}]", *problem)
+
+
+# Chains repeat (one per server key and CDN edge): remember the verdict on recent certificates.
+@lru_cache(maxsize=4096)
+def _certificate_problem(value: str, max_bytes: int) -> tuple[str, int] | None:
+    """(problem, HTTP status) for a base64 DER certificate that is not one, else None."""
+    try:
+        der = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return "must be base64 (DER certificate)", 400
+    if len(der) > max_bytes:
+        return f"certificate larger than {max_bytes} bytes", 413
+    try:
+        x509.load_der_x509_certificate(der)
+    except ValueError:
+        return "is not a DER-encoded X.509 certificate", 400
+    return None
 
 
 def _ms(value: dt.datetime | None) -> int | None:
