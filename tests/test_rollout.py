@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import TEST_APP, TEST_HOST
-from payloads import native_batch, pin_validation
+from payloads import native_batch, nel_report, pin_validation
 from pipeline import Pipeline, run_pipeline
 from rollout_traffic import Sent, Traffic
 
@@ -152,11 +152,28 @@ def current_roles(ca: CertificateAuthority) -> dict[str, str]:
     return {ca.pin("primary"): "primary", ca.pin("backup"): "backup"}
 
 
+async def deliver_nel_without_pins(p: Pipeline, n: int, stored_before: int) -> None:
+    """Browser NEL reports for the host: successes and a pin failure, none carrying pins."""
+    items = [nel_report(f"https://{TEST_HOST}/", "ok", age_ms=i) for i in range(n - 1)]
+    items.append(nel_report(f"https://{TEST_HOST}/", "tls.cert.pinned_key_not_in_cert_chain"))
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            f"{p.ingest_url}/v1/reports/nel",
+            params={"key": INGEST_KEY},
+            content=json.dumps(items),
+            headers={"Content-Type": "application/reports+json"},
+        )
+    assert response.status_code == 202, response.text
+    await p.wait_inserted(stored_before + n)
+
+
 async def test_clean_rollout_is_ready(
     api: httpx.AsyncClient, pipeline: Pipeline, ca: CertificateAuthority
 ) -> None:
     traffic = Traffic.clean(ca)
     await deliver(pipeline, traffic)
+    # Reports without pins say nothing about the served keys: they change no number below.
+    await deliver_nel_without_pins(pipeline, 40, stored_before=len(traffic.sent))
     answer = await ask(api)
     check_numbers(answer, traffic, [ca.pin("primary"), ca.pin("backup")], current_roles(ca))
     assert answer["verdict"] == {"ready": True, "reasons": []}

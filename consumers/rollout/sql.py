@@ -105,13 +105,16 @@ class Query:
 
 def _where(src: Source, req: RolloutRequest) -> tuple[str, dict[str, Any]]:
     """Pin validations of the host in the window. `chain_invalid` is left out: system trust
-    already rejects those chains, so enforcing pins changes nothing for them."""
+    already rejects those chains, so enforcing pins changes nothing for them. So are reports
+    that carry no pins (NEL): they say nothing about which key was served, and an empty leaf
+    pin would otherwise count as one no candidate set contains."""
     since = "{since:DateTime64(3, 'UTC')}"
     conds = [
         "host = {host:String}",
         f"{src.time} >= {f'toStartOfHour({since})' if src.hourly else since}",
         f"{src.time} <= {{until:DateTime64(3, 'UTC')}}",
         "result IN ('ok', 'pin_mismatch')",
+        "leaf_pin != ''",
     ]
     if src.raw:
         conds.append("kind = 'pin_validation'")
