@@ -3,7 +3,8 @@
 Three servers, each a separate uvicorn process on loopback (uvloop + httptools), all producing
 to the real Kafka broker with acks=all and the idempotent producer:
 
-- pinwatch: the real ingest app (`ingest.app.create_app`), coalescing records into messages.
+- pinwatch: the real ingest app (`ingest.app.create_app`), coalescing records into messages,
+            with the garbage-collector tuning `pinwatch ingest` applies (`ingest.cli.tune_gc`).
 - naive:    FastAPI + a pydantic body model + `send_and_wait` per report (one message each).
 - bare:     an ASGI app that only reads the body and answers 202 (the HTTP ceiling, no Kafka).
 
@@ -154,8 +155,10 @@ def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path) -> Non
     )
     if kind == "pinwatch":
         from ingest.app import create_app
+        from ingest.cli import tune_gc
 
         app: Any = create_app(settings)
+        tune_gc()  # as `pinwatch ingest` does
     elif kind == "naive":
         app = _naive_app(settings)
     else:
