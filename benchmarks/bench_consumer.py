@@ -14,10 +14,10 @@
     timeout 600 .venv/bin/python benchmarks/bench_consumer.py   # short run (100k reports)
     .venv/bin/python benchmarks/bench_consumer.py --reports 500000
 
-Measured on the shared 2-core machine (three runs each, taking turns): before this session's
-changes 15,200-17,600 reports/s (ratio to the ceiling 0.12-0.17), after 37,000-46,800 reports/s
-(ratio 0.31-0.38); the ceiling 99,000-127,000 reports/s. The README's consumer section says
-what bounds it.
+Measured on the shared 2-core machine (three runs each, taking turns): at commit f0cb38e
+15,200-17,600 reports/s (ratio to the ceiling 0.12-0.17), after the changes since 37,000-46,800
+reports/s (ratio 0.31-0.38); the ceiling 99,000-127,000 reports/s. The README's consumer section
+says what bounds it.
 """
 
 from __future__ import annotations
