@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
@@ -229,39 +229,7 @@ class KafkaSink:
             raise ProduceFailed("not_started", "the Kafka producer is not running")
         if self._pending_bytes > self.settings.ingest_max_pending_bytes:
             raise ProduceFailed("backlog", "too many records are waiting for Kafka")
-        loop = asyncio.get_running_loop()
-        partitions = self._partitions
-        by_partition: dict[int, list[Record]] = defaultdict(list)
-        last_key, partition = b"", 0
-        for record in records:
-            key = partition_key(record)
-            if key != last_key:  # a native batch is one device: hash once
-                partition = partitions[zlib.crc32(key) % len(partitions)]
-                last_key = key
-            by_partition[partition].append(record)
-        limit = self.settings.kafka_max_message_bytes - len(_HEAD) - len(_TAIL) - 1
-        groups: dict[int, list[bytes]] = {}
-        for partition, group in by_partition.items():
-            # one encoder call per group ("r1,r2,..."); per record only when it must be split
-            encoded = encode_json(group)[1:-1]
-            groups[partition] = [encoded] if len(encoded) <= limit else _one_by_one(group, limit)
-        waiters = []
-        for partition, parts in groups.items():
-            size = sum(len(p) + 1 for p in parts)
-            pending = self._pending.get(partition)
-            if pending and pending.size + size > self.settings.kafka_max_message_bytes:
-                self._drain_partition(partition)
-                pending = None
-            if pending is None:
-                pending = self._pending[partition] = _Pending()
-                timeout = self.settings.kafka_produce_timeout_seconds
-                pending.timer = loop.call_later(timeout, self._expire, partition, pending)
-            waiter: asyncio.Future[None] = loop.create_future()
-            pending.parts.extend(parts)
-            pending.waiters.append(waiter)
-            pending.size += size
-            self._pending_bytes += size
-            waiters.append(waiter)
+        waiters = [self._enqueue(p, group) for p, group in self._by_partition(records)]
         self._wake.set()
         if len(waiters) == 1:
             await waiters[0]
@@ -272,6 +240,49 @@ class KafkaSink:
             for waiter in waiters:
                 waiter.cancel()  # the answer is a 503 already; nobody reads the others
             raise
+
+    def _by_partition(self, records: list[Record]) -> list[tuple[int, list[Record]]]:
+        partitions = self._partitions
+        if len(records) == 1:  # single-report requests: the common case, kept cheap
+            key = partition_key(records[0])
+            return [(partitions[zlib.crc32(key) % len(partitions)], records)]
+        groups: dict[int, list[Record]] = {}
+        last_key: bytes | None = None
+        group: list[Record] = []
+        for record in records:
+            key = partition_key(record)
+            if key != last_key:  # a native batch is one device: hash once
+                partition = partitions[zlib.crc32(key) % len(partitions)]
+                group = groups.setdefault(partition, [])
+                last_key = key
+            group.append(record)
+        return list(groups.items())
+
+    def _enqueue(self, partition: int, group: list[Record]) -> asyncio.Future[None]:
+        """Add one partition's records to its buffer; the future resolves once Kafka has them."""
+        limit = self.settings.kafka_max_message_bytes - len(_HEAD) - len(_TAIL) - 1
+        # one encoder call per group ("r1,r2,..."); per record only when it must be split
+        encoded = encode_json(group)[1:-1]
+        if len(encoded) <= limit:
+            parts, size = [encoded], len(encoded) + 1
+        else:
+            parts = _one_by_one(group, limit)
+            size = sum(len(p) + 1 for p in parts)
+        pending = self._pending.get(partition)
+        if pending and pending.size + size > self.settings.kafka_max_message_bytes:
+            self._drain_partition(partition)
+            pending = None
+        loop = asyncio.get_running_loop()
+        if pending is None:
+            pending = self._pending[partition] = _Pending()
+            timeout = self.settings.kafka_produce_timeout_seconds
+            pending.timer = loop.call_later(timeout, self._expire, partition, pending)
+        waiter: asyncio.Future[None] = loop.create_future()
+        pending.parts.extend(parts)
+        pending.waiters.append(waiter)
+        pending.size += size
+        self._pending_bytes += size
+        return waiter
 
     async def _flush_loop(self) -> None:
         while True:
