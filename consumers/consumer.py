@@ -221,8 +221,7 @@ class Consumer:
             records, duplicates = self.recent.fresh(records)
             batch.tally.duplicates += duplicates
         else:  # already stored by a consumer that crashed: these rows are the first copies
-            for record in records:
-                self.recent.remember(record)
+            self.recent.remember(records)
         for index, record in enumerate(records):
             try:
                 self.enricher.add(record, batch, origin, store)

@@ -394,15 +394,13 @@ class RecentIds:
         self.max_ids = max_ids
         self._ids: OrderedDict[tuple[str, str], int] = OrderedDict()
 
-    def remember(self, r: WireRecord) -> None:
-        if r.format not in ID_DEDUP_FORMATS:
-            return
-        self._ids[(r.app_id, r.id)] = r.received_at_ms
-        horizon = r.received_at_ms - self.window_ms
-        while self._ids and (
-            len(self._ids) > self.max_ids or next(iter(self._ids.values())) < horizon
-        ):
-            self._ids.popitem(last=False)
+    def remember(self, records: list[WireRecord]) -> None:
+        """Records counted elsewhere (already stored before a crash): later copies are not."""
+        ids = self._ids
+        for r in records:
+            if r.format in ID_DEDUP_FORMATS:
+                ids[(r.app_id, r.id)] = r.received_at_ms
+        self._forget_old(records)
 
     def fresh(self, records: list[WireRecord]) -> tuple[list[WireRecord], int]:
         """The records this process has not counted before (first copy wins within the
@@ -411,11 +409,23 @@ class RecentIds:
         ids = self._ids
         for r in records:
             if r.format in ID_DEDUP_FORMATS:
-                if (r.app_id, r.id) in ids:
+                key = (r.app_id, r.id)
+                if key in ids:
                     continue
-                self.remember(r)
+                ids[key] = r.received_at_ms
             keep.append(r)
+        self._forget_old(records)
         return keep, len(records) - len(keep)
+
+    def _forget_old(self, records: list[WireRecord]) -> None:
+        """Once per message, not per record: checking the oldest id per record cost as much as
+        the rest of the bookkeeping."""
+        if not records:
+            return
+        ids = self._ids
+        horizon = max(r.received_at_ms for r in records) - self.window_ms
+        while ids and (len(ids) > self.max_ids or next(iter(ids.values())) < horizon):
+            ids.popitem(last=False)
 
     async def stored(self, records: list[WireRecord]) -> set[tuple[str, str]]:
         """(app_id, id) of these records already in ClickHouse within the window (stored
