@@ -128,11 +128,14 @@ class Settings(BaseSettings):
     )
     clickhouse_database: str = Field("pinwatch", description="ClickHouse database name.")
     retention_days: int = Field(30, ge=1, description="TTL of raw reports in ClickHouse.")
+    # 50,000 rows / 48 MiB measured 15-30 % more reports/s than 20,000 / 16 MiB (fewer inserts,
+    # each paying its views' fixed cost); a batch holds about twice its bytes in memory, and two
+    # live at once (one inserting, one filling): about 200 MB at most.
     batch_max_rows: int = Field(
-        20_000, ge=1, description="Flush an insert batch at this many rows."
+        50_000, ge=1, description="Flush an insert batch at this many rows."
     )
     batch_max_bytes: int = Field(
-        16_777_216, ge=1024, description="Flush an insert batch at this many encoded bytes."
+        50_331_648, ge=1024, description="Flush an insert batch at this many encoded bytes."
     )
     batch_max_seconds: float = Field(1.0, gt=0, description="Flush an insert batch at this age.")
     metrics_max_app_versions: int = Field(
