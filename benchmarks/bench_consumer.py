@@ -11,13 +11,14 @@
    decoding, classification or retry lookup.
 4. Prints both and their ratio.
 
-    timeout 600 .venv/bin/python benchmarks/bench_consumer.py   # 300k reports
+    timeout 900 .venv/bin/python benchmarks/bench_consumer.py   # 300k reports, ~2 minutes
     .venv/bin/python benchmarks/bench_consumer.py --reports 500000
 
 Measured on the shared 2-core machine (runs taking turns): at commit f0cb38e 15,200-17,600
 reports/s (100k reports, cold engine; ratio 0.12-0.17); at 3c1704c 37,000-46,800 (100k, cold
-engine), and 50,500-56,000 with this script's warm engine and 300k reports (ceiling 108,000-
-132,000, ratio 0.38-0.49). The README's consumer section says what bounds it.
+engine), 42,300-56,000 with this script's warm engine and 300k reports; with 50,000-row batches
+48,700-62,300 (ceiling 124,000-141,000, ratio 0.37-0.50). The README's consumer section says
+what bounds it.
 """
 
 from __future__ import annotations
