@@ -236,7 +236,7 @@ async def run_ceiling(
     return time.perf_counter() - started, time.process_time() - cpu_started
 
 
-async def warm_up(settings: Settings, store: Store, records: list[Record]) -> None:
+async def warm_up(settings: Settings, records: list[Record]) -> None:
     """The engine's first insert in a process costs ~0.4 s more (chDB loads what inserts and
     the views need), once: startup, not throughput. Both timed runs start warm, neither pays it
     (the ceiling, run second, would otherwise be spared it while the consumer was not)."""
@@ -285,7 +285,7 @@ async def main(args: argparse.Namespace) -> int:
         records = make_records(ca, args.reports)
         print(f"producing them to Kafka ({args.batch} per message) ...", flush=True)
         ends = await produce(settings, records, args.batch)
-        await warm_up(settings, store, records)
+        await warm_up(settings, records)
 
         print("consumer: Kafka -> decode -> classify -> ClickHouse -> commit ...", flush=True)
         consumer_s, consumer_cpu = await run_consumer(settings, store, args.reports, ends)
