@@ -2,13 +2,26 @@
 
 Labels are bounded: `format` is one of the registered formats, `status` an HTTP status ingest
 answers with, `reason` one of the `Reason` values below.
+
+The counts are plain ints that the registry reads when scraped, not prometheus_client's Counter
+and Histogram: those take a lock and check their state on every increment (about half a
+microsecond each, four per single-report request, a tenth of the request's own work; see
+benchmarks/bench_ingest.py), and ingest counts on one event-loop thread, which needs neither.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from enum import StrEnum
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 
 class Reason(StrEnum):
@@ -25,37 +38,84 @@ class Reason(StrEnum):
     UNAVAILABLE = "unavailable"  # Kafka down, slow or backlogged
 
 
+class Tally:
+    """A counter by label values (a tuple in `labelnames` order)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.counts: dict[tuple[object, ...], int] = {}
+
+    def add(self, labels: tuple[object, ...], amount: int = 1) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in list(self.counts.items()):
+            family.add_metric([str(v) for v in labels], value)
+        yield family
+
+
+class Seconds:
+    """A histogram of durations, without labels."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames: tuple[str, ...] = ()
+        self.bounds = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # a bucket holds values <= its bound
+        self.sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), list(self.counts), strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=buckets, sum_value=self.sum
+        )
+
+
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        self.requests = Tally(
             "pinwatch_ingest_requests",
             "Report requests answered, by input format and HTTP status.",
-            ["format", "status"],
-            registry=self.registry,
+            ("format", "status"),
         )
-        self.reports = Counter(
+        self.reports = Tally(
             "pinwatch_ingest_reports",
             "Reports accepted, i.e. acknowledged by Kafka, by input format.",
-            ["format"],
-            registry=self.registry,
+            ("format",),
         )
-        self.rejected = Counter(
+        self.rejected = Tally(
             "pinwatch_ingest_rejected",
             "Requests (or batch items) rejected, by input format and reason.",
-            ["format", "reason"],
-            registry=self.registry,
+            ("format", "reason"),
         )
-        self.produce_seconds = Histogram(
+        self.produce_seconds = Seconds(
             "pinwatch_ingest_produce_seconds",
             "Time from handing a request's records to the producer until Kafka acknowledged all.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=self.registry,
         )
-        self.produce_errors = Counter(
+        self.produce_errors = Tally(
             "pinwatch_ingest_produce_errors",
             "Requests whose records Kafka did not acknowledge, by reason "
             "(timeout, kafka_error, backlog, not_started).",
-            ["reason"],
-            registry=self.registry,
+            ("reason",),
         )
+        for metric in (
+            self.requests,
+            self.reports,
+            self.rejected,
+            self.produce_seconds,
+            self.produce_errors,
+        ):
+            self.registry.register(metric)

@@ -142,22 +142,17 @@ class ReportPath:
         try:
             accepted, rejected = await self._accept(spec, request)
         except ApiError as exc:
-            self.metrics.requests.labels(spec.name, exc.status).inc()
+            self.metrics.requests.add((spec.name, exc.status))
             if exc.reason:
-                self.metrics.rejected.labels(spec.name, exc.reason).inc()
+                self.metrics.rejected.add((spec.name, exc.reason))
             extra = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after else []
             return exc.status, exc.body(), extra
-        answered, reports = self._accepted_counters(spec.name)
-        answered.inc()
-        reports.inc(accepted)
+        metrics = self.metrics
+        metrics.requests.add((spec.name, 202))
+        metrics.reports.add((spec.name,), accepted)
         if rejected:
-            self.metrics.rejected.labels(spec.name, Reason.BAD_ITEM).inc(len(rejected))
+            metrics.rejected.add((spec.name, Reason.BAD_ITEM), len(rejected))
         return 202, orjson.dumps({"accepted": accepted, "rejected": rejected}), []
-
-    @lru_cache(maxsize=16)  # noqa: B019 - one entry per format, the app lives as long as this
-    def _accepted_counters(self, name: str) -> tuple[Any, Any]:
-        """The format's 202 request and report counters (`labels()` costs more than `inc()`)."""
-        return self.metrics.requests.labels(name, 202), self.metrics.reports.labels(name)
 
     async def _accept(self, spec: FormatSpec, request: Incoming) -> tuple[int, list[Any]]:
         settings = self.settings
@@ -203,7 +198,7 @@ class ReportPath:
         try:
             await self.sink.send(parsed.records)
         except ProduceFailed as exc:
-            self.metrics.produce_errors.labels(exc.reason).inc()
+            self.metrics.produce_errors.add((exc.reason,))
             raise ApiError(
                 503,
                 "unavailable",

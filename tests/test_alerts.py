@@ -135,7 +135,9 @@ def _exposed() -> dict[str, set[str]]:
     names: dict[str, set[str]] = {"up": {"job", "instance"}}
     for registry in (ConsumerMetrics().registry, IngestMetrics().registry):
         for metric in registry._collector_to_names:  # noqa: SLF001 - label names per metric
-            labels = set(getattr(metric, "_labelnames", ())) | {"job", "instance"}
+            # prometheus_client's metrics keep `_labelnames`; ingest's own counts `labelnames`
+            declared = getattr(metric, "labelnames", None) or getattr(metric, "_labelnames", ())
+            labels = set(declared) | {"job", "instance"}
             for sample in registry._collector_to_names[metric]:  # noqa: SLF001
                 names[sample] = labels
     return names
