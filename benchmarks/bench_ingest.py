@@ -1,7 +1,8 @@
 """Ingest throughput against the real broker, next to two baselines run in the same script.
 
 Three servers, each a separate uvicorn process on loopback (uvloop + httptools), all producing
-to the real Kafka broker with acks=all and the idempotent producer:
+to the real Kafka broker with acks=all and the idempotent producer (pinwatch and bare with the
+proxy-header options `pinwatch ingest` uses, naive with uvicorn's defaults):
 
 - pinwatch: the real ingest app (`ingest.app.create_app`), coalescing records into messages,
             with the garbage-collector tuning `pinwatch ingest` applies (`ingest.cli.tune_gc`).
@@ -154,9 +155,13 @@ def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path) -> Non
         ingest_rate_limit_per_second=0,
         log_level="WARNING",
     )
+    from ingest.cli import proxy_options, tune_gc
+
+    # pinwatch and its ceiling run as `pinwatch ingest` configures uvicorn; naive with
+    # uvicorn's defaults, as a FastAPI app usually is
+    options = {} if kind == "naive" else proxy_options(settings)
     if kind == "pinwatch":
         from ingest.app import create_app
-        from ingest.cli import tune_gc
 
         app: Any = create_app(settings)
         tune_gc()  # as `pinwatch ingest` does
@@ -173,6 +178,7 @@ def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path) -> Non
         access_log=False,
         log_level="warning",
         lifespan="on",
+        **options,
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import sys
+from typing import Any
 
 from pinwatch.logs import event
 from pinwatch.policy import PolicyError, load_policy
@@ -36,6 +37,16 @@ def tune_gc() -> None:
     allocated is frozen out of the scans. Process-wide, so the command does it, not the app."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy-header options: off unless proxies are named. The client address becomes
+    `client_network`, which tells interception on one network apart from a rotation, so which
+    proxies may rewrite it is a deployment fact to state, not uvicorn's default (127.0.0.1);
+    and uvicorn's proxy middleware costs a few microseconds a request even when no proxy
+    header is sent (benchmarks/bench_ingest.py)."""
+    trusted = settings.ingest_forwarded_allow_ips.strip()
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,6 +75,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=int(settings.kafka_produce_timeout_seconds) + 1,
+            **proxy_options(settings),
         )
         server = uvicorn.Server(config)
         await server.serve()

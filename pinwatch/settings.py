@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     # --- ingest -------------------------------------------------------------------------------
     ingest_host: str = Field("127.0.0.1", description="Ingest listen address.")
     ingest_port: int = Field(8787, description="Ingest listen port.")
+    ingest_forwarded_allow_ips: str = Field(
+        "",
+        description="Reverse proxies whose X-Forwarded-For/-Proto ingest believes (comma-separated "
+        "IPs or CIDRs, `*` for any). Empty: none, the connecting address is the client's.",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body as sent (compressed or not)."
     )
