@@ -46,15 +46,34 @@ def test_bad_policy_exits_nonzero_naming_the_line(tmp_path: Path) -> None:
     assert not port_open("127.0.0.1", port)
 
 
-def _env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PINWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "PINWATCH_KAFKA_TOPIC": settings.kafka_topic,
-        "PINWATCH_KAFKA_DEAD_LETTER_TOPIC": settings.kafka_dead_letter_topic,
-        "PINWATCH_INGEST_PORT": str(port),
-        **extra,
-    }
+async def _start_ingest(settings: Settings, **env: str) -> tuple[asyncio.subprocess.Process, str]:
+    """`pinwatch ingest` on a free port against the test broker and topics, once it is ready;
+    (process, base URL). Its stdout and stderr are pipes for the caller to read."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *PINWATCH,
+        "ingest",
+        "--policy",
+        str(settings.policy_file),
+        env={
+            **os.environ,
+            "PINWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "PINWATCH_KAFKA_TOPIC": settings.kafka_topic,
+            "PINWATCH_KAFKA_DEAD_LETTER_TOPIC": settings.kafka_dead_letter_topic,
+            "PINWATCH_INGEST_PORT": str(port),
+            **env,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(url, running=lambda: proc.returncode is None, what="pinwatch ingest")
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, url
 
 
 @pytest.mark.integration
@@ -62,20 +81,8 @@ async def test_serves_until_sigterm_then_exits_cleanly(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings()
-    port = free_port()
-    env = _env(settings, port)
-    proc = await asyncio.create_subprocess_exec(
-        *PINWATCH,
-        "ingest",
-        "--policy",
-        str(settings.policy_file),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc, url = await _start_ingest(settings)
     try:
-        url = f"http://127.0.0.1:{port}"
-        await wait_ready(url, running=lambda: proc.returncode is None, what="pinwatch ingest")
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             body = native_batch([network_error(TEST_HOST)], app=TEST_APP)
             response = await client.post(
@@ -103,21 +110,9 @@ async def test_forwarded_for_is_believed_from_named_proxies_only(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings()
-    port = free_port()
-    env = _env(settings, port, PINWATCH_INGEST_FORWARDED_ALLOW_IPS="127.0.0.1")
-    proc = await asyncio.create_subprocess_exec(
-        *PINWATCH,
-        "ingest",
-        "--policy",
-        str(settings.policy_file),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc, url = await _start_ingest(settings, PINWATCH_INGEST_FORWARDED_ALLOW_IPS="127.0.0.1")
     sent: dict[str, str] = {}
     try:
-        url = f"http://127.0.0.1:{port}"
-        await wait_ready(url, running=lambda: proc.returncode is None, what="pinwatch ingest")
         for source in ("127.0.0.1", "127.0.0.3"):  # the named proxy; any other peer
             transport = httpx.AsyncHTTPTransport(local_address=source)
             async with httpx.AsyncClient(base_url=url, transport=transport) as client:
@@ -135,7 +130,7 @@ async def test_forwarded_for_is_believed_from_named_proxies_only(
                 sent[body["reports"][0]["id"]] = source
     finally:
         proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
+        await asyncio.wait_for(proc.communicate(), 30)
     got = {r.id: r.client_network for r in await read_records(settings, min_records=2)}
     by_source = {source: got[report_id] for report_id, source in sent.items()}
     assert by_source == {"127.0.0.1": "198.51.100.0/24", "127.0.0.3": "127.0.0.0/24"}
