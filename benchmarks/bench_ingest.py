@@ -219,9 +219,20 @@ class Result:
     requests: int = 0
     failures: int = 0
     seconds: float = 0.0
+    server_cpu: float = 0.0  # seconds of CPU the server process used during the run
 
     def reports_per_second(self, per_request: int) -> float:
         return self.requests * per_request / self.seconds if self.seconds else 0.0
+
+    def cpu_per_request_us(self) -> float:
+        return self.server_cpu / self.requests * 1e6 if self.requests else 0.0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc): what a request costs the server,
+    steadier than requests/s on a machine others share."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _connection(
@@ -282,7 +293,9 @@ def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 60
     raise SystemExit("server did not become ready")
 
 
-Ratios = dict[int, list[float]]  # reports per request -> pinwatch/naive in each round
+# reports per request -> pinwatch/naive in each round: reports/s ("rate") and server CPU a
+# request, naive's over pinwatch's ("cpu")
+Ratios = dict[str, dict[int, list[float]]]
 
 
 def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, dict[int, Result]], Ratios]:
@@ -298,7 +311,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, dict[int, Result]
     uvloop.install()
 
     results: dict[str, dict[int, Result]] = {kind: {} for kind in args.servers}
-    ratios: Ratios = {1: [], 50: []}
+    ratios: Ratios = {"rate": {1: [], 50: []}, "cpu": {1: [], 50: []}}
     processes: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         policy = _policy_file(Path(tmp))
@@ -319,12 +332,14 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, dict[int, Result]
                     (1, args.connections),
                     (50, args.batch_connections),
                 ):
-                    this_round: dict[str, float] = {}
-                    for kind, (port, _) in processes.items():
+                    this_round: dict[str, Result] = {}
+                    for kind, (port, process) in processes.items():
+                        cpu_before = _cpu_seconds(process.pid)
                         result = asyncio.run(
                             load(port, per_request, connections, args.seconds, args.max_requests)
                         )
-                        this_round[kind] = result.reports_per_second(per_request)
+                        result.server_cpu = _cpu_seconds(process.pid) - cpu_before
+                        this_round[kind] = result
                         best = results[kind].get(per_request)
                         if best is None or result.reports_per_second(
                             per_request
@@ -334,13 +349,22 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, dict[int, Result]
                             f"round {round_number} {kind:>9} {per_request:>3} report(s)/request: "
                             f"{result.reports_per_second(per_request):>10,.0f} reports/s "
                             f"({result.requests:,} requests in {result.seconds:.1f}s, "
-                            f"{result.failures} not 202)",
+                            f"{result.failures} not 202, "
+                            f"server {result.cpu_per_request_us():.0f} us CPU a request)",
                             flush=True,
                         )
-                    if this_round.get("pinwatch") and this_round.get("naive"):
-                        ratio = this_round["pinwatch"] / this_round["naive"]
-                        ratios[per_request].append(ratio)
-                        print(f"round {round_number} pinwatch/naive in this round: {ratio:.1f}x")
+                    ours, naive = this_round.get("pinwatch"), this_round.get("naive")
+                    if ours and naive and ours.requests and naive.requests:
+                        rate = ours.reports_per_second(per_request) / naive.reports_per_second(
+                            per_request
+                        )
+                        cpu = naive.cpu_per_request_us() / ours.cpu_per_request_us()
+                        ratios["rate"][per_request].append(rate)
+                        ratios["cpu"][per_request].append(cpu)
+                        print(
+                            f"round {round_number} pinwatch/naive in this round: {rate:.1f}x "
+                            f"reports/s, {cpu:.1f}x less server CPU a request"
+                        )
         finally:
             for _, process in processes.values():
                 process.terminate()
@@ -359,10 +383,13 @@ def report(results: dict[str, dict[int, Result]], ratios: Ratios) -> None:
         line = f"{label}: pinwatch {ours:,.0f} reports/s"
         if rate("naive", n):
             line += f" = {ours / rate('naive', n):.1f}x naive (best vs best)"
-        if ratios[n]:
+        if ratios["rate"][n]:
             # Each round runs the servers back to back, so a round's ratio compares them under
             # the same load from elsewhere; the median of those is the steadier estimate.
-            line += f", {statistics.median(ratios[n]):.1f}x median of the rounds' ratios"
+            line += f", {statistics.median(ratios['rate'][n]):.1f}x median of the rounds' ratios"
+            line += (
+                f" ({statistics.median(ratios['cpu'][n]):.1f}x less server CPU a request, median)"
+            )
         if rate("bare", n):
             line += f", {ours / rate('bare', n):.0%} of the bare-ASGI ceiling"
         print(line)
