@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import certifi
 from pydantic import Field
@@ -110,9 +111,10 @@ class Settings(BaseSettings):
         description="Largest Kafka message ingest writes (below the broker's ~1 MB default); "
         "bigger batches are split into several messages.",
     )
-    kafka_compression: str = Field(
+    kafka_compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
         "none",
-        description="Producer compression: none or gzip (lz4, zstd, snappy need cramjam).",
+        description="Compression of ingest's Kafka messages: none, gzip, lz4, zstd or snappy "
+        "(consumers read any).",
     )
     ingest_max_pending_bytes: int = Field(
         67_108_864,

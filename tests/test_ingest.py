@@ -457,3 +457,13 @@ async def test_concurrent_requests_are_all_on_the_topic(ingest: Any) -> None:
     ids = [r.id for _, value in messages for r in decode_batch(value)]
     assert sorted(ids) == sorted(b["reports"][0]["id"] for b in bodies)
     assert len(messages) < 200  # coalesced
+
+
+@pytest.mark.parametrize("codec", ["gzip", "lz4", "zstd", "snappy"])
+async def test_compressed_messages_read_back_exactly(ingest: Any, codec: str) -> None:
+    running = await ingest(kafka_compression=codec)
+    reports = [network_error(TEST_HOST, "tls", count=i + 1) for i in range(20)]
+    response = await running.post(native_batch(reports, app=TEST_APP))
+    assert response.status_code == 202, response.text
+    got = await read_records(running.settings, min_records=20)
+    assert [(r.id, r.count) for r in got] == [(r["id"], r["count"]) for r in reports]
