@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qs
@@ -60,34 +60,51 @@ _PARAMETERS = [
 
 
 class Incoming:
-    """What the report path reads of a request, straight from the ASGI scope: headers looked
-    up in a dict built once (Starlette's Request scans the header list on every access), and
-    decoded only when read."""
+    """What the report path reads of a request: headers looked up in a dict built once
+    (Starlette's Request scans the header list on every access), decoded only when read; the
+    body either given whole (`ingest.protocol`'s short way) or received from ASGI."""
 
-    __slots__ = ("scope", "receive", "headers", "_held")
+    __slots__ = ("headers", "query_string", "client_host", "receive", "_held", "_ended")
 
-    def __init__(self, scope: Scope, receive: Receive) -> None:
-        self.scope = scope
+    def __init__(
+        self,
+        headers: dict[bytes, bytes],
+        query_string: bytes,
+        client_host: str | None,
+        receive: Receive | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        self.headers = headers  # names lower-case, as ASGI and uvicorn give them
+        self.query_string = query_string
+        self.client_host = client_host
         self.receive = receive
-        self.headers: dict[bytes, bytes] = dict(scope["headers"])  # ASGI names are lower-case
-        self._held: bytes | None = None  # a chunk first_chunk() read that stream() yields first
+        self._held = body  # a piece read already, which stream() yields first
+        self._ended = body is not None  # nothing follows _held
+
+    @classmethod
+    def from_scope(cls, scope: Scope, receive: Receive) -> Incoming:
+        client = scope.get("client")
+        return cls(
+            dict(scope["headers"]),
+            scope.get("query_string", b""),
+            client[0] if client else None,
+            receive,
+        )
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)
         return None if value is None else value.decode("latin-1")
 
     def query(self, name: str) -> str | None:
-        values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name)
+        values = parse_qs(self.query_string.decode("latin-1")).get(name)
         return values[0] if values else None
-
-    @property
-    def client_host(self) -> str | None:
-        client = self.scope.get("client")
-        return client[0] if client else None
 
     async def first_chunk(self) -> bytes | None:
         """The whole body when it came in one piece (no async generator needed), else None and
         `stream()` starts with this piece."""
+        if self._ended:
+            held, self._held = self._held, None
+            return held or b""
         message = await self._next()
         body = message.get("body", b"")
         if not message.get("more_body", False):
@@ -99,20 +116,21 @@ class Incoming:
         if self._held is not None:
             held, self._held = self._held, None
             yield held
-        while True:
+        while not self._ended:
             message = await self._next()
             yield message.get("body", b"")
-            if not message.get("more_body", False):
-                return
+            self._ended = not message.get("more_body", False)
 
     async def _next(self) -> Any:
+        if self.receive is None:
+            raise RuntimeError("Incoming without a body source")  # a bug here, not input
         message = await self.receive()
         if message["type"] == "http.disconnect":
             raise ApiError(400, "bad_json", "the client went away before the body ended")
         return message
 
 
-_JSON = (b"content-type", b"application/json")
+JSON_TYPE = (b"content-type", b"application/json")
 
 
 class ReportPath:
@@ -241,25 +259,29 @@ class ReportPath:
             ) from None
 
 
-class _ReportEndpoint:
+class ReportEndpoint:
     """A report route as a plain ASGI app: FastAPI's per-request machinery (middleware, route
     matching, dependency solving) cost more than the whole report path, so `IngestApp`
-    dispatches POSTs here directly; `report_router` documents the same routes."""
+    dispatches POSTs here directly; `report_router` documents the same routes.
+    `ingest.protocol` calls `answer` itself, without ASGI."""
 
     def __init__(self, path: ReportPath, spec: FormatSpec) -> None:
         self.path = path
         self.spec = spec
 
+    def answer(self, request: Incoming) -> Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]:
+        return self.path.handle(self.spec, request)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        status, body, extra = await self.path.handle(self.spec, Incoming(scope, receive))
-        headers = [_JSON, (b"content-length", str(len(body)).encode()), *extra]
+        status, body, extra = await self.answer(Incoming.from_scope(scope, receive))
+        headers = [JSON_TYPE, (b"content-length", str(len(body)).encode()), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
-def post_endpoints(path: ReportPath) -> dict[str, _ReportEndpoint]:
+def post_endpoints(path: ReportPath) -> dict[str, ReportEndpoint]:
     """Report path -> its endpoint, for `ingest.app.IngestApp`'s direct dispatch."""
-    return {spec.path: _ReportEndpoint(path, spec) for spec in FORMATS.values()}
+    return {spec.path: ReportEndpoint(path, spec) for spec in FORMATS.values()}
 
 
 # Parsing addresses with ipaddress costs ~30 us; clients repeat (NAT, keep-alive), so remember.
@@ -303,7 +325,9 @@ async def _preflight() -> Response:
 def _endpoint(path: ReportPath, spec: FormatSpec):  # noqa: ANN202 - FastAPI reads its signature
     async def post_reports(request: Request) -> Response:
         # Served like this only where IngestApp's direct dispatch is bypassed (a mounted router)
-        status, body, extra = await path.handle(spec, Incoming(request.scope, request.receive))
+        status, body, extra = await path.handle(
+            spec, Incoming.from_scope(request.scope, request.receive)
+        )
         headers = {k.decode(): v.decode() for k, v in extra}
         return Response(body, status, headers=headers, media_type="application/json")
 
