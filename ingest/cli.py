@@ -49,6 +49,19 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
     return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
 
 
+def server_options(settings: Settings, app: Any) -> dict[str, Any]:
+    """uvicorn's options for serving the ingest `app`: the proxy options, and the HTTP
+    protocol that answers report POSTs without ASGI (ingest/protocol.py). That short way
+    reads the peer's address itself, so with proxies to believe it stays off and uvicorn's
+    proxy middleware sees every request."""
+    from ingest.protocol import report_protocol
+
+    options = proxy_options(settings)
+    short_way = not options["proxy_headers"]
+    options["http"] = report_protocol(app.post_endpoints) if short_way else "httptools"
+    return options
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         policy = load_policy(settings.policy_file)
@@ -75,7 +88,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=int(settings.kafka_produce_timeout_seconds) + 1,
-            **proxy_options(settings),
+            **server_options(settings, app),
         )
         server = uvicorn.Server(config)
         await server.serve()

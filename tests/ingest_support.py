@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
-from serve import serve
+from serve import serve_ingest
 
 from pinwatch.record import Record, decode_batch
 from pinwatch.settings import Settings
@@ -48,10 +48,8 @@ async def ingest_apps(
     async with AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> RunningIngest:
-            from ingest.app import create_app
-
             settings = make_settings(**overrides)
-            url = await stack.enter_async_context(serve(create_app(settings)))
+            url = await stack.enter_async_context(serve_ingest(settings))
             running = RunningIngest(url, settings, default_headers or {})
             stack.push_async_callback(running.client.aclose)
             return running

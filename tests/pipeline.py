@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from serve import Served, start_server
+from serve import Served, start_ingest, start_server
 
 from consumers.api import create_api
 from consumers.consumer import Consumer
@@ -133,9 +133,7 @@ async def run_pipeline(
         await store.migrate(settings)
         ingest_url = ""
         if ingest:
-            from ingest.app import create_app
-
-            servers.append(await start_server(create_app(settings), lifespan="on"))
+            servers.append(await start_ingest(settings))
             ingest_url = servers[-1].url
         if consumer:
             engine = Consumer(settings, store)

@@ -16,6 +16,7 @@ import httpx
 import uvicorn
 
 from pinwatch.localkafka import free_port
+from pinwatch.settings import Settings
 
 
 @dataclass
@@ -32,12 +33,23 @@ class Served:
 
 
 async def start_server(
-    app: Any, *, lifespan: Literal["on", "off"] = "on", startup_seconds: float = 30.0
+    app: Any,
+    *,
+    lifespan: Literal["on", "off"] = "on",
+    startup_seconds: float = 30.0,
+    options: dict[str, Any] | None = None,
 ) -> Served:
-    """Start serving `app`; returns once uvicorn listens (or raises its startup failure)."""
+    """Start serving `app`; returns once uvicorn listens (or raises its startup failure).
+    `options`: more of uvicorn's settings."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, lifespan=lifespan, log_config=None, access_log=False
+        app,
+        host="127.0.0.1",
+        port=port,
+        lifespan=lifespan,
+        log_config=None,
+        access_log=False,
+        **(options or {}),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -52,10 +64,29 @@ async def start_server(
     return Served(server, task, f"http://127.0.0.1:{port}")
 
 
+async def start_ingest(settings: Settings) -> Served:
+    """A fresh ingest app served as `pinwatch ingest` serves it (its report protocol included)."""
+    from ingest.app import create_app
+    from ingest.cli import server_options
+
+    app = create_app(settings)
+    return await start_server(app, options=server_options(settings, app))
+
+
 @asynccontextmanager
 async def serve(app: Any, startup_seconds: float = 30.0) -> AsyncIterator[str]:
     """Run `app` (lifespan on) for the block; yields its base URL."""
     served = await start_server(app, startup_seconds=startup_seconds)
+    try:
+        yield served.url
+    finally:
+        await served.stop(startup_seconds)
+
+
+@asynccontextmanager
+async def serve_ingest(settings: Settings, startup_seconds: float = 30.0) -> AsyncIterator[str]:
+    """`start_ingest` for the block; yields its base URL."""
+    served = await start_ingest(settings)
     try:
         yield served.url
     finally:

@@ -18,9 +18,8 @@ import pytest
 from conftest import TEST_APP, TEST_HOST, TEST_KEY
 from ingest_support import read_records
 from payloads import native_batch, network_error
-from serve import serve
+from serve import serve_ingest
 
-from ingest.app import create_app
 from pinwatch.localkafka import LocalKafka, free_port
 from pinwatch.settings import Settings
 
@@ -49,7 +48,7 @@ async def test_kafka_down_answers_503_and_loses_no_202(
             ingest_retry_after_seconds=7,
         )
         async with (
-            serve(create_app(settings)) as url,
+            serve_ingest(settings) as url,
             httpx.AsyncClient(base_url=url, timeout=30) as client,
         ):
             answers: list[tuple[str, int, float, dict[str, Any]]] = []
