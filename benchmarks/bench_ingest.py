@@ -1,13 +1,16 @@
 """Ingest throughput against the real broker, next to two baselines run in the same script.
 
 Three servers, each a separate uvicorn process on loopback (uvloop + httptools), all producing
-to the real Kafka broker with acks=all and the idempotent producer (pinwatch and bare with the
-proxy-header options `pinwatch ingest` uses, naive with uvicorn's defaults):
+to the real Kafka broker with acks=all and the idempotent producer:
 
-- pinwatch: the real ingest app (`ingest.app.create_app`), coalescing records into messages,
-            with the garbage-collector tuning `pinwatch ingest` applies (`ingest.cli.tune_gc`).
-- naive:    FastAPI + a pydantic body model + `send_and_wait` per report (one message each).
-- bare:     an ASGI app that only reads the body and answers 202 (the HTTP ceiling, no Kafka).
+- pinwatch: the real ingest app (`ingest.app.create_app`) served as `pinwatch ingest` serves it
+            (`ingest.cli.server_options`: its report protocol, which answers report POSTs
+            without ASGI, and the proxy options), coalescing records into messages, with the
+            garbage-collector tuning `pinwatch ingest` applies (`ingest.cli.tune_gc`).
+- naive:    FastAPI + a pydantic body model + `send_and_wait` per report (one message each),
+            with uvicorn's defaults, as a FastAPI app usually is served.
+- bare:     an ASGI app that only reads the body and answers 202, with pinwatch's proxy
+            options: the ceiling of any ASGI app (pinwatch's report path is no longer one).
 
 The load generator (this process) keeps N keep-alive connections busy with raw HTTP/1.1 requests
 (an httpx client would be the bottleneck), for single-report POSTs and 50-report batches,
@@ -155,26 +158,28 @@ def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path) -> Non
         ingest_rate_limit_per_second=0,
         log_level="WARNING",
     )
-    from ingest.cli import proxy_options, tune_gc
+    from ingest.cli import proxy_options, server_options, tune_gc
 
-    # pinwatch and its ceiling run as `pinwatch ingest` configures uvicorn; naive with
-    # uvicorn's defaults, as a FastAPI app usually is
-    options = {} if kind == "naive" else proxy_options(settings)
+    # pinwatch runs as `pinwatch ingest` configures uvicorn (its report protocol included), the
+    # bare ceiling with the same proxy options, naive with uvicorn's defaults, as a FastAPI app
+    # usually is
+    options: dict[str, Any] = {"http": "httptools"}
     if kind == "pinwatch":
         from ingest.app import create_app
 
         app: Any = create_app(settings)
+        options.update(server_options(settings, app))
         tune_gc()  # as `pinwatch ingest` does
     elif kind == "naive":
         app = _naive_app(settings)
     else:
         app = _bare_app
+        options.update(proxy_options(settings))
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        http="httptools",
         access_log=False,
         log_level="warning",
         lifespan="on",

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     ingest_forwarded_allow_ips: str = Field(
         "",
         description="Reverse proxies whose X-Forwarded-For/-Proto ingest believes (comma-separated "
-        "IPs or CIDRs, `*` for any). Empty: none, the connecting address is the client's.",
+        "IPs or CIDRs, `*` for any). Empty: none, the connecting address is the client's. "
+        "Naming one turns off the report protocol's short way (ingest/protocol.py).",
     )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body as sent (compressed or not)."
