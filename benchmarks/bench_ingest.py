@@ -458,13 +458,7 @@ def report(best: Best, rounds: Rounds) -> None:
         if not runs:
             continue
         kinds = list(runs[0])
-
-        def rates(
-            kind: str, n: int = per_request, runs: list[dict[str, Result]] = runs
-        ) -> list[float]:
-            return [r[kind].reports_per_second(n) for r in runs if kind in r]
-
-        ours = rates("pinwatch")
+        ours = _rates(runs, "pinwatch", per_request)
         line = f"{label}, each server at its best connection count (" + ", ".join(
             f"{k} {best[k, per_request]}" for k in kinds
         )
@@ -482,7 +476,7 @@ def report(best: Best, rounds: Rounds) -> None:
             if per_request == 1:
                 verdicts.append(_verdict("single reports >= 3x naive", rate, 3.0, "{:.1f}x"))
         if "bare" in kinds:
-            ceiling = statistics.median(rates("bare"))
+            ceiling = statistics.median(_rates(runs, "bare", per_request))
             line += f", {statistics.median(ours) / ceiling:.0%} of the bare-ASGI ceiling"
         if per_request == 50:
             verdicts.append(
@@ -491,6 +485,11 @@ def report(best: Best, rounds: Rounds) -> None:
         print(line)
     for verdict in verdicts:
         print(verdict)
+
+
+def _rates(runs: list[dict[str, Result]], kind: str, per_request: int) -> list[float]:
+    """One server's reports/s in each round."""
+    return [run[kind].reports_per_second(per_request) for run in runs if kind in run]
 
 
 def _verdict(goal: str, values: list[float], floor: float, unit: str) -> str:
