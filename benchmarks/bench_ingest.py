@@ -344,25 +344,29 @@ def sweep(
     best: Best = {}
     for per_request, label in SCENARIOS:
         levels = _levels(args, per_request)
-        rates: dict[str, list[float]] = {kind: [] for kind in processes}
+        results: dict[str, list[Result]] = {kind: [] for kind in processes}
         for connections in levels:
             for kind, process in processes.items():
-                result = _measure(
-                    process, per_request, connections, args.sweep_seconds, args.max_requests
+                results[kind].append(
+                    _measure(
+                        process, per_request, connections, args.sweep_seconds, args.max_requests
+                    )
                 )
-                rates[kind].append(result.reports_per_second(per_request))
         print(f"\nsweep, {label}, reports/s by connections ({args.sweep_seconds:g}s each):")
         print(f"{'':>16}" + "".join(f"{c:>12}" for c in levels))
-        for kind, row in rates.items():
-            print(f"{kind:>16}" + "".join(f"{r:>12,.0f}" for r in row))
-            best[kind, per_request] = levels[row.index(max(row))]
-        if "pinwatch" in rates and "naive" in rates:
-            ratios = [
-                a / b if b else 0.0 for a, b in zip(rates["pinwatch"], rates["naive"], strict=True)
-            ]
-            print(f"{'pinwatch/naive':>16}" + "".join(f"{r:>11.1f}x" for r in ratios))
+        for kind, row in results.items():
+            rates = [r.reports_per_second(per_request) for r in row]
+            print(f"{kind:>16}" + "".join(f"{r:>12,.0f}" for r in rates))
+            best[kind, per_request] = levels[rates.index(max(rates))]
+        if "pinwatch" in results and "naive" in results:
+            pairs = zip(results["pinwatch"], results["naive"], strict=True)
+            ratios = [_ratios({"pinwatch": a, "naive": b}, per_request) for a, b in pairs]
+            print(
+                f"{'pinwatch/naive':>16}"
+                + "".join(f"{r[0]:>11.1f}x" if r else f"{'-':>12}" for r in ratios)
+            )
         print(
-            "best: " + ", ".join(f"{k} at {best[k, per_request]} connections" for k in rates),
+            "best: " + ", ".join(f"{k} at {best[k, per_request]} connections" for k in results),
             flush=True,
         )
     return best
