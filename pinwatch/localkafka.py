@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,16 @@ LOG4J = REPO / "deploy" / "kafka" / "log4j2.properties"
 
 class KafkaError(RuntimeError):
     pass
+
+
+def new_cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A KRaft cluster id: the url-safe base64 of 16 random bytes, unpadded. One draw in 64
+    starts with '-', which Kafka's command-line tools read as an option (Kafka's own
+    Uuid.randomUuid redraws those for the same reason), so this does too."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(draw().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def libs_dir(settings: Settings) -> Path:
@@ -168,15 +179,24 @@ class LocalKafka:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self._properties()
-        # A KRaft cluster id is the url-safe base64 of 16 random bytes, unpadded.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        proc = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
-            capture_output=True,
-            text=True,
-        )
+        # The tool's output goes to the broker log, which a failed start quotes.
+        with open(self.log_path, "ab") as out:
+            proc = subprocess.run(
+                self._java(
+                    "kafka.tools.StorageTool",
+                    "format",
+                    f"--cluster-id={new_cluster_id()}",
+                    f"--config={props}",
+                ),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         if proc.returncode != 0:
-            raise KafkaError(f"formatting Kafka storage failed: {proc.stdout}{proc.stderr}")
+            raise KafkaError(
+                f"formatting Kafka storage failed (exit {proc.returncode}); see {self.log_path}:\n"
+                + tail(self.log_path, 10)
+            )
         event(log, "kafka_storage_formatted", data_dir=str(self.data_dir))
 
     def start(self, timeout: float = 90.0) -> None:
