@@ -31,7 +31,7 @@ from typing import Any
 import certifi
 import httpx
 
-from pinwatch.localkafka import KafkaError, LocalKafka, free_port, port_open
+from pinwatch.localkafka import KafkaError, LocalKafka, free_port, free_ports, port_open
 from pinwatch.logs import event
 from pinwatch.monitoring import (
     CONSUMER_JOB,
@@ -258,6 +258,7 @@ class Stack:
     ingest: ChildCommand | None = field(init=False, default=None)
     consumer: ChildCommand | None = field(init=False, default=None)
     receiver: PageReceiver | None = field(init=False, default=None)
+    receiver_port: int = field(init=False, default=0)
     alertmanager: LocalAlertmanager | None = field(init=False, default=None)
     prometheus: LocalPrometheus | None = field(init=False, default=None)
     env: dict[str, str] = field(init=False, default_factory=dict)
@@ -272,14 +273,18 @@ class Stack:
             "log_format": "json",
         }
         if opts.free_ports:
+            kafka, controller, ingest, consumer, prometheus, alertmanager, receiver = free_ports(7)
             overrides.update(
-                kafka_bootstrap=f"127.0.0.1:{free_port()}",
-                kafka_controller_port=free_port(),
-                ingest_port=free_port(),
-                consumer_port=free_port(),
-                prometheus_port=free_port(),
-                alertmanager_port=free_port(),
+                kafka_bootstrap=f"127.0.0.1:{kafka}",
+                kafka_controller_port=controller,
+                ingest_port=ingest,
+                consumer_port=consumer,
+                prometheus_port=prometheus,
+                alertmanager_port=alertmanager,
             )
+            self.receiver_port = receiver
+        else:
+            self.receiver_port = free_port()
         if opts.kafka_bootstrap:
             overrides["kafka_bootstrap"] = opts.kafka_bootstrap
         self.config = self.settings.model_copy(update=overrides)
@@ -358,7 +363,7 @@ class Stack:
         self._step_child(self.ingest, f"ingest on {self.ingest_url}")
         self.consumer = self._child("consumer", ["consume"], f"{self.consumer_url}/metrics")
         self._step_child(self.consumer, f"consumer on {self.consumer_url} (chDB, Kafka group)")
-        self.receiver = PageReceiver(free_port(), self.say)
+        self.receiver = PageReceiver(self.receiver_port, self.say)
         self.receiver.start()
         self.say(f"  ok   page receiver on {self.receiver.url}")
         self.alertmanager = LocalAlertmanager(

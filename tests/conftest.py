@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pinwatch.certs import CertificateAuthority
-from pinwatch.localkafka import LocalKafka, free_port
+from pinwatch.localkafka import LocalKafka, free_ports
 from pinwatch.settings import Settings
 
 TEST_HOST = "api.pinwatch.test"
@@ -39,10 +39,10 @@ def kafka_bootstrap(session_dir: Path) -> Iterator[str]:
     if external:
         yield external
         return
-    port = free_port()
+    port, controller_port = free_ports(2)
     settings = Settings(
         kafka_bootstrap=f"127.0.0.1:{port}",
-        kafka_controller_port=free_port(),
+        kafka_controller_port=controller_port,
         data_dir=session_dir / "broker",
     )
     broker = LocalKafka.from_settings(settings)

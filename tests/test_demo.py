@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pinwatch.localkafka import free_port
+from pinwatch.localkafka import free_ports
 from pinwatch.simulate.timeline import Timeline, _parse_time, consumer_failures
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,10 +39,12 @@ def stack_env(data_dir: Path, own_ports: bool = False) -> tuple[dict[str, str], 
         env.pop(name, None)  # the demo's own: the example policy and the demo PKI
     bootstrap = os.environ.get("PINWATCH_TEST_KAFKA_BOOTSTRAP")
     if own_ports:
-        for name in ("INGEST", "CONSUMER", "PROMETHEUS", "ALERTMANAGER", "KAFKA_CONTROLLER"):
-            env[f"PINWATCH_{name}_PORT"] = str(free_port())
+        names = ("INGEST", "CONSUMER", "PROMETHEUS", "ALERTMANAGER", "KAFKA_CONTROLLER")
+        *ports, broker_port = free_ports(len(names) + 1)
+        for name, port in zip(names, ports, strict=True):
+            env[f"PINWATCH_{name}_PORT"] = str(port)
         if not bootstrap:
-            env["PINWATCH_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{free_port()}"
+            env["PINWATCH_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{broker_port}"
     return env, (["--kafka-bootstrap", bootstrap] if bootstrap else [])
 
 

@@ -20,7 +20,7 @@ from ingest_support import read_records
 from payloads import native_batch, network_error
 from serve import serve_ingest
 
-from pinwatch.localkafka import LocalKafka, free_port
+from pinwatch.localkafka import LocalKafka, free_ports
 from pinwatch.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -32,12 +32,12 @@ HEADERS = {"X-Pinwatch-Key": TEST_KEY, "Content-Type": "application/json"}
 async def test_kafka_down_answers_503_and_loses_no_202(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    broker_port = free_port()
+    broker_port, controller_port = free_ports(2)
     broker = LocalKafka(
         settings=Settings(kafka_heap="256m"),
         data_dir=tmp_path / "own-broker",
         port=broker_port,
-        controller_port=free_port(),
+        controller_port=controller_port,
     )
     await asyncio.to_thread(broker.start)
     try:

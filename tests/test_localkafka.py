@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import socket
 import uuid
 from pathlib import Path
 
 import pytest
 
 from pinwatch import localkafka
-from pinwatch.localkafka import KafkaError, LocalKafka, free_port, new_cluster_id
+from pinwatch.localkafka import KafkaError, LocalKafka, free_ports, new_cluster_id
 from pinwatch.settings import Settings
 
 # 0xf8 = 0b111110..., and 62 is '-' in the url-safe alphabet.
@@ -31,9 +32,10 @@ def test_cluster_ids_are_22_url_safe_characters_of_16_bytes():
 
 
 def _broker(tmp_path: Path) -> LocalKafka:
+    port, controller_port = free_ports(2)
     settings = Settings(
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        kafka_controller_port=free_port(),
+        kafka_bootstrap=f"127.0.0.1:{port}",
+        kafka_controller_port=controller_port,
         data_dir=tmp_path,
     )
     return LocalKafka.from_settings(settings)
@@ -60,3 +62,11 @@ def test_a_failed_format_shows_the_tools_own_error(tmp_path):
     message = str(failure.value)
     assert "exit 1" in message and "No available log directories to format" in message
     assert "No available log directories to format" in broker.log_path.read_text()
+
+
+def test_free_ports_are_distinct_and_free():
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
