@@ -1,4 +1,4 @@
-"""The local broker's storage formatting: the cluster id it draws and the errors it shows."""
+"""The local broker: the cluster id it draws, the errors a failed format shows, free ports."""
 
 from __future__ import annotations
 
