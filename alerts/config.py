@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pinwatch.monitoring import CONSUMER_JOB, INGEST_JOB
 from pinwatch.settings import Settings
 
 
@@ -67,8 +66,10 @@ class AlertConfig:
     report_only_for: str = "15m"
 
     # --- pipeline (page) ----------------------------------------------------------------------
-    ingest_job: str = INGEST_JOB
-    consumer_job: str = CONSUMER_JOB
+    # Scrape job names every rule and panel selects on (`up{job=...}`): this mixin owns them, and
+    # whoever configures Prometheus (the local stack, a ServiceMonitor) must label the targets so.
+    ingest_job: str = "pinwatch-ingest"
+    consumer_job: str = "pinwatch-consumer"
     ingest_silence_window: str = "5m"
     ingest_silence_for: str = "5m"
     produce_error_max_share: float = 0.05  # of ingest requests answered

@@ -44,7 +44,7 @@ from consumers.decode import decode  # noqa: E402
 from consumers.roots import PublicRoots  # noqa: E402
 from consumers.schema import REPORT_COLUMN_NAMES, REPORT_COLUMN_TYPES  # noqa: E402
 from consumers.store import Store  # noqa: E402
-from pinwatch.certs import CertificateAuthority  # noqa: E402
+from devstack.certs import CertificateAuthority  # noqa: E402
 from pinwatch.policy import load_policy  # noqa: E402
 from pinwatch.record import ErrorCategory, Format, Kind, Record, Result, encode_batch  # noqa: E402
 from pinwatch.settings import Settings  # noqa: E402

@@ -38,10 +38,10 @@ from payloads import (  # noqa: E402
     trustkit_ios,
 )
 
+from devstack.certs import CertificateAuthority  # noqa: E402
 from ingest.formats import FORMATS  # noqa: E402
 from ingest.formats.base import FormatSpec, IngestContext  # noqa: E402
 from ingest.formats.pem import _parse_pem  # noqa: E402
-from pinwatch.certs import CertificateAuthority  # noqa: E402
 from pinwatch.policy import parse_policy  # noqa: E402
 from pinwatch.privacy import DeviceHasher  # noqa: E402
 from pinwatch.settings import Settings  # noqa: E402

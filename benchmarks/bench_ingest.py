@@ -423,7 +423,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Best, Rounds]:
     """Start the servers, warm them, sweep connection counts, then the paired rounds."""
     import uvloop
 
-    from pinwatch.localkafka import free_port
+    from devstack.localkafka import free_port
 
     # The load generator shares the two cores with the server and the broker: on uvloop it
     # takes less of them from the server it measures.

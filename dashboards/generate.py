@@ -21,8 +21,9 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from dashboards import overview, pipeline, rollout
 from dashboards.common import DEFAULT_RUNBOOK_URL
 from pinwatch.generated import out_of_date, write_out_of_date
+from pinwatch.resources import package_path
 
-JSON_DIR = Path(__file__).resolve().parent / "json"
+JSON_DIR = package_path("dashboards", "json")
 
 # file name -> builder; the file name is the dashboard uid.
 DASHBOARDS: dict[str, Callable[[str], Any]] = {

@@ -7,6 +7,7 @@ from grafana_foundation_sdk.builders import dashboard
 from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.common import (
+    ALERT_CONFIG,
     APP_HOST,
     alert_links,
     graph,
@@ -15,7 +16,8 @@ from dashboards.common import (
     row,
     single_stat,
 )
-from pinwatch.monitoring import CONSUMER_JOB, INGEST_JOB
+
+PIPELINE_JOBS = f"{ALERT_CONFIG.ingest_job}|{ALERT_CONFIG.consumer_job}"
 
 UID = "pinwatch-pipeline"
 TITLE = "pinwatch / Pipeline health"
@@ -100,7 +102,7 @@ def build(runbook_url: str) -> dashboard.Dashboard:
                 "A job missing here has no target at all: its pipeline metrics and pinning "
                 "alerts are blind.",
                 "none",
-                [promql(f'sum by (job) (up{{job=~"{INGEST_JOB}|{CONSUMER_JOB}"}})', "{{job}}")],
+                [promql(f'sum by (job) (up{{job=~"{PIPELINE_JOBS}"}})', "{{job}}")],
                 width=24,
                 height=5,
                 links=alert_links(rb, "PinwatchScrapeTargetDown", "PinwatchScrapeTargetAbsent"),

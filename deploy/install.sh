@@ -39,5 +39,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 
 say "Kafka jars"
-.venv/bin/python -m pinwatch.localkafka fetch >/dev/null
+.venv/bin/python -m devstack.localkafka fetch >/dev/null
 say "ready"

@@ -3,4 +3,4 @@
 # (PINWATCH_KAFKA_BOOTSTRAP, PINWATCH_DATA_DIR, PINWATCH_KAFKA_VERSION, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${PINWATCH_PYTHON:-.venv/bin/python}" -m pinwatch.localkafka "$@"
+exec "${PINWATCH_PYTHON:-.venv/bin/python}" -m devstack.localkafka "$@"

@@ -1,27 +1,29 @@
-"""The `pinwatch` command. Each subcommand lives in the module that owns its concern and exposes
-`HELP`, `add_arguments(parser)` and `run(args, settings) -> int`; this file only dispatches."""
+"""The `pinwatch` command. Subcommands register themselves as entry points of the
+`pinwatch.commands` group (pyproject.toml): a module exposing `HELP`, `add_arguments(parser)` and
+`run(args, settings) -> int`. This file only dispatches, so the runtime never imports the local
+stack that adds its own commands (`up`, `demo`, ...) from beside it."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
 
-# name -> module implementing it. Keep alphabetical; modules are imported only when used.
-COMMANDS: dict[str, str] = {
-    "consume": "consumers.cli",
-    "demo": "pinwatch.cmd_demo",
-    "ingest": "ingest.cli",
-    "kafka": "pinwatch.cmd_kafka",
-    "migrate": "consumers.cmd_migrate",
-    "policy": "pinwatch.cmd_policy",
-    "rollout": "consumers.rollout.cli",
-    "settings": "pinwatch.cmd_settings",
-    "simulate": "pinwatch.cmd_simulate",
-    "up": "pinwatch.cmd_up",
-}
+GROUP = "pinwatch.commands"
+
+
+def commands() -> dict[str, ModuleType]:
+    """name -> the module implementing it, for every installed subcommand."""
+    found = {ep.name: ep for ep in entry_points(group=GROUP)}
+    if not found:
+        raise SystemExit(
+            "pinwatch: no subcommands are registered; install the package "
+            "(`pip install -e .` from a checkout) so its entry points exist"
+        )
+    return {name: found[name].load() for name in sorted(found)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,14 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pinning-failure telemetry: TLS pin-validation reports in, pages out.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in sorted(COMMANDS.items()):
-        module = importlib.import_module(module_name)
+    for name, module in commands().items():
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         cmd.add_argument(
             "--policy",
             type=Path,
             default=None,
-            help="pin policy YAML (default: $PINWATCH_POLICY_FILE or deploy/policy.example.yaml)",
+            help="pin policy YAML (default: $PINWATCH_POLICY_FILE, else the packaged example)",
         )
         module.add_arguments(cmd)
         cmd.set_defaults(_module=module)

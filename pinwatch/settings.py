@@ -16,6 +16,8 @@ import certifi
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pinwatch.resources import EXAMPLE_POLICY
+
 _DATA_DIR = Path(".pinwatch")
 
 
@@ -24,7 +26,9 @@ class Settings(BaseSettings):
 
     # --- shared -------------------------------------------------------------------------------
     policy_file: Path = Field(
-        Path("deploy/policy.example.yaml"), description="Pin policy YAML: apps, keys, hosts, pins."
+        EXAMPLE_POLICY,
+        description="Pin policy YAML: apps, keys, hosts, pins (default: the packaged example, "
+        "whose ingest keys are public: local use only).",
     )
     data_dir: Path = Field(
         _DATA_DIR, description="Where local state lives (chDB data, logs, certs)."
@@ -247,9 +251,10 @@ class Settings(BaseSettings):
     )
 
     # --- simulator and demo -------------------------------------------------------------------
-    simulate_pki_dir: Path = Field(
-        Path("deploy/demo-pki"),
-        description="Keys the simulator's servers use (the example policy pins them).",
+    simulate_pki_dir: Path | None = Field(
+        None,
+        description="Keys the simulator's servers use; empty: the demo PKI shipped with the "
+        "local stack (devstack/demo_pki), which the example policy pins.",
     )
     simulate_max_devices: int = Field(
         100_000, ge=1, description="Most simulated devices one `pinwatch simulate` may run."
@@ -293,14 +298,19 @@ def write_readme_table(readme: Path = README) -> bool:
     return new != text
 
 
+_SHOWN_DEFAULTS = {
+    "kafka_home": "~/.cache/pinwatch/kafka",
+    "public_roots_file": "certifi",
+    "policy_file": "pinwatch/examples/policy.example.yaml",
+}
+
+
 def settings_markdown() -> str:
     """The README table: one row per setting, generated so it cannot drift from the code."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default
-        if name in {"kafka_home", "public_roots_file"}:
-            default = {"kafka_home": "~/.cache/pinwatch/kafka", "public_roots_file": "certifi"}[
-                name
-            ]
+        # Defaults computed from this machine are shown by what they stand for.
+        default = _SHOWN_DEFAULTS.get(name, default)
         rows.append(f"| `PINWATCH_{name.upper()}` | `{default}` | {field.description} |")
     return "\n".join(rows) + "\n"

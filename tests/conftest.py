@@ -1,11 +1,11 @@
 """Session fixtures: real components started once, cleaned up even on failure.
 
-- Kafka: a real local broker (pinwatch.localkafka) on free loopback ports, or an already running
+- Kafka: a real local broker (devstack.localkafka) on free loopback ports, or an already running
   one named by PINWATCH_TEST_KAFKA_BOOTSTRAP (handy while developing: start one with
   `deploy/kafka.sh start` and reuse it). Every test gets its own topics, so they never collide.
 - ClickHouse: chDB allows one data directory per process, so the whole test session shares one
   (PINWATCH_TEST_CHDB_DSN) and each test isolates itself with its own database name.
-- Certificates: a fresh test PKI per session (pinwatch.certs), with a policy that pins it.
+- Certificates: a fresh test PKI per session (devstack.certs), with a policy that pins it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from pinwatch.certs import CertificateAuthority
-from pinwatch.localkafka import LocalKafka, free_ports
+from devstack.certs import CertificateAuthority
+from devstack.localkafka import LocalKafka, free_ports
 from pinwatch.settings import Settings
 
 TEST_HOST = "api.pinwatch.test"

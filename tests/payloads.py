@@ -1,4 +1,4 @@
-"""Sample payloads shared by every test, built from real certificates (pinwatch.certs).
+"""Sample payloads shared by every test, built from real certificates (devstack.certs).
 
 One module so that ingest, consumer, alert and dashboard tests all send the same realistic
 reports. Builders return plain dicts (the JSON a client would POST), except `kafka_record`: the
@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from pinwatch.certs import Chain
+from devstack.certs import Chain
 from pinwatch.record import Format, Kind, Record, Result
 
 

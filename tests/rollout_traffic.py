@@ -1,7 +1,7 @@
 """Report-only traffic for the rollout tests, and the answer it must produce.
 
 A `Traffic` is a list of what each simulated device was served and reported (real chains from
-pinwatch.certs); the same object says what every number of the rollout answer has to be, worked
+devstack.certs); the same object says what every number of the rollout answer has to be, worked
 out independently of ClickHouse, so a test compares the answer with what was sent.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from pinwatch.certs import CertificateAuthority, Chain
+from devstack.certs import CertificateAuthority, Chain
 
 VERSIONS = ("5.0.0", "5.1.0", "5.2.0")
 PLATFORMS = ("ios", "android")

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import httpx
 import uvicorn
 
-from pinwatch.localkafka import free_port
+from devstack.localkafka import free_port
 from pinwatch.settings import Settings
 
 

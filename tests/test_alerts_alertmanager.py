@@ -14,9 +14,9 @@ import pytest
 
 from alerts import generate
 from alerts.alertmanager import alertmanager_config
-from pinwatch.localkafka import free_port
-from pinwatch.monitoring import CONSUMER_JOB, LocalAlertmanager
-from pinwatch.stack import PageReceiver
+from devstack.localkafka import free_port
+from devstack.monitoring import CONSUMER_JOB, LocalAlertmanager
+from devstack.stack import PageReceiver
 
 pytestmark = pytest.mark.integration
 

@@ -35,11 +35,11 @@ from pipeline import Pipeline, run_pipeline
 from alerts import generate
 from alerts.alertmanager import alertmanager_config
 from alerts.config import CONFIG
-from pinwatch.certs import CertificateAuthority, Chain
-from pinwatch.localkafka import free_port
-from pinwatch.monitoring import LocalAlertmanager, LocalPrometheus, pipeline_jobs
+from devstack.certs import CertificateAuthority, Chain
+from devstack.localkafka import free_port
+from devstack.monitoring import LocalAlertmanager, LocalPrometheus, pipeline_jobs
+from devstack.stack import PageReceiver
 from pinwatch.settings import Settings
-from pinwatch.stack import PageReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 

@@ -19,7 +19,7 @@ from consumers.decode import decode
 from consumers.metrics import ConsumerMetrics, VersionLabels, version_key
 from consumers.roots import PublicRoots, RootsError
 from consumers.steps import Batch, Enricher
-from pinwatch.certs import CertificateAuthority, Chain
+from devstack.certs import CertificateAuthority, Chain
 from pinwatch.policy import load_policy
 from pinwatch.record import ErrorCategory, Format, Kind, Result, encode_batch
 

@@ -28,8 +28,8 @@ from payloads import native_batch, network_error, pin_validation
 from pipeline import metric_value, run_pipeline
 from serve import wait_ready
 
-from pinwatch.certs import CertificateAuthority
-from pinwatch.localkafka import free_port
+from devstack.certs import CertificateAuthority
+from devstack.localkafka import free_port
 from pinwatch.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from conftest import TEST_APP, TEST_HOST, TEST_KEY
 from payloads import native_batch, nel_report, pin_validation, trustkit_ios
 from pipeline import Pipeline, run_pipeline
 
-from pinwatch.certs import CertificateAuthority
+from devstack.certs import CertificateAuthority
 from pinwatch.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from payloads import kafka_record, native_batch, network_error, pin_validation
 from pipeline import Pipeline, run_pipeline
 
 from consumers.consumer import Consumer
-from pinwatch.certs import CertificateAuthority, Chain
+from devstack.certs import CertificateAuthority, Chain
 from pinwatch.record import Record, encode_batch
 from pinwatch.settings import Settings
 

@@ -33,8 +33,8 @@ from payloads import native_batch, network_error, pin_validation
 from pipeline import run_pipeline
 
 from dashboards.interpolate import Selection, clickhouse_sql, grafana_interval, prometheus_expr
-from pinwatch.certs import CertificateAuthority
-from pinwatch.monitoring import CONSUMER_JOB, INGEST_JOB, LocalPrometheus
+from devstack.certs import CertificateAuthority
+from devstack.monitoring import CONSUMER_JOB, INGEST_JOB, LocalPrometheus
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pinwatch.localkafka import free_ports
-from pinwatch.simulate.timeline import Timeline, _parse_time, consumer_failures
+from devstack.localkafka import free_ports
+from devstack.simulate.timeline import Timeline, _parse_time, consumer_failures
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -25,10 +25,10 @@ from payloads import (
     pem_openssl as der_to_pem,
 )
 
+from devstack.certs import CertificateAuthority
 from ingest.formats import FORMATS, hpkp, nel, trustkit
 from ingest.formats.base import BadReport, IngestContext
 from ingest.formats.pem import parse_chain
-from pinwatch.certs import CertificateAuthority
 from pinwatch.policy import Policy, load_policy, parse_policy
 from pinwatch.privacy import DeviceHasher
 from pinwatch.record import ErrorCategory, Format, Kind, Record, Result

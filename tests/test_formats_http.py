@@ -18,7 +18,7 @@ from ingest_support import RunningIngest, ingest_apps, read_records
 from payloads import hpkp_report, nel_report, trustkit_android, trustkit_ios, trustkit_json
 from pipeline import metric_value
 
-from pinwatch.certs import CertificateAuthority
+from devstack.certs import CertificateAuthority
 from pinwatch.privacy import DeviceHasher
 from pinwatch.record import ErrorCategory, Format, Kind, Result
 from pinwatch.settings import Settings

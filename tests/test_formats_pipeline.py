@@ -16,7 +16,7 @@ from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST, TEST_KEY
 from payloads import hpkp_report, nel_report, trustkit_android, trustkit_ios, trustkit_json
 from pipeline import run_pipeline
 
-from pinwatch.certs import CertificateAuthority
+from devstack.certs import CertificateAuthority
 from pinwatch.privacy import DeviceHasher
 from pinwatch.settings import Settings
 

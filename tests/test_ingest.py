@@ -14,7 +14,7 @@ from conftest import TEST_APP, TEST_HOST, TEST_KEY
 from ingest_support import RunningIngest, ingest_apps, read_messages, read_records
 from payloads import native_batch, network_error, pin_validation
 
-from pinwatch.certs import CertificateAuthority
+from devstack.certs import CertificateAuthority
 from pinwatch.privacy import DeviceHasher
 from pinwatch.record import ErrorCategory, Format, Kind, Record, Result, decode_batch
 from pinwatch.settings import Settings

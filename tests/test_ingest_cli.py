@@ -19,7 +19,7 @@ from ingest_support import read_records
 from payloads import native_batch, network_error
 from serve import wait_ready
 
-from pinwatch.localkafka import free_port, port_open
+from devstack.localkafka import free_port, port_open
 from pinwatch.settings import Settings
 
 PINWATCH = [sys.executable, "-m", "pinwatch.cli"]

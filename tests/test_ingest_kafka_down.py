@@ -20,7 +20,7 @@ from ingest_support import read_records
 from payloads import native_batch, network_error
 from serve import serve_ingest
 
-from pinwatch.localkafka import LocalKafka, free_ports
+from devstack.localkafka import LocalKafka, free_ports
 from pinwatch.settings import Settings
 
 pytestmark = pytest.mark.integration

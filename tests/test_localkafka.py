@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pinwatch import localkafka
-from pinwatch.localkafka import KafkaError, LocalKafka, free_ports, new_cluster_id
+from devstack import localkafka
+from devstack.localkafka import KafkaError, LocalKafka, free_ports, new_cluster_id
 from pinwatch.settings import Settings
 
 # 0xf8 = 0b111110..., and 62 is '-' in the url-safe alphabet.

@@ -1,4 +1,4 @@
-"""pinwatch.monitoring: the real Prometheus and Alertmanager as child processes."""
+"""devstack.monitoring: the real Prometheus and Alertmanager as child processes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pinwatch.monitoring import (
+from devstack.monitoring import (
     LocalAlertmanager,
     LocalPrometheus,
     MonitoringError,

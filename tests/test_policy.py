@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from pinwatch.policy import PinMatch, PolicyError, load_policy, parse_policy
+from pinwatch.resources import EXAMPLE_POLICY
 
 PRIMARY = "YYQYhs8WXHNgKsgz5aX+M9zguhIAVVXPV4LCiNUzToM="
 BACKUP = "6MSBF+xXP4AAQZSQB1Iih6FWPFwuIDxiuHTugot7nHQ="
@@ -29,7 +28,7 @@ hosts:
 
 
 def test_example_policy_shipped_in_deploy_is_valid() -> None:
-    policy = load_policy(Path(__file__).parent.parent / "deploy" / "policy.example.yaml")
+    policy = load_policy(EXAMPLE_POLICY)
     assert policy.app_for_key("acme-app-demo-ingest-key-0001") == "com.acme.app"
 
 

@@ -20,7 +20,7 @@ from payloads import native_batch, nel_report, pin_validation
 from pipeline import Pipeline, run_pipeline
 from rollout_traffic import Sent, Traffic
 
-from pinwatch.certs import CertificateAuthority
+from devstack.certs import CertificateAuthority
 from pinwatch.cli import build_parser
 from pinwatch.settings import Settings
 

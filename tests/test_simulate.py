@@ -16,11 +16,9 @@ from cryptography import x509
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from pinwatch.certs import CertificateAuthority
-from pinwatch.localkafka import free_port
-from pinwatch.pins import spki_pin
-from pinwatch.policy import load_policy
-from pinwatch.simulate import (
+from devstack.certs import CertificateAuthority
+from devstack.localkafka import free_port
+from devstack.simulate import (
     SCENARIOS,
     Chains,
     PopulationConfig,
@@ -30,9 +28,11 @@ from pinwatch.simulate import (
     generate,
     require_loopback,
 )
-from pinwatch.simulate.emit import NATIVE_PATH, NEL_PATH, TRUSTKIT_PATH
-from pinwatch.simulate.scenarios import BAD_RELEASE_VERSION, WRONG_PIN, flood_device
-from pinwatch.simulate.sender import NotLoopback
+from devstack.simulate.emit import NATIVE_PATH, NEL_PATH, TRUSTKIT_PATH
+from devstack.simulate.scenarios import BAD_RELEASE_VERSION, WRONG_PIN, flood_device
+from devstack.simulate.sender import NotLoopback
+from pinwatch.pins import spki_pin
+from pinwatch.policy import load_policy
 
 
 @pytest.fixture

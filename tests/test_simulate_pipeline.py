@@ -15,8 +15,7 @@ import pytest
 from conftest import REPORT_ONLY_HOST, TEST_HOST
 from pipeline import Pipeline, run_pipeline
 
-from pinwatch.policy import load_policy
-from pinwatch.simulate import (
+from devstack.simulate import (
     SCENARIOS,
     Chains,
     Population,
@@ -26,7 +25,8 @@ from pinwatch.simulate import (
     build_population,
     generate,
 )
-from pinwatch.simulate.scenarios import BAD_RELEASE_VERSION, flood_device
+from devstack.simulate.scenarios import BAD_RELEASE_VERSION, flood_device
+from pinwatch.policy import load_policy
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pinwatch.cmd_simulate import add_population_arguments, population_config
-from pinwatch.policy import PolicyError, load_policy
-from pinwatch.settings import Settings
-from pinwatch.simulate import (
+from devstack.certs import demo_pki_dir
+from devstack.cmd_simulate import add_population_arguments, population_config
+from devstack.simulate import (
     SCENARIOS,
     Chains,
     Population,
@@ -27,8 +26,8 @@ from pinwatch.simulate import (
     build_population,
     describe,
 )
-from pinwatch.simulate.timeline import Timeline, TimelineWatcher
-from pinwatch.stack import (
+from devstack.simulate.timeline import Timeline, TimelineWatcher
+from devstack.stack import (
     Stack,
     StackError,
     StackOptions,
@@ -36,6 +35,8 @@ from pinwatch.stack import (
     quiet_progress_loggers,
     terminate_on_sigterm,
 )
+from pinwatch.policy import PolicyError, load_policy
+from pinwatch.settings import Settings
 
 HELP = "run the pipeline locally and play a rotation incident through to a page, timed"
 
@@ -133,7 +134,7 @@ async def _play(
     say: Callable[[str], None],
 ) -> Timeline:
     scenario = SCENARIOS["unplanned_rotation"]
-    chains = Chains(args.pki or stack.config.simulate_pki_dir)
+    chains = Chains(args.pki or demo_pki_dir(stack.config))
     assert stack.receiver is not None
     receiver = stack.receiver
     async with Sender(stack.ingest_url, concurrency=16) as sender:

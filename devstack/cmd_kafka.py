@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pinwatch.localkafka import KafkaError, LocalKafka, fetch
+from devstack.localkafka import KafkaError, LocalKafka, fetch
 from pinwatch.settings import Settings
 
 HELP = "fetch, start or stop the local single-node Kafka broker (KRaft, loopback)"

@@ -2,10 +2,10 @@
 leaves running and what `pinwatch demo` plays an incident against.
 
 Started in order, each waited for until it is really ready (not merely running): the local
-Kafka broker (pinwatch.localkafka), `pinwatch migrate`, `pinwatch ingest`, `pinwatch consume`,
+Kafka broker (devstack.localkafka), `pinwatch migrate`, `pinwatch ingest`, `pinwatch consume`,
 a small webhook listener in this process that prints the pages it receives, Alertmanager
 (routing to that listener) and Prometheus (scraping ingest and consumer, evaluating the shipped
-rules; both through pinwatch.monitoring). A component that fails to start raises `StackError`
+rules; both through devstack.monitoring). A component that fails to start raises `StackError`
 naming it, why, and its log. `stop()` takes everything down in reverse order, each child as a
 whole process group, so no process outlives the stack.
 """
@@ -31,21 +31,21 @@ from typing import Any
 import certifi
 import httpx
 
-from pinwatch.localkafka import KafkaError, LocalKafka, free_port, free_ports, port_open
-from pinwatch.logs import event
-from pinwatch.monitoring import (
+from devstack.certs import demo_pki_dir
+from devstack.localkafka import KafkaError, LocalKafka, free_port, free_ports, port_open
+from devstack.monitoring import (
     CONSUMER_JOB,
     INGEST_JOB,
     LocalAlertmanager,
     LocalPrometheus,
     MonitoringError,
 )
-from pinwatch.processes import cmdline, read_pid, signal_group, tail
+from devstack.processes import cmdline, read_pid, signal_group, tail
+from pinwatch.logs import event
 from pinwatch.settings import Settings
 
-log = logging.getLogger("pinwatch.stack")
+log = logging.getLogger("devstack.stack")
 
-REPO = Path(__file__).resolve().parent.parent
 Say = Callable[[str], None]
 
 
@@ -193,7 +193,7 @@ class ChildCommand:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
-                cwd=REPO,
+                cwd=self.log_path.parent,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
@@ -353,12 +353,11 @@ class Stack:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._write_public_roots()
         self._step_kafka()
-        if _has_command("migrate"):
-            self._step(
-                "schema",
-                f"ClickHouse schema ({cfg.clickhouse_url})",
-                lambda: self._child("migrate", ["migrate"]).run_to_end(opts.ready_timeout),
-            )
+        self._step(
+            "schema",
+            f"ClickHouse schema ({cfg.clickhouse_url})",
+            lambda: self._child("migrate", ["migrate"]).run_to_end(opts.ready_timeout),
+        )
         self.ingest = self._child("ingest", ["ingest"], f"{self.ingest_url}/readyz")
         self._step_child(self.ingest, f"ingest on {self.ingest_url}")
         self.consumer = self._child("consumer", ["consume"], f"{self.consumer_url}/metrics")
@@ -411,7 +410,7 @@ class Stack:
         path = self.config.public_roots_file
         if path.parent != self.config.data_dir.resolve():
             return
-        simulated = (self.settings.simulate_pki_dir / "public-roots.pem").resolve()
+        simulated = (demo_pki_dir(self.settings) / "public-roots.pem").resolve()
         bundle = Path(certifi.where()).read_bytes()
         if simulated.exists():
             bundle += b"\n" + simulated.read_bytes()
@@ -557,14 +556,8 @@ def terminate_on_sigterm() -> Iterator[None]:
 def quiet_progress_loggers() -> None:
     """The stack prints its own progress for people; its components' structured start/stop
     events would repeat it on the terminal (each child's own log goes to its file)."""
-    for name in ("pinwatch.stack", "pinwatch.monitoring", "pinwatch.kafka", "pinwatch.topics"):
+    for name in ("devstack.stack", "devstack.monitoring", "pinwatch.kafka", "pinwatch.topics"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _has_command(name: str) -> bool:
-    from pinwatch.cli import COMMANDS
-
-    return name in COMMANDS
 
 
 def _die_with_parent() -> None:

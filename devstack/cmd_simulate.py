@@ -8,9 +8,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from pinwatch.policy import PolicyError, load_policy
-from pinwatch.settings import Settings
-from pinwatch.simulate import (
+from devstack.certs import demo_pki_dir
+from devstack.simulate import (
     SCENARIOS,
     Chains,
     PopulationConfig,
@@ -19,7 +18,9 @@ from pinwatch.simulate import (
     build_population,
     describe,
 )
-from pinwatch.simulate.sender import NotLoopback
+from devstack.simulate.sender import NotLoopback
+from pinwatch.policy import PolicyError, load_policy
+from pinwatch.settings import Settings
 
 HELP = "play a traffic scenario (rotation, interception, outage...) against a local ingest"
 
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     scenario = SCENARIOS[args.scenario]
     change_after = args.duration / 3 if args.change_after is None else args.change_after
-    chains = Chains(args.pki or settings.simulate_pki_dir)
+    chains = Chains(args.pki or demo_pki_dir(settings))
     print(
         f"simulate {scenario.name}: {scenario.summary}\n"
         f"  {len(population.devices)} devices on {len(population.networks)} networks, "

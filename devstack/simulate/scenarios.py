@@ -3,7 +3,7 @@
 A scenario never decides a report's result. It says which chain a server (or an interceptor)
 serves a device, which pins the device's app version ships, and whether the network fails
 below TLS; the device then validates the chain against its pins exactly as a pinning client
-would (`pinwatch.simulate.emit`). So "unplanned rotation causes pin failures" is an outcome of
+would (`devstack.simulate.emit`). So "unplanned rotation causes pin failures" is an outcome of
 the simulation, not an input to it.
 """
 
@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pinwatch.simulate.population import Device, Population, Target
+from devstack.simulate.population import Device, Population, Target
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pinwatch.pins import spki_pin, spki_pin_of_key
+from pinwatch.resources import package_path
+from pinwatch.settings import Settings
+
+# Committed test keys (not secrets) that the example policy pins: what `pinwatch simulate`,
+# `up` and `demo` serve unless `simulate_pki_dir` names others.
+DEMO_PKI = package_path("devstack", "demo_pki")
+
+
+def demo_pki_dir(settings: Settings) -> Path:
+    return settings.simulate_pki_dir or DEMO_PKI
+
 
 _KEYS = ("public_root", "private_root", "intermediate", "primary", "backup", "rotated", "proxy")
 

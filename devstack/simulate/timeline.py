@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from pinwatch.monitoring import MonitoringError, prometheus_alerts, query
-from pinwatch.simulate.sender import Tally
+from devstack.monitoring import MonitoringError, prometheus_alerts, query
+from devstack.simulate.sender import Tally
 
 STAGES = (
     ("sent", "first failing report sent (accepted by ingest)"),

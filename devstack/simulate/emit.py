@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from pinwatch.certs import CertificateAuthority, Chain
-from pinwatch.simulate.population import ClientFormat, Device, Population, Target
-from pinwatch.simulate.scenarios import Scenario, View
+from devstack.certs import CertificateAuthority, Chain
+from devstack.simulate.population import ClientFormat, Device, Population, Target
+from devstack.simulate.scenarios import Scenario, View
 
 T = TypeVar("T")
 

@@ -6,16 +6,16 @@ Pure parts (population, scenarios, payload builders, `generate`) need no I/O and
 benchmarks and unit tests; `Sender` and `Simulation` put the traffic on the wire.
 """
 
-from pinwatch.simulate.emit import Chains, Request, device_requests
-from pinwatch.simulate.population import (
+from devstack.simulate.emit import Chains, Request, device_requests
+from devstack.simulate.population import (
     ClientFormat,
     Population,
     PopulationConfig,
     build_population,
 )
-from pinwatch.simulate.runner import Simulation, describe, generate
-from pinwatch.simulate.scenarios import SCENARIOS, Scenario, get_scenario
-from pinwatch.simulate.sender import Sender, Tally, require_loopback
+from devstack.simulate.runner import Simulation, describe, generate
+from devstack.simulate.scenarios import SCENARIOS, Scenario, get_scenario
+from devstack.simulate.sender import Sender, Tally, require_loopback
 
 __all__ = [
     "SCENARIOS",

@@ -28,21 +28,21 @@ from typing import Any, Self
 import httpx
 import yaml
 
-from pinwatch.localkafka import free_port
+from alerts.config import CONFIG as ALERTS
+from alerts.generate import ALERTMANAGER_FILE, RULES_FILE
+from devstack.localkafka import free_port
+from devstack.processes import alive, cmdline, read_pid, stop_group, tail
 from pinwatch.logs import event
-from pinwatch.processes import alive, cmdline, read_pid, stop_group, tail
 
-log = logging.getLogger("pinwatch.monitoring")
+log = logging.getLogger("devstack.monitoring")
 
-REPO = Path(__file__).resolve().parent.parent
 # The shipped rules: what every Prometheus that pinwatch starts evaluates.
-RULE_FILES: tuple[Path, ...] = (REPO / "alerts" / "rules.yml",)
-ALERTMANAGER_CONFIG = REPO / "alerts" / "alertmanager.yml"
+RULE_FILES: tuple[Path, ...] = (RULES_FILE,)
+ALERTMANAGER_CONFIG = ALERTMANAGER_FILE
 
-# Scrape job names the shipped rules refer to (`up{job=...}`, absent-target alerts): whoever
-# configures Prometheus must use these for the ingest and consumer targets.
-INGEST_JOB = "pinwatch-ingest"
-CONSUMER_JOB = "pinwatch-consumer"
+# Scrape job names the shipped rules select on: the monitoring mixin owns them.
+INGEST_JOB = ALERTS.ingest_job
+CONSUMER_JOB = ALERTS.consumer_job
 
 _HOST = "127.0.0.1"
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from pinwatch.simulate.emit import Request
+from devstack.simulate.emit import Request
 
 RETRY_STATUSES = {429, 503}
 

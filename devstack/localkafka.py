@@ -1,9 +1,9 @@
 """A single-node Apache Kafka (KRaft, combined broker+controller) on loopback.
 
-The jars come from Maven Central once (`deploy/kafka/pom.xml` is the dependency list) and are
-cached under `kafka_home`, outside the repo. Tests, the demo and CI all go through this module;
-`deploy/kafka.sh` is its shell face. Each broker instance gets its own data directory and ports,
-so several can run side by side.
+The jars come from Maven Central once (`devstack/kafka/pom.xml`, package data, is the dependency
+list) and are cached under `kafka_home`, outside the repo. Tests, the demo and CI all go through
+this module; `deploy/kafka.sh` is its shell face. Each broker instance gets its own data
+directory and ports, so several can run side by side.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.processes import read_pid, stop_group, tail
 from pinwatch.logs import event
-from pinwatch.processes import read_pid, stop_group, tail
+from pinwatch.resources import package_path
 from pinwatch.settings import Settings
 
 log = logging.getLogger("pinwatch.kafka")
 
-REPO = Path(__file__).resolve().parent.parent
-POM = REPO / "deploy" / "kafka" / "pom.xml"
-LOG4J = REPO / "deploy" / "kafka" / "log4j2.properties"
+POM = package_path("devstack", "kafka", "pom.xml")
+LOG4J = package_path("devstack", "kafka", "log4j2.properties")
 
 
 class KafkaError(RuntimeError):
@@ -60,12 +60,16 @@ def fetch(settings: Settings) -> Path:
         raise KafkaError("Maven (mvn) is needed to fetch Kafka: apt-get install maven")
     event(log, "kafka_fetch_started", version=settings.kafka_version, into=str(libs))
     libs.mkdir(parents=True, exist_ok=True)
+    # Maven writes beside the build file (target/): run it on a copy in the cache, never inside
+    # the installed package.
+    pom = settings.kafka_home / "pom.xml"
+    shutil.copyfile(POM, pom)
     cmd = [
         "mvn",
         "-q",
         "-B",
         "-f",
-        str(POM),
+        str(pom),
         f"-Dkafka.version={settings.kafka_version}",
         "dependency:copy-dependencies",
         f"-DoutputDirectory={libs}",
@@ -276,7 +280,7 @@ def _metadata_ok(bootstrap: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pinwatch.localkafka ACTION` is `pinwatch kafka ACTION`, for scripts that run
+    """`python -m devstack.localkafka ACTION` is `pinwatch kafka ACTION`, for scripts that run
     before the console command is installed."""
     from pinwatch.cli import main as cli_main
 

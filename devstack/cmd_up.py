@@ -6,8 +6,7 @@ import argparse
 import sys
 import time
 
-from pinwatch.settings import Settings
-from pinwatch.stack import (
+from devstack.stack import (
     Stack,
     StackError,
     StackOptions,
@@ -15,6 +14,7 @@ from pinwatch.stack import (
     quiet_progress_loggers,
     terminate_on_sigterm,
 )
+from pinwatch.settings import Settings
 
 HELP = "run the whole local stack (Kafka, ingest, consumer, Prometheus, Alertmanager) until Ctrl-C"
 

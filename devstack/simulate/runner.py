@@ -10,10 +10,10 @@ import random
 import time
 from collections.abc import Callable, Iterator
 
-from pinwatch.simulate.emit import Chains, Request, device_requests
-from pinwatch.simulate.population import Population
-from pinwatch.simulate.scenarios import Scenario
-from pinwatch.simulate.sender import Sender, Tally
+from devstack.simulate.emit import Chains, Request, device_requests
+from devstack.simulate.population import Population
+from devstack.simulate.scenarios import Scenario
+from devstack.simulate.sender import Sender, Tally
 
 TICK_SECONDS = 0.25
 
