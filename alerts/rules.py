@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from alerts.config import CONFIG, AlertConfig
+from pinwatch.vocabulary import would_fail_promql
 
 PV = "pinwatch_pin_validations_total"
 ENFORCED_FAILURE = 'enforced="true",result!="ok"'
@@ -98,7 +99,7 @@ def pinning_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
         rate(
             "app_host",
             "pinwatch_report_only_would_fail",
-            'enforced="false",pin_match="none",cause!="interception_suspected"',
+            would_fail_promql(),
             tw,
             ah,
         ),

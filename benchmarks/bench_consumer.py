@@ -46,9 +46,10 @@ from consumers.schema import REPORT_COLUMN_NAMES, REPORT_COLUMN_TYPES  # noqa: E
 from consumers.store import Store  # noqa: E402
 from devstack.certs import CertificateAuthority  # noqa: E402
 from pinwatch.policy import load_policy  # noqa: E402
-from pinwatch.record import ErrorCategory, Format, Kind, Record, Result, encode_batch  # noqa: E402
+from pinwatch.record import Record, encode_batch  # noqa: E402
 from pinwatch.settings import Settings  # noqa: E402
 from pinwatch.topics import ensure_topics  # noqa: E402
+from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 
 HOST = "api.bench.test"
 APP = "com.example.bench"

@@ -18,14 +18,9 @@ from cryptography import x509
 from consumers.decode import WireRecord
 from consumers.roots import PublicRoots
 from pinwatch.pins import spki_pin
-from pinwatch.policy import HostPolicy, Phase, Policy
-from pinwatch.record import Kind, Record, Result
-
-
-class Cause:
-    ROTATION = "rotation_suspected"
-    INTERCEPTION = "interception_suspected"
-    UNKNOWN = "unknown"
+from pinwatch.policy import HostPolicy, Policy
+from pinwatch.record import Record
+from pinwatch.vocabulary import Cause, Kind, Phase, Result
 
 
 class ClassifyError(ValueError):

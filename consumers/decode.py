@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from pinwatch.record import SCHEMA_VERSION, Record
+from pinwatch.record import SCHEMA_VERSION, Record, envelope
 
 _UINT32_MAX = 2**32 - 1
 # Ranges the `reports` columns impose (UInt32 count, UInt16 port): a value out of range would
@@ -92,7 +92,7 @@ class Rejected:
 def single_record_message(item: Any) -> bytes:
     """A one-record envelope, so a dead letter can be replayed onto the main topic as is.
     `item`: a WireRecord, or a record's raw JSON (msgspec.Raw) exactly as it arrived."""
-    return _encoder.encode({"v": SCHEMA_VERSION, "records": [item]})
+    return envelope([item if isinstance(item, msgspec.Raw) else _encoder.encode(item)])
 
 
 _AT = re.compile(r" - at `\$(?:\.records)?(?:\[\d+\])?\.?([^`]*)`$")

@@ -24,8 +24,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-OTHER = "other"
-PLATFORMS = frozenset({"ios", "android", "tvos", "watchos", "macos", "web", "other"})
+from pinwatch.vocabulary import OTHER, PLATFORMS
 
 PinKey = tuple[str, str, str, str, str, str, str, str]  # app,host,platform,version,result,...
 NetKey = tuple[str, str, str, str]  # app, host, platform, category

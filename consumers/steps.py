@@ -21,7 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from consumers.classify import Classification, Classifier, report_columns
 from consumers.decode import Rejected, WireRecord
-from consumers.metrics import OTHER, BatchTally, ConsumerMetrics, fold_labels
+from consumers.metrics import BatchTally, ConsumerMetrics, fold_labels
 from consumers.schema import (
     EVIDENCE_COLUMN_NAMES,
     EVIDENCE_COLUMN_TYPES,
@@ -31,8 +31,8 @@ from consumers.schema import (
 )
 from consumers.store import Store, StoreError
 from pinwatch.logs import event
-from pinwatch.record import Kind
 from pinwatch.settings import Settings
+from pinwatch.vocabulary import OTHER, Kind
 
 log = logging.getLogger("pinwatch.consumer")
 

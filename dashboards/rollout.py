@@ -38,6 +38,7 @@ from dashboards.common import (
     single_stat,
     sql,
 )
+from pinwatch.vocabulary import DECIDED_BY_PINS_SQL, intercepted_sql, would_fail_sql
 
 UID = "pinwatch-rollout"
 TITLE = "pinwatch / Rollout (report-only)"
@@ -57,10 +58,9 @@ EVIDENCE_HOST_FILTER = (
 # $__timeFilter(minute) would drop.
 MINUTES_IN_RANGE = "minute >= toStartOfMinute($__fromTime) AND minute <= $__toTime"
 
-INTERCEPTION = "cause = 'interception_suspected'"
-WOULD_FAIL_IF = f"pin_match = 'none' AND NOT {INTERCEPTION}"
-INTERCEPTED_IF = f"pin_match = 'none' AND {INTERCEPTION}"
-DECIDED_BY_PINS = "result IN ('ok', 'pin_mismatch')"
+WOULD_FAIL_IF = would_fail_sql()
+INTERCEPTED_IF = intercepted_sql()
+DECIDED_BY_PINS = DECIDED_BY_PINS_SQL
 
 
 def _scope(time_column: str, *conditions: str) -> str:

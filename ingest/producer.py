@@ -36,7 +36,7 @@ from aiokafka.errors import (
 )
 
 from pinwatch.logs import event
-from pinwatch.record import SCHEMA_VERSION, Record, encode_json
+from pinwatch.record import ENVELOPE_HEAD, ENVELOPE_TAIL, Record, encode_json, envelope
 from pinwatch.settings import Settings
 
 log = logging.getLogger("pinwatch.ingest.producer")
@@ -51,9 +51,6 @@ _NEEDS_NEW_PRODUCER = (
     ProducerFenced,
 )
 
-_HEAD = b'{"v":' + str(SCHEMA_VERSION).encode() + b',"records":['
-_TAIL = b"]}"
-
 
 class ProduceFailed(Exception):
     """Kafka did not acknowledge in time (or refused): answer 503 with Retry-After.
@@ -67,13 +64,6 @@ class ProduceFailed(Exception):
 
 class RecordTooLarge(Exception):
     """One record alone does not fit in a Kafka message: answer 413, retrying cannot help."""
-
-
-def envelope(parts: list[bytes]) -> bytes:
-    """The bytes `encode_batch(records)` produces, from records already encoded one by one
-    (the JSON is compact, so joining is exact); encoding each record once also gives the
-    sizes the split needs."""
-    return _HEAD + b",".join(parts) + _TAIL
 
 
 def partition_key(record: Record) -> bytes:
@@ -260,7 +250,7 @@ class KafkaSink:
 
     def _enqueue(self, partition: int, group: list[Record]) -> asyncio.Future[None]:
         """Add one partition's records to its buffer; the future resolves once Kafka has them."""
-        limit = self.settings.kafka_max_message_bytes - len(_HEAD) - len(_TAIL) - 1
+        limit = self.settings.kafka_max_message_bytes - len(ENVELOPE_HEAD) - len(ENVELOPE_TAIL) - 1
         # one encoder call per group ("r1,r2,..."); per record only when it must be split
         encoded = encode_json(group)[1:-1]
         if len(encoded) <= limit:
@@ -299,7 +289,7 @@ class KafkaSink:
         pending = self._pending.pop(partition, None)
         if pending is None or not pending.parts:
             return
-        limit = self.settings.kafka_max_message_bytes - len(_HEAD) - len(_TAIL)
+        limit = self.settings.kafka_max_message_bytes - len(ENVELOPE_HEAD) - len(ENVELOPE_TAIL)
         # Split into messages under the limit. A request's records may straddle two messages:
         # its waiter then resolves when the last of them is acknowledged.
         messages: list[list[bytes]] = [[]]

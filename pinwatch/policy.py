@@ -10,28 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class Phase(StrEnum):
-    REPORT_ONLY = "report_only"
-    ENFORCE = "enforce"
-
-
-class PinRole(StrEnum):
-    PRIMARY = "primary"
-    BACKUP = "backup"
-
-
-class PinMatch(StrEnum):
-    PRIMARY = "primary"
-    BACKUP = "backup"
-    NONE = "none"
+from pinwatch.vocabulary import Phase, PinMatch, PinRole
 
 
 def is_spki_pin(value: str) -> bool:

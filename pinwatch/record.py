@@ -12,43 +12,15 @@ Privacy is settled before a record exists: `device` is already the keyed hash an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import orjson
 
+from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
+
 SCHEMA_VERSION = 1
-
-
-class Kind(StrEnum):
-    PIN_VALIDATION = "pin_validation"
-    NETWORK_ERROR = "network_error"
-
-
-class Result(StrEnum):
-    """Outcome of a pin validation as the client saw it."""
-
-    OK = "ok"
-    PIN_MISMATCH = "pin_mismatch"  # chain valid, no pin matched
-    CHAIN_INVALID = "chain_invalid"  # system trust failed before pins were checked
-
-
-class ErrorCategory(StrEnum):
-    DNS = "dns"
-    TCP = "tcp"
-    TLS = "tls"
-    HTTP = "http"
-    TIMEOUT = "timeout"
-    OTHER = "other"
-
-
-class Format(StrEnum):
-    NATIVE = "native"
-    TRUSTKIT = "trustkit"
-    HPKP = "hpkp"
-    NEL = "nel"
 
 
 @dataclass(slots=True)
@@ -99,9 +71,21 @@ class Record:
 encode_json = msgspec.json.Encoder().encode
 
 
+# A Kafka message value: {"v": SCHEMA_VERSION, "records": [record, ...]}, compact JSON.
+ENVELOPE_HEAD = b'{"v":' + str(SCHEMA_VERSION).encode() + b',"records":['
+ENVELOPE_TAIL = b"]}"
+
+
+def envelope(parts: list[bytes]) -> bytes:
+    """One message value from records already encoded one by one (`encode_json(record)`): the
+    JSON is compact, so joining is exact, and encoding each record once also gives the sizes
+    a producer needs to split records over messages."""
+    return ENVELOPE_HEAD + b",".join(parts) + ENVELOPE_TAIL
+
+
 def encode_batch(records: list[Record]) -> bytes:
     """One Kafka message value."""
-    return encode_json({"v": SCHEMA_VERSION, "records": records})
+    return envelope([encode_json(record) for record in records])
 
 
 class UndecodableBatch(ValueError):
@@ -118,7 +102,3 @@ def decode_batch(value: bytes) -> list[Record]:
         raise
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UndecodableBatch(f"{type(exc).__name__}: {exc}") from exc
-
-
-def record_dict(record: Record) -> dict[str, Any]:
-    return asdict(record)

@@ -13,7 +13,8 @@ import uuid
 from typing import Any
 
 from devstack.certs import Chain
-from pinwatch.record import Format, Kind, Record, Result
+from pinwatch.record import Record
+from pinwatch.vocabulary import Format, Kind, Result
 
 
 def iso(ts: dt.datetime | None = None) -> str:

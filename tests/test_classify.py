@@ -21,7 +21,8 @@ from consumers.roots import PublicRoots, RootsError
 from consumers.steps import Batch, Enricher
 from devstack.certs import CertificateAuthority, Chain
 from pinwatch.policy import load_policy
-from pinwatch.record import ErrorCategory, Format, Kind, Result, encode_batch
+from pinwatch.record import encode_batch
+from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,9 @@ from ingest.formats.base import BadReport, IngestContext
 from ingest.formats.pem import parse_chain
 from pinwatch.policy import Policy, load_policy, parse_policy
 from pinwatch.privacy import DeviceHasher
-from pinwatch.record import ErrorCategory, Format, Kind, Record, Result
+from pinwatch.record import Record
 from pinwatch.settings import Settings
+from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 
 RECEIVED_MS = 1_795_000_000_000
 NETWORK = "198.51.100.0/24"

@@ -20,8 +20,8 @@ from pipeline import metric_value
 
 from devstack.certs import CertificateAuthority
 from pinwatch.privacy import DeviceHasher
-from pinwatch.record import ErrorCategory, Format, Kind, Result
 from pinwatch.settings import Settings
+from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 
 pytestmark = pytest.mark.integration
 

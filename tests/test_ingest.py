@@ -16,8 +16,9 @@ from payloads import native_batch, network_error, pin_validation
 
 from devstack.certs import CertificateAuthority
 from pinwatch.privacy import DeviceHasher
-from pinwatch.record import ErrorCategory, Format, Kind, Record, Result, decode_batch
+from pinwatch.record import Record, decode_batch
 from pinwatch.settings import Settings
+from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ import pytest
 from ingest.formats.native import PIN_PATTERN
 from ingest.producer import envelope
 from pinwatch.policy import is_spki_pin
-from pinwatch.record import Format, Kind, Record, encode_batch, encode_json
+from pinwatch.record import Record, encode_batch, encode_json
+from pinwatch.vocabulary import Format, Kind
 
 
 def test_pin_pattern_agrees_with_policy_check() -> None:

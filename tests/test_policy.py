@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pinwatch.policy import PinMatch, PolicyError, load_policy, parse_policy
+from pinwatch.policy import PolicyError, load_policy, parse_policy
 from pinwatch.resources import EXAMPLE_POLICY
+from pinwatch.vocabulary import PinMatch
 
 PRIMARY = "YYQYhs8WXHNgKsgz5aX+M9zguhIAVVXPV4LCiNUzToM="
 BACKUP = "6MSBF+xXP4AAQZSQB1Iih6FWPFwuIDxiuHTugot7nHQ="

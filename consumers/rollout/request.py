@@ -10,7 +10,8 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 
-from pinwatch.policy import HostPolicy, PinRole, Policy, is_spki_pin
+from pinwatch.policy import HostPolicy, Policy, is_spki_pin
+from pinwatch.vocabulary import PinRole
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumers.rollout.request import RolloutRequest
+from pinwatch.vocabulary import intercepted_sql, would_fail_sql
 
-INTERCEPTION = "interception_suspected"
 _LEAF_FAILS = "(leaf_pin NOT IN {candidates:Array(String)})"
 _CHAIN_FAILS = "(NOT hasAny(observed_pins, {candidates:Array(String)}))"
 
@@ -136,11 +136,11 @@ def _where(src: Source, req: RolloutRequest) -> tuple[str, dict[str, Any]]:
 
 
 def _intercepted(src: Source) -> str:
-    return f"({src.fail} AND cause = '{INTERCEPTION}')"
+    return f"({intercepted_sql(src.fail)})"
 
 
 def _server_fail(src: Source) -> str:
-    return f"({src.fail} AND cause != '{INTERCEPTION}')"
+    return f"({would_fail_sql(src.fail)})"
 
 
 def pins_query(src: Source, req: RolloutRequest, limit: int) -> Query:

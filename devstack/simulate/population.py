@@ -13,7 +13,8 @@ import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pinwatch.policy import Phase, Policy
+from pinwatch.policy import Policy
+from pinwatch.vocabulary import Phase
 
 
 class ClientFormat(StrEnum):

@@ -22,7 +22,8 @@ from ingest.formats import register
 from ingest.formats.base import FormatSpec, IngestContext, Parsed
 from ingest.formats.fields import Fields, bounded_raw, content_id, hostname
 from ingest.formats.pem import ParsedCert, parse_chain, parse_known_pins
-from pinwatch.record import Format, Kind, Record, Result
+from pinwatch.record import Record
+from pinwatch.vocabulary import Format, Kind, Result
 
 
 @dataclass

@@ -26,10 +26,10 @@ from msgspec import Meta, Struct
 
 from ingest.formats import register
 from ingest.formats.base import BadReport, FormatSpec, IngestContext, NotJson, Parsed
-from pinwatch.record import SCHEMA_VERSION, ErrorCategory, Format, Kind, Record, Result
+from pinwatch.record import SCHEMA_VERSION, Record
 from pinwatch.settings import Settings
+from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result, platform_label
 
-PLATFORMS = frozenset({"ios", "android", "tvos", "watchos", "macos", "web", "other"})
 _RECORD_FIELDS = (
     "id", "kind", "format", "app_id", "host", "received_at_ms", "event_at_ms", "sent_at_ms",
     "app_version", "platform", "os_version", "device", "network", "client_network", "port",
@@ -245,9 +245,7 @@ def parse_native(batch: Any, ctx: IngestContext) -> Parsed:
     settings = ctx.settings
     if batch.app.id != ctx.app_id:
         raise BadReport("app.id", f"{batch.app.id!r} is not the app this ingest key belongs to")
-    platform = batch.app.platform.lower()
-    if platform and platform not in PLATFORMS:
-        platform = "other"
+    platform = platform_label(batch.app.platform)
     app_id, received, sent = ctx.app_id, ctx.received_at_ms, _ms(batch.sent_at)
     version, os_version = batch.app.version, batch.app.os_version
     device, network = ctx.hash_device(batch.device.id), batch.device.network

@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 from ingest.formats import register
 from ingest.formats.base import BadReport, FormatSpec, IngestContext, Parsed, Rejection
 from ingest.formats.fields import Fields, bounded_raw, content_id, hostname
-from pinwatch.record import ErrorCategory, Format, Kind, Record, Result
+from pinwatch.record import Record
+from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 
 PIN_FAILURE = "tls.cert.pinned_key_not_in_cert_chain"
 _CATEGORIES = {

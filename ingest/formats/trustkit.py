@@ -36,11 +36,11 @@ from ingest.formats.base import BadReport, FormatSpec, IngestContext, Parsed
 from ingest.formats.fields import Fields, bounded_raw, content_id
 from ingest.formats.hpkp import read_pin_failure
 from pinwatch.logs import event
-from pinwatch.record import ErrorCategory, Format, Kind, Result
+from pinwatch.vocabulary import OTHER, ErrorCategory, Format, Kind, Result
 
 log = logging.getLogger(__name__)
 
-PLATFORMS = {
+_PLATFORMS = {  # TrustKit's app-platform -> pinwatch's platform
     "IOS": "ios",
     "TVOS": "tvos",
     "WATCHOS": "watchos",
@@ -72,7 +72,7 @@ def parse(document: Any, ctx: IngestContext) -> Parsed:
     bundle_id = doc.string("app-bundle-id")
     _note_bundle_mismatch(ctx.app_id, bundle_id)
     platform_name = doc.string("app-platform")
-    platform = PLATFORMS.get(platform_name.upper(), "other") if platform_name else None
+    platform = _PLATFORMS.get(platform_name.upper(), OTHER) if platform_name else None
     vendor_id = doc.string("app-vendor-id")
     # iOS retries the very same file; the vendor id and date-time keep two devices (or two
     # failures a second apart) distinct.
