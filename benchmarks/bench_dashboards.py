@@ -30,7 +30,7 @@ import clickhouse_connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumers.schema import migrate  # noqa: E402
+from consumers.migrations import migrate  # noqa: E402
 from dashboards.interpolate import Selection, clickhouse_sql  # noqa: E402
 from pinwatch.settings import Settings  # noqa: E402
 

@@ -94,8 +94,8 @@ async def serve(settings: Settings, host: str, port: int) -> int:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from aiokafka.errors import KafkaError
 
+    from consumers.migrations import MigrationError
     from consumers.roots import RootsError
-    from consumers.schema import MigrationError
     from consumers.store import StoreError
     from pinwatch.policy import PolicyError
 

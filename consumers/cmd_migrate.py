@@ -1,4 +1,4 @@
-"""`pinwatch migrate`: create or upgrade the ClickHouse schema (consumers/schema.py)."""
+"""`pinwatch migrate`: create or upgrade the ClickHouse schema (consumers/migrations/)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.schema import MigrationError
+    from consumers.migrations import MigrationError
     from consumers.store import Store, StoreError
 
     async def go() -> list[int]:

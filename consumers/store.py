@@ -135,10 +135,10 @@ class Store:
         )
         return int(summary.written_rows or 0)
 
-    def _migrate(self, settings: Settings) -> list[int]:
-        from consumers.schema import migrate
+    def _migrate(self, settings: Settings, to: int | None) -> list[int]:
+        from consumers.migrations import migrate
 
-        return migrate(self._get_client(), settings)
+        return migrate(self._get_client(), settings, to=to)
 
     # --- async side ------------------------------------------------------------------------------
 
@@ -188,8 +188,9 @@ class Store:
             self._insert, table, data, column_names, settings, column_oriented, column_types
         )
 
-    async def migrate(self, settings: Settings) -> list[int]:
-        return await self.run(self._migrate, settings)
+    async def migrate(self, settings: Settings, to: int | None = None) -> list[int]:
+        """Apply the migrations not yet applied (up to version `to`); see consumers.migrations."""
+        return await self.run(self._migrate, settings, to)
 
     async def ping(self) -> bool:
         try:

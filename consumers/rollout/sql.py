@@ -1,7 +1,7 @@
 """The rollout queries, built as SQL text plus bound parameters (never values pasted into SQL).
 Tables are written `{db}.table`; `consumers.store.Store` fills in the database.
 
-Where they read (see consumers/rollout/rollups.py for the tables):
+Where they read (see consumers/migrations/m0002_rollout_hourly.py for the tables):
 - `rollout_hourly` answers the pin distribution and the would-fail shares overall, by app
   version and by platform whenever "would this chain pass?" depends on the leaf pin alone.
 - `rollout_network_hourly` answers the breakdown by client network prefix the same way (unless

@@ -1,4 +1,4 @@
-"""The rollout's own rollups, applied as migration 2 by `consumers.schema` (`pinwatch migrate`).
+"""Migration 2: the rollout's hourly rollups (`pinwatch rollout`, the Rollout dashboard).
 
 Why not `rollup_minute`: distinct devices over a week are a merge of every bucket's device
 sketch, and `uniq` sketches at minute granularity add up to about one entry per report, so
@@ -11,23 +11,19 @@ time, so a 7-day answer merges a few thousand small sketches whatever the report
   and leaf pin: the pin distribution and the would-fail shares by version and platform.
 - `rollout_network_hourly`: the same per client network prefix and leaf pin (no app version or
   platform: those would multiply its rows): the would-fail breakdown by network. Ordered by
-  leaf pin, then network: "which networks see a failing key" reads only that key's rows, and
-  counting the worst few networks whole finds their rows under each key by the sort key.
-Leaf pins are LowCardinality (a host serves a handful of keys), so "leaf pin not in the candidate
-set" is decided once per distinct key, not once per row.
+  leaf pin, then network: "which networks see a failing key" reads only that key's rows.
+Leaf pins are LowCardinality (a host serves a handful of keys), so "leaf pin not in the
+candidate set" is decided once per distinct key, not once per row.
 
-Statements are formatted with `db`, `ttl_days` and `dedup` (the deduplication settings every
-table that receives inserts carries, see consumers/schema.py).
+Frozen: written once and never edited (a change is a new migration). Statements are
+formatted with `db`, `ttl_days` and `dedup_seconds`.
 """
 
-from __future__ import annotations
+VERSION = 2
+NAME = "rollout hourly rollups"
 
-TTL_TABLES: dict[str, str] = {"rollout_hourly": "hour", "rollout_network_hourly": "hour"}
-
-_SKETCH = "AggregateFunction(uniqCombined(12), String)"
-
-STATEMENTS: tuple[str, ...] = (
-    f"""CREATE TABLE IF NOT EXISTS {{db}}.rollout_hourly (
+STATEMENTS = (
+    """CREATE TABLE IF NOT EXISTS {db}.rollout_hourly (
     `hour` DateTime('UTC'),
     `host` LowCardinality(String),
     `app_id` LowCardinality(String),
@@ -37,16 +33,16 @@ STATEMENTS: tuple[str, ...] = (
     `cause` LowCardinality(String),
     `leaf_pin` LowCardinality(String),
     `count` SimpleAggregateFunction(sum, UInt64),
-    `devices` {_SKETCH},
-    `client_networks` {_SKETCH},
+    `devices` AggregateFunction(uniqCombined(12), String),
+    `client_networks` AggregateFunction(uniqCombined(12), String),
     `first_seen` SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
     `last_seen` SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
     `observed_pins` SimpleAggregateFunction(any, Array(String))
 ) ENGINE = AggregatingMergeTree
 PARTITION BY toDate(hour)
 ORDER BY (host, hour, leaf_pin, app_id, app_version, platform, result, cause)
-TTL hour + INTERVAL {{ttl_days}} DAY
-SETTINGS {{dedup}}, ttl_only_drop_parts = 1""",
+TTL hour + INTERVAL {ttl_days} DAY
+SETTINGS non_replicated_deduplication_window = 1000, ttl_only_drop_parts = 1""",
     """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rollout_hourly_mv
 TO {db}.rollout_hourly AS
 SELECT
@@ -61,7 +57,7 @@ SELECT
 FROM {db}.reports
 WHERE kind = 'pin_validation'
 GROUP BY hour, host, app_id, app_version, platform, result, cause, leaf_pin""",
-    f"""CREATE TABLE IF NOT EXISTS {{db}}.rollout_network_hourly (
+    """CREATE TABLE IF NOT EXISTS {db}.rollout_network_hourly (
     `hour` DateTime('UTC'),
     `host` LowCardinality(String),
     `leaf_pin` LowCardinality(String),
@@ -70,12 +66,12 @@ GROUP BY hour, host, app_id, app_version, platform, result, cause, leaf_pin""",
     `result` LowCardinality(String),
     `cause` LowCardinality(String),
     `count` SimpleAggregateFunction(sum, UInt64),
-    `devices` {_SKETCH}
+    `devices` AggregateFunction(uniqCombined(12), String)
 ) ENGINE = AggregatingMergeTree
 PARTITION BY toDate(hour)
 ORDER BY (host, leaf_pin, client_network, hour, app_id, result, cause)
-TTL hour + INTERVAL {{ttl_days}} DAY
-SETTINGS {{dedup}}, ttl_only_drop_parts = 1""",
+TTL hour + INTERVAL {ttl_days} DAY
+SETTINGS non_replicated_deduplication_window = 1000, ttl_only_drop_parts = 1""",
     """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rollout_network_hourly_mv
 TO {db}.rollout_network_hourly AS
 SELECT
