@@ -102,8 +102,8 @@ def alertmanager_config_from_settings(settings: Settings, c: AlertConfig = CONFI
     return alertmanager_config(
         pagerduty_routing_key_file=settings.alert_pagerduty_routing_key_file,
         opsgenie_api_key_file=settings.alert_opsgenie_api_key_file,
-        oncall_webhook_url=settings.alert_oncall_webhook_url,
-        webhook_url=settings.alert_webhook_url,
+        oncall_webhook_url=settings.alert_oncall_webhook_url.get_secret_value(),
+        webhook_url=settings.alert_webhook_url.get_secret_value(),
         c=c,
     )
 

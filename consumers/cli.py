@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         return asyncio.run(serve(settings, host, port))
     except (MigrationError, StoreError) as exc:
-        print(f"pinwatch consume: ClickHouse ({settings.clickhouse_url}): {exc}", file=sys.stderr)
+        print(f"pinwatch consume: ClickHouse ({settings.clickhouse_shown}): {exc}", file=sys.stderr)
     except KafkaError as exc:
         print(
             f"pinwatch consume: Kafka at {settings.kafka_bootstrap}: {type(exc).__name__}: {exc}",

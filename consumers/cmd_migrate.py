@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except (MigrationError, StoreError) as exc:
         print(f"pinwatch migrate: {exc}", file=sys.stderr)
         return 1
-    where = f"{settings.clickhouse_url} (database {settings.clickhouse_database})"
+    where = f"{settings.clickhouse_shown} (database {settings.clickhouse_database})"
     print(
         f"applied migrations {applied} to {where}" if applied else f"schema up to date in {where}"
     )

@@ -166,7 +166,8 @@ def alertmanager_config(settings: Settings, receiver_url: str, *, local_only: bo
         pagerduty_routing_key_file="" if local_only else settings.alert_pagerduty_routing_key_file,
         opsgenie_api_key_file="" if local_only else settings.alert_opsgenie_api_key_file,
         oncall_webhook_url=f"{receiver_url}/page",
-        webhook_url=(not local_only and settings.alert_webhook_url) or f"{receiver_url}/notify",
+        webhook_url=(not local_only and settings.alert_webhook_url.get_secret_value())
+        or f"{receiver_url}/notify",
     )
     return json.dumps(config, indent=2)  # JSON is YAML
 
@@ -288,25 +289,10 @@ class Stack:
         if opts.kafka_bootstrap:
             overrides["kafka_bootstrap"] = opts.kafka_bootstrap
         self.config = self.settings.model_copy(update=overrides)
-        self.env = {
-            **os.environ,
-            **{f"PINWATCH_{k.upper()}": str(v) for k, v in overrides.items()},
-            # Every setting the children need must match the stack's, including those the
-            # caller set in code rather than in the environment.
-            **{
-                f"PINWATCH_{k.upper()}": str(getattr(self.config, k))
-                for k in (
-                    "kafka_topic",
-                    "kafka_dead_letter_topic",
-                    "kafka_consumer_group",
-                    "clickhouse_dsn",
-                    "clickhouse_database",
-                    "ingest_host",
-                    "consumer_host",
-                    "kafka_home",
-                )
-            },
-        }
+        # The children run on exactly the stack's settings, including those the caller set in
+        # code rather than in the environment (secrets too: this is their environment, never
+        # printed).
+        self.env = {**os.environ, **self.config.env_vars(list(Settings.model_fields))}
 
     def _public_roots(self, data_dir: Path) -> Path:
         """Unless the user named a bundle, trust certifi's roots plus the simulator's public
@@ -355,7 +341,7 @@ class Stack:
         self._step_kafka()
         self._step(
             "schema",
-            f"ClickHouse schema ({cfg.clickhouse_url})",
+            f"ClickHouse schema ({cfg.clickhouse_shown})",
             lambda: self._child("migrate", ["migrate"]).run_to_end(opts.ready_timeout),
         )
         self.ingest = self._child("ingest", ["ingest"], f"{self.ingest_url}/readyz")

@@ -51,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         # Settings are read from the environment, so the flag simply overrides the variable.
         os.environ["PINWATCH_POLICY_FILE"] = str(args.policy)
     from pinwatch.logs import setup_logging
-    from pinwatch.settings import Settings
+    from pinwatch.settings import SettingsError, load_settings
 
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"pinwatch {args.command}: {exc}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level, settings.log_format)
     try:
         return int(args._module.run(args, settings) or 0)

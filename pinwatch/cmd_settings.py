@@ -23,7 +23,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.markdown:
         print(settings_markdown(), end="")
         return 0
-    for name, value in settings.model_dump().items():
-        shown = "***" if ("key" in name or "token" in name) and value else value
-        print(f"PINWATCH_{name.upper()}={shown}")
+    for name, value in settings.shown().items():
+        print(f"{name}={value}")
     return 0

@@ -7,13 +7,16 @@ import hashlib
 import hmac
 import ipaddress
 
+from pydantic import SecretStr
+
 
 class DeviceHasher:
     """HMAC-SHA256 of the device id under the settings' secret, truncated to 128 bits: stable
     per device (distinct-device counts work), useless without the key."""
 
-    def __init__(self, key: str) -> None:
-        self._key = key.encode()
+    def __init__(self, key: SecretStr | str) -> None:
+        secret = key.get_secret_value() if isinstance(key, SecretStr) else key
+        self._key = secret.encode()
 
     def __call__(self, device_id: str) -> str:
         if not device_id:

@@ -1,30 +1,48 @@
 """The one typed settings object.
 
 Every knob pinwatch has lives here, read from `PINWATCH_*` environment variables, with defaults
-that run the whole pipeline on one machine. The README's settings table is generated from this
-class (`pinwatch settings --markdown`) and a test keeps the two in step, so a field's
-`description` is its documentation.
+that run the whole pipeline on one machine. The settings table in docs/configuration.md is
+generated from this class (`pinwatch settings --markdown`) and a test keeps the two in step, so a
+field's `description` is its documentation.
+
+Secrets (keys, tokens, DSNs, webhook URLs) are `SecretStr`: printing the settings, a log line or
+an error shows them masked, and only the code that uses one calls `get_secret_value()`. With
+`PINWATCH_ENV=production` the local defaults of secrets and the example policy (whose ingest keys
+are public) are refused at start.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import certifi
-from pydantic import Field
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pinwatch.resources import EXAMPLE_POLICY
 
 _DATA_DIR = Path(".pinwatch")
+# Local defaults of secrets: fine on a laptop, refused in production (`env`).
+LOCAL_DEVICE_HASH_KEY = "pinwatch-local-development-key"
+LOCAL_ADMIN_TOKEN = "pinwatch-local-admin-token"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot run: the message names each variable and what is wrong, and never
+    carries a value (pydantic's own errors quote the input, secrets included)."""
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PINWATCH_", extra="ignore")
 
     # --- shared -------------------------------------------------------------------------------
+    env: Literal["local", "production"] = Field(
+        "local",
+        description="`production` refuses the local defaults of device_hash_key and admin_token "
+        "and the example policy at start.",
+    )
     policy_file: Path = Field(
         EXAMPLE_POLICY,
         description="Pin policy YAML: apps, keys, hosts, pins (default: the packaged example, "
@@ -35,9 +53,10 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field("json", description="`json` (one object per line) or `text`.")
-    device_hash_key: str = Field(
-        "pinwatch-local-development-key",
-        description="Secret for the keyed hash (HMAC-SHA256) of device ids. Set it in production.",
+    device_hash_key: SecretStr = Field(
+        SecretStr(LOCAL_DEVICE_HASH_KEY),
+        description="Secret for the keyed hash (HMAC-SHA256) of device ids; at least 32 "
+        "characters in production (e.g. `openssl rand -base64 32`).",
     )
     public_roots_file: Path = Field(
         Path(certifi.where()),
@@ -134,9 +153,10 @@ class Settings(BaseSettings):
     # --- consumer -----------------------------------------------------------------------------
     consumer_host: str = Field("127.0.0.1", description="Consumer metrics/query API address.")
     consumer_port: int = Field(9787, description="Consumer metrics/query API port.")
-    clickhouse_dsn: str = Field(
-        "",
-        description="`chdb:///path` (embedded) or `http(s)://host:8123`. Empty: chDB in data_dir.",
+    clickhouse_dsn: SecretStr = Field(
+        SecretStr(""),
+        description="`chdb:///path` (embedded) or `http(s)://user:password@host:8123` (a secret: "
+        "it may carry the password). Empty: chDB in data_dir.",
     )
     clickhouse_database: str = Field("pinwatch", description="ClickHouse database name.")
     retention_days: int = Field(30, ge=1, description="TTL of raw reports in ClickHouse.")
@@ -162,8 +182,9 @@ class Settings(BaseSettings):
     dedup_max_ids: int = Field(
         1_000_000, ge=1, description="Most report ids kept in the consumer's in-memory dedup set."
     )
-    admin_token: str = Field(
-        "pinwatch-local-admin-token", description="Bearer token for the query API (/v1/rollout)."
+    admin_token: SecretStr = Field(
+        SecretStr(LOCAL_ADMIN_TOKEN),
+        description="Bearer token for the query API (/v1/rollout); set it in production.",
     )
     commit_interval_seconds: float = Field(
         1.0, gt=0, description="Commit consumer offsets (of inserted batches) at most this often."
@@ -243,11 +264,14 @@ class Settings(BaseSettings):
     alert_opsgenie_api_key_file: str = Field(
         "", description="File holding the Opsgenie API key for pages; empty: no Opsgenie."
     )
-    alert_oncall_webhook_url: str = Field(
-        "", description="Webhook that also receives pages (chat, paging bridge); empty: none."
+    alert_oncall_webhook_url: SecretStr = Field(
+        SecretStr(""),
+        description="Webhook that also receives pages (chat, paging bridge); empty: none. A "
+        "secret: webhook URLs carry tokens.",
     )
-    alert_webhook_url: str = Field(
-        "", description="Webhook for ticket and info alerts; empty: they stay in Alertmanager."
+    alert_webhook_url: SecretStr = Field(
+        SecretStr(""),
+        description="Webhook for ticket and info alerts; empty: they stay in Alertmanager.",
     )
 
     # --- simulator and demo -------------------------------------------------------------------
@@ -272,15 +296,99 @@ class Settings(BaseSettings):
         600.0, gt=0, description="`pinwatch demo`: longest wait for the page after the rotation."
     )
 
+    @model_validator(mode="after")
+    def _production_refuses_local_defaults(self) -> Settings:
+        if self.env != "production":
+            return self
+        problems = []
+        key = self.device_hash_key.get_secret_value()
+        if key == LOCAL_DEVICE_HASH_KEY or len(key) < 32:
+            problems.append(
+                "PINWATCH_DEVICE_HASH_KEY: the local default or shorter than 32 characters; "
+                "set a long random secret (`openssl rand -base64 32`) and keep it: changing it "
+                "changes every device hash"
+            )
+        if self.admin_token.get_secret_value() in ("", LOCAL_ADMIN_TOKEN):
+            problems.append("PINWATCH_ADMIN_TOKEN: the local default; set a random token")
+        if self.policy_file.resolve() == EXAMPLE_POLICY.resolve():
+            problems.append(
+                "PINWATCH_POLICY_FILE: the packaged example policy, whose ingest keys are "
+                "public; point it at your own policy"
+            )
+        if problems:
+            raise ValueError(
+                "refused in production (PINWATCH_ENV=production): " + "; ".join(problems)
+            )
+        return self
+
     @property
     def clickhouse_url(self) -> str:
-        return self.clickhouse_dsn or f"chdb:///{(self.data_dir / 'chdb').resolve()}"
+        """The DSN to connect with. It may hold a password: show `clickhouse_shown` instead."""
+        dsn = self.clickhouse_dsn.get_secret_value()
+        return dsn or f"chdb:///{(self.data_dir / 'chdb').resolve()}"
+
+    @property
+    def clickhouse_shown(self) -> str:
+        return shown(self.clickhouse_url)
+
+    def shown(self) -> dict[str, str]:
+        """Every setting as `PINWATCH_*` variables for people to read: secrets masked."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = shown(value.get_secret_value())
+            else:
+                text = str(value)
+            out[f"PINWATCH_{name.upper()}"] = text
+        return out
+
+    def env_vars(self, names: list[str]) -> dict[str, str]:
+        """These settings as `PINWATCH_*` variables with their real values, secrets included: for
+        a child process's environment only, never for printing."""
+        out = {}
+        for name in names:
+            value = getattr(self, name)
+            if value is None:  # unset: the child falls back to the same default
+                continue
+            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            out[f"PINWATCH_{name.upper()}"] = text
+        return out
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Process-wide settings; apps and tests that need others build their own `Settings(...)`."""
-    return Settings()
+def shown(secret: str) -> str:
+    """A secret as it may be shown: a URL keeps its scheme, user and host (which server, not
+    which password or token), anything else is `***`; empty stays empty."""
+    if not secret:
+        return ""
+    try:
+        parts = urlsplit(secret)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "***"
+    if not parts.scheme or (not host and parts.scheme != "chdb"):
+        return "***"
+    if parts.scheme == "chdb":  # a local path, no credentials
+        return secret
+    user = f"{parts.username}:***@" if parts.username else ""
+    where = f"{host}:{port}" if port else str(host)
+    rest = "/***" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{user}{where}{rest}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and `overrides`), or `SettingsError` naming each bad
+    variable without quoting any value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            names = [str(p) for p in err["loc"] if isinstance(p, str)]
+            where = ", ".join(f"PINWATCH_{n.upper()}" for n in names)
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -310,6 +418,8 @@ def settings_markdown() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default
+        if isinstance(default, SecretStr):  # the local defaults are public; empty shows empty
+            default = default.get_secret_value()
         # Defaults computed from this machine are shown by what they stand for.
         default = _SHOWN_DEFAULTS.get(name, default)
         rows.append(f"| `PINWATCH_{name.upper()}` | `{default}` | {field.description} |")

@@ -343,7 +343,7 @@ async def test_api_serves_health_and_mounts_the_rollout_query_api(pipeline: Pipe
         assert (await client.get("/readyz")).json() == {"status": "ready"}
         # the rollout router is mounted and guarded by the admin token
         assert (await client.get(f"/v1/rollout/{TEST_HOST}")).status_code == 401
-        token = {"Authorization": f"Bearer {pipeline.settings.admin_token}"}
+        token = {"Authorization": f"Bearer {pipeline.settings.admin_token.get_secret_value()}"}
         answer = await client.get(f"/v1/rollout/{TEST_HOST}", headers=token)
         assert answer.status_code == 200, answer.text
 

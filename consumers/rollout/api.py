@@ -30,7 +30,7 @@ def require_admin(
         raise HTTPException(
             401, "admin bearer token required", headers={"WWW-Authenticate": "Bearer"}
         )
-    expected = request.app.state.settings.admin_token.encode()
+    expected = request.app.state.settings.admin_token.get_secret_value().encode()
     if not hmac.compare_digest(credentials.credentials.encode(), expected):
         raise HTTPException(403, "admin token not accepted")
 

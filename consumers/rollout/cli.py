@@ -88,7 +88,7 @@ def fetch(settings: Settings, host: str, params: list[tuple[str, str]], url: str
     response = httpx.get(
         f"{base.rstrip('/')}/v1/rollout/{host}",
         params=params,
-        headers={"Authorization": f"Bearer {settings.admin_token}"},
+        headers={"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"},
         timeout=settings.rollout_query_timeout_seconds,
     )
     if response.status_code != 200:
