@@ -1,7 +1,7 @@
 """How fast are the client-format parsers, next to the native batch parser in the same run?
 
 Decodes and parses, in-process (no HTTP, no Kafka), the request bodies of reports
-tests/payloads.py builds from real certificates, and prints reports per second and the ratio
+tests/support/payloads.py builds from real certificates, and prints reports per second and the ratio
 to the native baseline:
 
 - baseline: a native batch of pin validations, each with a 3-certificate DER chain,
@@ -27,16 +27,7 @@ from pathlib import Path
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from payloads import (  # noqa: E402
-    hpkp_report,
-    native_batch,
-    nel_report,
-    pin_validation,
-    trustkit_android,
-    trustkit_ios,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devstack.certs import CertificateAuthority  # noqa: E402
 from ingest.formats import FORMATS  # noqa: E402
@@ -45,6 +36,14 @@ from ingest.formats.pem import _parse_pem  # noqa: E402
 from pinwatch.policy import parse_policy  # noqa: E402
 from pinwatch.privacy import DeviceHasher  # noqa: E402
 from pinwatch.settings import Settings  # noqa: E402
+from tests.support.payloads import (  # noqa: E402
+    hpkp_report,
+    native_batch,
+    nel_report,
+    pin_validation,
+    trustkit_android,
+    trustkit_ios,
+)
 
 HOST = "api.bench.test"
 APP = "com.example.bench"

@@ -1,5 +1,10 @@
 """Session fixtures: real components started once, cleaned up even on failure.
 
+Tiers are folders: tests/unit (no services, no network: `pytest tests/unit` in the venv, in
+under a minute), tests/integration (real Kafka, chDB, Prometheus, Alertmanager, promtool),
+tests/e2e (pinwatch commands and whole stacks as processes). Each test gets its tier as a marker
+(`-m unit`, `-m "not e2e"`). Shared helpers live in tests/support.
+
 - Kafka: a real local broker (devstack.localkafka) on free loopback ports, or an already running
   one named by PINWATCH_TEST_KAFKA_BOOTSTRAP (handy while developing: start one with
   `deploy/kafka.sh start` and reuse it). Every test gets its own topics, so they never collide.
@@ -11,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +24,16 @@ import pytest
 
 from devstack.certs import CertificateAuthority
 from devstack.localkafka import LocalKafka, free_ports
+from devstack.simulate import Chains, Population, PopulationConfig, build_population
+from pinwatch.policy import load_policy
 from pinwatch.settings import Settings
-
-TEST_HOST = "api.pinwatch.test"
-TEST_APP = "com.example.pinned"
-TEST_KEY = "test-ingest-key-0123456789"
-REPORT_ONLY_HOST = "cdn.pinwatch.test"
+from tests.support.names import (
+    REPORT_ONLY_HOST,
+    TEST_APP,
+    TEST_HOST,
+    TEST_KEY,
+)
+from tests.support.settings import settings_factory
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +103,18 @@ def policy_file(ca: CertificateAuthority, session_dir: Path) -> Path:
 
 
 @pytest.fixture
+def population(policy_file: Path) -> Population:
+    """A small simulated app population on the test policy (devstack.simulate)."""
+    return build_population(load_policy(policy_file), PopulationConfig(devices=40, networks=4))
+
+
+@pytest.fixture
+def chains(session_dir: Path, ca: CertificateAuthority) -> Chains:
+    """The simulator's served chains, from the session's test PKI."""
+    return Chains(session_dir / "pki")
+
+
+@pytest.fixture
 def make_settings(
     kafka_bootstrap: str,
     chdb_dsn: str,
@@ -109,38 +129,23 @@ def make_settings(
     )
 
 
-def settings_factory(
-    kafka_bootstrap: str, chdb_dsn: str, policy_file: Path, public_roots_file: Path, data_dir: Path
-) -> Callable[..., Settings]:
-    """`make(**overrides)` building Settings on these components, with topics, consumer group
-    and ClickHouse database of their own, the same for every call of one factory. For fixtures
-    wider than a test, which cannot use `make_settings`."""
-    suffix = uuid.uuid4().hex[:10]
-
-    def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "kafka_bootstrap": kafka_bootstrap,
-            "kafka_topic": f"reports-{suffix}",
-            "kafka_dead_letter_topic": f"dead-letter-{suffix}",
-            "kafka_consumer_group": f"group-{suffix}",
-            "clickhouse_dsn": chdb_dsn,
-            "clickhouse_database": f"pw_{suffix}",
-            "policy_file": policy_file,
-            "public_roots_file": public_roots_file,
-            "data_dir": data_dir,
-            "log_format": "text",
-        }
-        values.update(overrides)
-        return Settings(**values)
-
-    return make
-
-
 @pytest.fixture
 async def pipeline(make_settings: Callable[..., Settings]) -> AsyncIterator[Any]:
-    """The whole pipeline (tests/pipeline.py) on this test's topics and database; for other
+    """The whole pipeline (tests/support/pipeline.py) on this test's topics and database; for other
     settings use `async with run_pipeline(make_settings(...))` directly."""
-    from pipeline import run_pipeline
+    from tests.support.pipeline import run_pipeline
 
     async with run_pipeline(make_settings()) as running:
         yield running
+
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with the tier its folder names."""
+    root = Path(__file__).parent
+    for item in items:
+        parts = Path(item.path).relative_to(root).parts
+        if parts and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))

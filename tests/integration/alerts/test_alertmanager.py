@@ -1,0 +1,147 @@
+"""The shipped routing and inhibit rules in a real Alertmanager: alerts posted to its API, the
+notifications a webhook receives, and which alerts it holds back as inhibited."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from alerts import generate
+from alerts.alertmanager import alertmanager_config
+from devstack.localkafka import free_port
+from devstack.monitoring import CONSUMER_JOB, LocalAlertmanager
+from devstack.stack import PageReceiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[PageReceiver]:
+    hook = PageReceiver(free_port(), lambda _line: None)
+    hook.start()
+    try:
+        yield hook
+    finally:
+        hook.stop()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, receiver: PageReceiver) -> Iterator[LocalAlertmanager]:
+    config = alertmanager_config(
+        oncall_webhook_url=f"{receiver.url}/page", webhook_url=f"{receiver.url}/notify"
+    )
+    with LocalAlertmanager(tmp_path / "am", config=generate.dump(config)) as am:
+        yield am
+
+
+def alert(name: str, severity: str, component: str, **labels: str) -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "labels": {"alertname": name, "severity": severity, "component": component, **labels},
+        "annotations": {"summary": name},
+        "startsAt": now.isoformat(),
+        "endsAt": (now + dt.timedelta(minutes=10)).isoformat(),
+    }
+
+
+def post(am: LocalAlertmanager, *alerts: dict[str, Any]) -> None:
+    httpx.post(f"{am.url}/api/v2/alerts", json=list(alerts), timeout=10).raise_for_status()
+
+
+def states(am: LocalAlertmanager) -> dict[tuple[str, str], str]:
+    """(alertname, host or job) -> "active" | "suppressed" (inhibited)."""
+    out = {}
+    for item in am.alerts():
+        labels = item["labels"]
+        key = (labels["alertname"], labels.get("host") or labels.get("job", ""))
+        state = item["status"]["state"]
+        assert state != "suppressed" or item["status"]["inhibitedBy"], item
+        out[key] = state
+    return out
+
+
+def wait_until(check: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def test_rotation_silences_the_generic_pages_for_its_host_only(
+    alertmanager: LocalAlertmanager, receiver: PageReceiver
+) -> None:
+    app = {"app": "com.example.pinned"}
+    post(
+        alertmanager,
+        alert("PinwatchRotationBreakage", "page", "pinning", host="api.a.test", **app),
+        alert("PinwatchPinFailureRateHigh", "page", "pinning", host="api.a.test", **app),
+        alert(
+            "PinwatchAppVersionFailing",
+            "page",
+            "pinning",
+            host="api.a.test",
+            app_version="5.2.0",
+            **app,
+        ),
+        alert("PinwatchPinFailureRateHigh", "page", "pinning", host="api.b.test", **app),
+        alert("PinwatchAppVersionFailing", "page", "pinning", host="api.c.test", **app),
+        alert("PinwatchPinFailureRateHigh", "page", "pinning", host="api.c.test", **app),
+        alert("PinwatchInterceptionSuspected", "ticket", "pinning", host="api.b.test", **app),
+    )
+    assert wait_until(lambda: len(states(alertmanager)) == 7)
+    expected = {
+        ("PinwatchRotationBreakage", "api.a.test"): "active",
+        ("PinwatchPinFailureRateHigh", "api.a.test"): "suppressed",
+        ("PinwatchAppVersionFailing", "api.a.test"): "suppressed",
+        ("PinwatchPinFailureRateHigh", "api.b.test"): "active",
+        ("PinwatchAppVersionFailing", "api.c.test"): "active",
+        ("PinwatchPinFailureRateHigh", "api.c.test"): "suppressed",
+        ("PinwatchInterceptionSuspected", "api.b.test"): "active",
+    }
+    assert wait_until(lambda: states(alertmanager) == expected), states(alertmanager)
+
+    # The on-call receiver gets one notification per app and host, without the inhibited
+    # alerts. (Tickets wait a minute before their first notification; their routing is checked
+    # with `amtool config routes test` in test_alerts.py.)
+    def delivered() -> dict[str, list[str]]:
+        got: dict[str, list[str]] = {}
+        for page in receiver.received:
+            for item in page.alerts:
+                got.setdefault(page.path, []).append(
+                    f"{item['labels']['alertname']}@{item['labels']['host']}"
+                )
+        return got
+
+    wait_until(lambda: len(delivered().get("/page", [])) >= 3, timeout=60)
+    assert sorted(delivered()["/page"]) == [
+        "PinwatchAppVersionFailing@api.c.test",
+        "PinwatchPinFailureRateHigh@api.b.test",
+        "PinwatchRotationBreakage@api.a.test",
+    ]
+
+
+def test_a_pipeline_outage_silences_what_depends_on_it(alertmanager: LocalAlertmanager) -> None:
+    app = {"app": "com.example.pinned"}
+    post(
+        alertmanager,
+        alert("PinwatchPinFailureRateHigh", "page", "pinning", host="api.a.test", **app),
+        alert("PinwatchBackupPinServed", "info", "pinning", host="api.a.test", **app),
+        alert("PinwatchScrapeTargetDown", "page", "pipeline", job=CONSUMER_JOB, instance="c:1"),
+        alert("PinwatchConsumerLagGrowing", "page", "pipeline", job=CONSUMER_JOB),
+        # Another job's pipeline alert is not explained by this target being down.
+        alert("PinwatchIngestProduceFailing", "page", "pipeline", job="pinwatch-ingest"),
+    )
+    expected = {
+        ("PinwatchPinFailureRateHigh", "api.a.test"): "suppressed",
+        ("PinwatchBackupPinServed", "api.a.test"): "suppressed",
+        ("PinwatchScrapeTargetDown", CONSUMER_JOB): "active",
+        ("PinwatchConsumerLagGrowing", CONSUMER_JOB): "suppressed",
+        ("PinwatchIngestProduceFailing", "pinwatch-ingest"): "active",
+    }
+    assert wait_until(lambda: states(alertmanager) == expected), states(alertmanager)

@@ -1,0 +1,287 @@
+"""The report protocol (ingest/protocol.py) over raw HTTP/1.1 against a served ingest and the
+real broker: report POSTs that take the short way and requests that do not share a connection
+and get their answers in order; keep-alive, Connection: close, Expect: 100-continue, HTTP/1.0,
+chunked and oversized bodies, a client that leaves early and a graceful shutdown all behave as
+uvicorn's own path does; both ways give the same answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+
+from ingest.app import create_app
+from ingest.cli import server_options
+from ingest.producer import KafkaSink
+from ingest.protocol import ReportProtocol
+from pinwatch.record import Record
+from pinwatch.settings import Settings
+from tests.support.ingest import read_records
+from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
+from tests.support.payloads import native_batch, network_error
+from tests.support.serve import Served, start_ingest, start_server
+
+
+def _report(report_id: str | None = None) -> tuple[str, bytes]:
+    report = network_error(TEST_HOST, "timeout")
+    if report_id is not None:
+        report["id"] = report_id
+    return report["id"], orjson.dumps(native_batch([report], app=TEST_APP))
+
+
+def _post(body: bytes, *, extra: str = "", version: str = "1.1", key: str = TEST_KEY) -> bytes:
+    head = (
+        f"POST /v1/reports HTTP/{version}\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"X-Pinwatch-Key: {key}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+def _chunked_post(body: bytes, *, key: str = TEST_KEY) -> bytes:
+    half = len(body) // 2
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:half], body[half:]))
+    return (
+        b"POST /v1/reports HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        + f"X-Pinwatch-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        + chunks
+        + b"0\r\n\r\n"
+    )
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> Answer:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+class Conn:
+    """One raw HTTP connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answers(self, n: int) -> list[Answer]:
+        return [await _read_answer(self.reader) for _ in range(n)]
+
+    async def closed_by_server(self) -> bool:
+        """Closed at once, not by uvicorn's idle timeout (5 s) later."""
+        return await asyncio.wait_for(self.reader.read(1), 2) == b""
+
+
+@pytest.fixture
+async def ingest(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Served, Settings]]:
+    settings = make_settings()
+    served = await start_ingest(settings)
+    try:
+        yield served, settings
+    finally:
+        await served.stop(30)
+
+
+@pytest.fixture
+async def connect(
+    ingest: tuple[Served, Settings],
+) -> AsyncIterator[Callable[[], Any]]:
+    url = urlsplit(ingest[0].url)
+    opened: list[asyncio.StreamWriter] = []
+
+    async def open_one() -> Conn:
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        opened.append(writer)
+        return Conn(reader, writer)
+
+    yield open_one
+    for writer in opened:
+        writer.close()
+
+
+def _ids(records: list[Record]) -> list[str]:
+    return sorted(r.id for r in records)
+
+
+async def test_served_with_the_report_protocol(ingest: tuple[Served, Settings]) -> None:
+    served, _ = ingest
+    assert issubclass(served.server.config.http_protocol_class, ReportProtocol)
+
+
+async def test_keep_alive_and_pipelining_answer_in_order(
+    ingest: tuple[Served, Settings], connect: Any
+) -> None:
+    """Short-way POSTs, a GET and a chunked POST (uvicorn's way) in one write: answered in the
+    order sent, every report on the topic once."""
+    _, settings = ingest
+    conn = await connect()
+    a_id, a = _report()
+    b_id, b = _report()
+    c_id, c = _report()
+    d_id, d = _report()
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    await conn.send(_post(a) + healthz + _post(b) + _chunked_post(c) + _post(d))
+    answers = await conn.answers(5)
+    assert [status for status, _, _ in answers] == [202, 200, 202, 202, 202]
+    assert orjson.loads(answers[1][2]) == {"status": "ok"}
+    for _, headers, body in answers[:1] + answers[2:]:
+        assert orjson.loads(body) == {"accepted": 1, "rejected": []}
+        assert headers["content-type"] == "application/json"
+        assert "connection" not in headers  # kept alive
+    # the same connection goes on serving after a pause
+    e_id, e = _report()
+    await conn.send(_post(e))
+    assert (await conn.answers(1))[0][0] == 202
+    records = await read_records(settings, min_records=5)
+    assert _ids(records) == sorted([a_id, b_id, c_id, d_id, e_id])
+
+
+async def test_connection_close_and_http_1_0(ingest: tuple[Served, Settings], connect: Any) -> None:
+    _, settings = ingest
+    conn = await connect()
+    a_id, a = _report()
+    await conn.send(_post(a, extra="Connection: close\r\n"))
+    ((status, headers, _),) = await conn.answers(1)
+    assert (status, headers["connection"]) == (202, "close")
+    assert await conn.closed_by_server()
+
+    old = await connect()
+    b_id, b = _report()
+    await old.send(_post(b, version="1.0"))
+    ((status, _, body),) = await old.answers(1)
+    assert (status, orjson.loads(body)["accepted"]) == (202, 1)
+    assert await old.closed_by_server()
+    assert _ids(await read_records(settings, min_records=2)) == sorted([a_id, b_id])
+
+
+async def test_expect_100_continue(ingest: tuple[Served, Settings], connect: Any) -> None:
+    _, settings = ingest
+    conn = await connect()
+    report_id, body = _report()
+    request = _post(body, extra="Expect: 100-continue\r\n")
+    await conn.send(request[: -len(body)])
+    status, _, _ = await _read_answer(conn.reader)
+    assert status == 100
+    await conn.send(body)
+    assert (await conn.answers(1))[0][0] == 202
+    assert _ids(await read_records(settings, min_records=1)) == [report_id]
+
+
+async def test_same_answer_either_way(ingest: tuple[Served, Settings], connect: Any) -> None:
+    """The short way and uvicorn's (a chunked body) answer a refused request alike."""
+    conn = await connect()
+    _, body = _report()
+    await conn.send(_post(body, key="wrong-key") + _chunked_post(body, key="wrong-key"))
+    short, chunked = await conn.answers(2)
+    assert short[0] == chunked[0] == 401
+    assert short[2] == chunked[2]
+    assert orjson.loads(short[2])["error"] == "unauthorized"
+    for name in ("content-type", "content-length", "server"):
+        assert short[1][name] == chunked[1][name]
+    await conn.send(_post(b"{not json") + _chunked_post(b"{not json"))
+    short, chunked = await conn.answers(2)
+    assert short[0] == chunked[0] == 400
+    assert short[2] == chunked[2]
+
+
+async def test_body_limits_either_way(make_settings: Callable[..., Settings], connect: Any) -> None:
+    """A Content-Length over max_body_bytes is refused (413) on the short way; a body over the
+    short way's 64 KiB goes uvicorn's way and is accepted when within the limits."""
+    settings = make_settings(max_body_bytes=2_000)
+    served = await start_ingest(settings)
+    try:
+        url = urlsplit(served.url)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        conn = Conn(reader, writer)
+        big = orjson.dumps(
+            native_batch([network_error(TEST_HOST, "timeout") for _ in range(20)], app=TEST_APP)
+        )
+        assert 2_000 < len(big) < 65_536
+        await conn.send(_post(big))
+        ((status, _, body),) = await conn.answers(1)
+        assert (status, orjson.loads(body)["error"]) == (413, "too_large")
+        writer.close()
+    finally:
+        await served.stop(30)
+
+    conn = await connect()
+    reports = [network_error(TEST_HOST, "timeout", detail="x" * 200) for _ in range(300)]
+    large = orjson.dumps(native_batch(reports, app=TEST_APP))
+    assert len(large) > 65_536
+    await conn.send(_post(large))
+    ((status, _, body),) = await conn.answers(1)
+    assert (status, orjson.loads(body)["accepted"]) == (202, 300)
+
+
+async def test_client_that_leaves_early(ingest: tuple[Served, Settings], connect: Any) -> None:
+    """A client gone before its answer harms nobody: its report still reaches Kafka (the id
+    dedups its retry downstream) and the server goes on answering."""
+    _, settings = ingest
+    gone = await connect()
+    gone_id, body = _report()
+    await gone.send(_post(body))
+    gone.writer.close()
+    conn = await connect()
+    next_id, body = _report()
+    await conn.send(_post(body))
+    assert (await conn.answers(1))[0][0] == 202
+    assert _ids(await read_records(settings, min_records=2)) == sorted([gone_id, next_id])
+
+
+class _SlowSink(KafkaSink):
+    """The real sink, acknowledging half a second late: a request is in flight for sure."""
+
+    async def send(self, records: list[Record]) -> None:
+        await asyncio.sleep(0.5)
+        await super().send(records)
+
+
+async def test_graceful_shutdown_answers_what_is_in_flight(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    sink = _SlowSink(settings)
+    app = create_app(settings, producer=sink)
+    served = await start_server(app, options=server_options(settings, app))
+    try:
+        url = urlsplit(served.url)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        conn = Conn(reader, writer)
+        report_id, body = _report()
+        await conn.send(_post(body))
+        await asyncio.sleep(0.2)
+        served.server.should_exit = True  # as SIGTERM does
+        ((status, headers, answer),) = await conn.answers(1)
+        assert (status, orjson.loads(answer)["accepted"]) == (202, 1)
+        assert headers["connection"] == "close"
+        assert await conn.closed_by_server()
+        await asyncio.wait_for(served.task, 30)
+    finally:
+        if not served.task.done():
+            await served.stop(30)
+        await sink.stop()
+    assert _ids(await read_records(settings, min_records=1)) == [report_id]
+
+
+def test_proxy_headers_keep_uvicorns_way(make_settings: Callable[..., Settings]) -> None:
+    """With a proxy to believe, the forwarded address is uvicorn's middleware's to read, so
+    report POSTs go uvicorn's way (tests/test_ingest_cli.py checks the address itself)."""
+    app = create_app(make_settings())
+    assert issubclass(server_options(make_settings(), app)["http"], ReportProtocol)
+    trusting = make_settings(ingest_forwarded_allow_ips="10.0.0.1")
+    assert server_options(trusting, app)["http"] == "httptools"

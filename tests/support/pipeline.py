@@ -1,0 +1,152 @@
+"""The real pipeline inside a test's event loop: ingest (uvicorn) -> Kafka -> consumer -> chDB,
+and the consumer's API (/metrics, /readyz, /v1/rollout) on a free port.
+
+    async with run_pipeline(settings) as p:
+        await p.post(native_batch([...], app=TEST_APP))
+        await p.wait_inserted(3)
+        rows = await p.store.query("SELECT ... FROM {db}.reports")
+        text = await p.metrics_text()
+
+chDB allows one engine per process, so ClickHouse is read through `p.store` (the consumer's own
+Store), never through a second client. Everything started is stopped on the way out, also when
+the test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumers.api import create_api
+from consumers.consumer import Consumer
+from consumers.store import Store
+from pinwatch.settings import Settings
+from pinwatch.topics import ensure_topics
+from tests.support.names import TEST_KEY
+from tests.support.serve import Served, start_ingest, start_server
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    store: Store
+    consumer: Consumer | None
+    ingest_url: str
+    consumer_url: str
+    run_task: asyncio.Task[None] | None = None
+
+    async def post(
+        self,
+        body: Any,
+        *,
+        path: str = "/v1/reports",
+        key: str = TEST_KEY,
+        expect: int | None = 202,
+    ) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.ingest_url, timeout=30) as client:
+            response = await client.post(path, json=body, headers={"X-Pinwatch-Key": key})
+        if expect is not None and response.status_code != expect:
+            raise AssertionError(f"POST {path}: {response.status_code} {response.text[:500]}")
+        return response
+
+    async def rows(self) -> int:
+        return int(await self.store.scalar("SELECT count() FROM {db}.reports") or 0)
+
+    def committed_reports(self) -> int:
+        """Reports this process's consumer has counted (i.e. committed)."""
+        if self.consumer is None:
+            return 0
+        registry = self.consumer.metrics.registry
+        return int(
+            sum(
+                registry.get_sample_value("pinwatch_consumer_inserted_reports_total", {"kind": k})
+                or 0
+                for k in ("pin_validation", "network_error")
+            )
+        )
+
+    async def wait_inserted(self, n_reports: int, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Until at least `n_reports` report rows are in ClickHouse *and* committed (so the
+        report counters on /metrics include them)."""
+        deadline = time.monotonic() + timeout
+        rows = 0
+        while time.monotonic() < deadline:
+            rows = await self.rows()
+            if rows >= n_reports and self.committed_reports() >= n_reports:
+                return
+            if self.consumer is not None and self.consumer.fatal:
+                raise AssertionError(f"consumer stopped: {self.consumer.fatal}")
+            await asyncio.sleep(0.1)
+        raise AssertionError(
+            f"{rows} rows in ClickHouse and {self.committed_reports()} committed after "
+            f"{timeout}s; waited for {n_reports}"
+        )
+
+    async def wait_consumer_stopped(self, seconds: float) -> None:
+        """Until the consumer's run ends by itself (e.g. the dead-letter limit); its exception
+        stays on `consumer.fatal`."""
+        assert self.run_task is not None, "no consumer in this pipeline"
+        done, _ = await asyncio.wait({self.run_task}, timeout=seconds)
+        if not done:
+            raise AssertionError(f"consumer still running after {seconds}s")
+
+    async def metrics_text(self) -> str:
+        async with httpx.AsyncClient(base_url=self.consumer_url, timeout=10) as client:
+            response = await client.get("/metrics")
+        response.raise_for_status()
+        return response.text
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`, as /metrics serves it."""
+        return metric_value(await self.metrics_text(), name, **labels)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples named `name` (with at least `labels`) in a Prometheus exposition."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@contextlib.asynccontextmanager
+async def run_pipeline(
+    settings: Settings, *, ingest: bool = True, consumer: bool = True
+) -> AsyncIterator[Pipeline]:
+    """Start ingest (optional), the consumer (optional) and the consumer API; stop them all."""
+    servers: list[Served] = []
+    store = Store.from_settings(settings)
+    engine: Consumer | None = None
+    run_task: asyncio.Task[None] | None = None
+    try:
+        await ensure_topics(settings)
+        await store.migrate(settings)
+        ingest_url = ""
+        if ingest:
+            servers.append(await start_ingest(settings))
+            ingest_url = servers[-1].url
+        if consumer:
+            engine = Consumer(settings, store)
+            await engine.start()
+            run_task = asyncio.create_task(engine.run())
+        api = create_api(settings, store, consumer=engine)
+        servers.append(await start_server(api, lifespan="off"))
+        yield Pipeline(settings, store, engine, ingest_url, servers[-1].url, run_task)
+    finally:
+        if engine is not None and run_task is not None:
+            engine.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(run_task, 30)
+        for served in reversed(servers):
+            with contextlib.suppress(Exception):
+                await served.stop(10)
+        await store.close()

@@ -1,0 +1,136 @@
+"""The shipped alerting rules and Alertmanager configuration as data: the committed YAML is what
+alerts/config.py generates, every alert has a firing case and a near miss in alerts/tests/, the
+mixin's conventions hold, and rules use only what the services expose. The real tools (promtool,
+amtool) check the same files in tests/integration/alerts/test_tools.py."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from alerts import generate
+from alerts.alertmanager import alertmanager_config
+from alerts.config import CONFIG
+from alerts.rules import alert_names
+from consumers.metrics import ConsumerMetrics
+from ingest.metrics import IngestMetrics
+from tests.support.alerts import RUNBOOK, UNIT_TESTS, shipped_alerts, shipped_rules
+
+
+def test_committed_files_are_what_the_config_generates() -> None:
+    for path, text in generate.files().items():
+        assert path.read_text() == text, f"{path} is stale: run `python -m alerts.generate`"
+    assert generate.main(["--check"]) == 0
+
+
+def test_every_alert_has_a_firing_case_and_a_near_miss() -> None:
+    firing: dict[str, int] = {}
+    quiet: dict[str, int] = {}
+    for path in UNIT_TESTS:
+        for group in yaml.safe_load(path.read_text())["tests"]:
+            for case in group.get("alert_rule_test", []):
+                name = case["alertname"]
+                expected = case.get("exp_alerts") or []
+                for alert in expected:
+                    # Firing cases assert the whole alert, not a subset.
+                    assert {"severity", "component"} <= set(alert["exp_labels"]), (path, name)
+                    assert set(alert["exp_annotations"]) == {
+                        "summary",
+                        "description",
+                        "runbook_url",
+                    }, (path, name)
+                firing[name] = firing.get(name, 0) + len(expected)
+                # A group whose only case for the alert expects it, but which also holds
+                # series that must not fire (near misses on other hosts), counts as both:
+                # exp_alerts lists every alert of that name, so any extra would fail it.
+                series = group["input_series"]
+                if not expected or len(series) > _series_needed(expected, series):
+                    quiet[name] = quiet.get(name, 0) + 1
+    names = alert_names()
+    assert sorted(firing) == sorted(names)
+    assert all(firing[n] >= 1 for n in names), firing
+    assert all(quiet.get(n, 0) >= 1 for n in names), quiet
+
+
+def _series_needed(expected: list[dict[str, Any]], series: list[dict[str, Any]]) -> int:
+    """Series that belong to the expected alerts (same app and host, or same job)."""
+    keys = set()
+    for alert in expected:
+        labels = alert["exp_labels"]
+        keys.add((labels.get("app"), labels.get("host"), labels.get("job")))
+    count = 0
+    for item in series:
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', item["series"]))
+        app, host, job = labels.get("app"), labels.get("host"), labels.get("job")
+        if (app, host, None) in keys or (None, None, job) in keys:
+            count += 1
+    return count
+
+
+def test_alert_conventions() -> None:
+    runbook = RUNBOOK.read_text()
+    headings = {
+        m.group(1).lower() for m in re.finditer(r"^## (\S+)\s*$", runbook, flags=re.MULTILINE)
+    }
+    for alert in shipped_alerts():
+        name = alert["alert"]
+        assert re.fullmatch(r"Pinwatch(?:[A-Z][a-z0-9]+)+", name), name
+        assert alert["labels"]["severity"] in {"page", "ticket", "info"}, name
+        assert alert["labels"]["component"] in {"pinning", "pipeline"}, name
+        notes = alert["annotations"]
+        assert notes["summary"] and notes["description"], name
+        base, _, anchor = notes["runbook_url"].partition("#")
+        assert base == CONFIG.runbook and anchor in headings, f"{name}: no runbook section"
+        if alert["labels"]["component"] == "pinning":
+            # Grouped and inhibited by app and host: the description must name both.
+            assert "$labels.app" in notes["description"], name
+            assert "$labels.host" in notes["description"], name
+
+
+def test_recording_rule_names_follow_level_metric_operations() -> None:
+    for rule in shipped_rules():
+        if "record" in rule:
+            level, metric, operations = rule["record"].split(":")
+            assert level and metric.startswith("pinwatch_") and operations, rule["record"]
+
+
+def _exposed() -> dict[str, set[str]]:
+    """Sample names the consumer and ingest expose, with their label names."""
+    names: dict[str, set[str]] = {"up": {"job", "instance"}}
+    for registry in (ConsumerMetrics().registry, IngestMetrics().registry):
+        for metric in registry._collector_to_names:  # noqa: SLF001 - label names per metric
+            # prometheus_client's metrics keep `_labelnames`; ingest's own counts `labelnames`
+            declared = getattr(metric, "labelnames", None) or getattr(metric, "_labelnames", ())
+            labels = set(declared) | {"job", "instance"}
+            for sample in registry._collector_to_names[metric]:  # noqa: SLF001
+                names[sample] = labels
+    return names
+
+
+def test_rules_use_only_metrics_and_labels_the_services_expose() -> None:
+    exposed = _exposed()
+    used = set()
+    for rule in shipped_rules():
+        expr = rule["expr"]
+        for name, selector in re.findall(r"(?<![:\w])(pinwatch_\w+|up)(?![:\w])(\{[^}]*\})?", expr):
+            assert name in exposed, f"{rule.get('record') or rule.get('alert')} uses {name}"
+            for label in re.findall(r"(\w+)\s*[!=]~?", selector):
+                assert label in exposed[name], f"{name} has no label {label}"
+            used.add(name)
+    assert "pinwatch_pin_validations_total" in used and "pinwatch_failing_devices" in used
+
+
+def test_settings_choose_the_oncall_integrations() -> None:
+    config = alertmanager_config(
+        pagerduty_routing_key_file="/run/secrets/pd", oncall_webhook_url="http://127.0.0.1:1/p"
+    )
+    oncall = next(r for r in config["receivers"] if r["name"] == "oncall")
+    assert oncall["pagerduty_configs"] == [
+        {"routing_key_file": "/run/secrets/pd", "send_resolved": True}
+    ]
+    assert "opsgenie_configs" not in oncall
+    assert oncall["webhook_configs"][0]["url"] == "http://127.0.0.1:1/p"
+    tickets = next(r for r in config["receivers"] if r["name"] == "tickets")
+    assert "webhook_configs" not in tickets  # no webhook set: tickets stay in Alertmanager
