@@ -286,6 +286,29 @@ class MigrationError(RuntimeError):
     pass
 
 
+def _database(settings: Settings) -> str:
+    db = settings.clickhouse_database
+    if not db.replace("_", "").isalnum():
+        raise MigrationError(f"clickhouse_database must be letters, digits and _: {db!r}")
+    return db
+
+
+def pending(client: object, settings: Settings) -> list[int]:
+    """Versions of MIGRATIONS not yet recorded as applied (all of them before the first
+    `migrate`); reads only, so a process without DDL rights can wait on it."""
+    db = _database(settings)
+    query = client.query  # type: ignore[attr-defined]
+    exists = query(
+        "SELECT count() FROM system.tables WHERE database = {db:String} "
+        "AND name = 'schema_migrations'",
+        parameters={"db": db},
+    ).result_rows[0][0]
+    done = set()
+    if exists:
+        done = {row[0] for row in query(f"SELECT version FROM {db}.schema_migrations").result_rows}
+    return [m.version for m in MIGRATIONS if m.version not in done]
+
+
 def migrate(client: object, settings: Settings) -> list[int]:
     """Apply every migration not yet recorded; returns the versions applied now.
 
@@ -293,9 +316,7 @@ def migrate(client: object, settings: Settings) -> list[int]:
     off the event loop. Statements are `IF NOT EXISTS`, so a migration interrupted halfway is
     simply re-run.
     """
-    db = settings.clickhouse_database
-    if not db.replace("_", "").isalnum():
-        raise MigrationError(f"clickhouse_database must be letters, digits and _: {db!r}")
+    db = _database(settings)
     command = client.command  # type: ignore[attr-defined]
     query = client.query  # type: ignore[attr-defined]
     command(f"CREATE DATABASE IF NOT EXISTS {db}")
