@@ -21,6 +21,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from dashboards import overview, pipeline, rollout
 from dashboards.common import DEFAULT_RUNBOOK_URL
 from pinwatch.generated import out_of_date, write_out_of_date
+from pinwatch.settings import Settings
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
 
@@ -71,11 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--runbook-url",
-        default=DEFAULT_RUNBOOK_URL,
+        default=None,
         help="where docs/runbook.md is published; dashboards link to it "
-        f"(default: {DEFAULT_RUNBOOK_URL})",
+        f"(default: PINWATCH_RUNBOOK_URL, else {DEFAULT_RUNBOOK_URL})",
     )
     args = parser.parse_args(argv)
+    if args.runbook_url is None:
+        args.runbook_url = Settings().runbook_url
     if args.check:
         stale = drift(args.out, args.runbook_url)
         for name in stale:

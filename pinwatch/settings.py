@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import certifi
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DATA_DIR = Path(".pinwatch")
@@ -245,6 +245,13 @@ class Settings(BaseSettings):
     alert_webhook_url: str = Field(
         "", description="Webhook for ticket and info alerts; empty: they stay in Alertmanager."
     )
+    runbook_url: str = Field(
+        "https://github.com/pinwatch/pinwatch/blob/main/docs/runbook.md",
+        description="Where docs/runbook.md is published (absolute URL): alerts' `runbook_url`, "
+        "dashboard links and the Kubernetes monitoring objects point here. Read by "
+        "`python -m alerts.generate` and `python -m dashboards.generate`: regenerate after "
+        "changing it.",
+    )
 
     # --- simulator and demo -------------------------------------------------------------------
     simulate_pki_dir: Path = Field(
@@ -266,6 +273,14 @@ class Settings(BaseSettings):
     demo_timeout_seconds: float = Field(
         600.0, gt=0, description="`pinwatch demo`: longest wait for the page after the rotation."
     )
+
+    @field_validator("runbook_url")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        # A relative link opens nowhere from Grafana, a page or a PagerDuty incident.
+        if not value.startswith(("https://", "http://")) or "#" in value:
+            raise ValueError("must be an absolute http(s) URL without a #fragment")
+        return value
 
     @property
     def clickhouse_url(self) -> str:
