@@ -94,9 +94,10 @@ class AlertConfig:
     info_group_interval: str = "10m"
     info_repeat_interval: str = "24h"
 
-    # Where runbook links point: docs/runbook.md of this repository. Deployments that publish
-    # the docs set the full URL here and regenerate.
-    runbook: str = "docs/runbook.md"
+    # Where runbook links point (alert annotations, dashboards, the Kubernetes objects): the
+    # PINWATCH_RUNBOOK_URL setting, which `python -m alerts.generate` and
+    # `python -m dashboards.generate` read; this default is the project's published runbook.
+    runbook: str = Settings.model_fields["runbook_url"].default
 
 
 CONFIG = AlertConfig()
@@ -110,4 +111,14 @@ DEPLOYMENT_EXAMPLE: dict[str, str] = {
     "opsgenie_api_key_file": "/etc/alertmanager/secrets/opsgenie-api-key",
     "oncall_webhook_url": "",
     "webhook_url": "http://pinwatch-alerts.example.com/alertmanager",
+}
+
+# The AlertmanagerConfig (deploy/k8s/base/monitoring, alerts/kubernetes.py) is rendered with
+# the same receivers, each reading its key or URL from the Secret `pinwatch-alertmanager`:
+# these are that Secret's keys (docs/deploy.md shows the `kubectl create secret` command).
+KUBERNETES_RECEIVERS: dict[str, str] = {
+    "pagerduty_routing_key_file": "pagerduty-routing-key",
+    "opsgenie_api_key_file": "opsgenie-api-key",
+    "oncall_webhook_url": "",
+    "webhook_url": "webhook-url",
 }

@@ -255,12 +255,11 @@ async def _connection(
     port: int, requests: list[bytes], stop_at: float, budget: list[int], result: Result
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    i = 0
     try:
         while time.monotonic() < stop_at and budget[0] > 0:
             budget[0] -= 1
-            writer.write(requests[i % len(requests)])
-            i += 1
+            # The shared budget numbers the requests: connections send different ones.
+            writer.write(requests[budget[0] % len(requests)])
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
             length = 0
@@ -277,9 +276,15 @@ async def _connection(
 
 
 async def load(
-    port: int, per_request: int, connections: int, seconds: float, max_requests: int
+    port: int,
+    per_request: int,
+    connections: int,
+    seconds: float,
+    max_requests: int,
+    requests: list[bytes] | None = None,
 ) -> Result:
-    requests = _bodies(per_request)
+    """`requests` (raw HTTP requests, sent round-robin) default to 64 variants of `_bodies`."""
+    requests = requests or _bodies(per_request)
     result = Result()
     budget = [max_requests]
     started = time.monotonic()

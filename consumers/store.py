@@ -11,6 +11,7 @@ read through the consumer process's Store.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -45,8 +46,20 @@ class StoreError(RuntimeError):
     """ClickHouse refused or could not be reached; the message says which call."""
 
 
+CHDB_MISSING = (
+    "{url}: a chdb:// DSN (also what an empty PINWATCH_CLICKHOUSE_DSN means) runs ClickHouse "
+    "embedded, which needs chDB: install pinwatch with its `chdb` extra "
+    "(pip install 'pinwatch[chdb]'), or set PINWATCH_CLICKHOUSE_DSN to a ClickHouse server "
+    "(http(s)://user:password@host:8123)"
+)
+
+
 class Store:
     def __init__(self, url: str, database: str) -> None:
+        # chDB is an optional extra (a server deployment leaves its 500 MB out): say so before
+        # clickhouse-connect fails with an ImportError that names its own extra, not ours.
+        if url.startswith("chdb:") and importlib.util.find_spec("chdb") is None:
+            raise StoreError(CHDB_MISSING.format(url=url))
         self.url = url
         self.database = database
         self._executor, self._owns_executor = _executor_for(url)
@@ -140,6 +153,11 @@ class Store:
 
         return migrate(self._get_client(), settings, to=to)
 
+    def _pending(self, settings: Settings) -> list[int]:
+        from consumers.migrations import pending
+
+        return pending(self._get_client(), settings)
+
     # --- async side ------------------------------------------------------------------------------
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -191,6 +209,10 @@ class Store:
     async def migrate(self, settings: Settings, to: int | None = None) -> list[int]:
         """Apply the migrations not yet applied (up to version `to`); see consumers.migrations."""
         return await self.run(self._migrate, settings, to)
+
+    async def pending_migrations(self, settings: Settings) -> list[int]:
+        """Migration versions this code knows that the database has not applied yet."""
+        return await self.run(self._pending, settings)
 
     async def ping(self) -> bool:
         try:

@@ -45,9 +45,8 @@ CLICKHOUSE_PLUGIN_VERSION = "4.3.2"
 PROMETHEUS = dm.DataSourceRef(type_val="prometheus", uid="${prometheus}")
 CLICKHOUSE = dm.DataSourceRef(type_val=CLICKHOUSE_PLUGIN, uid="${clickhouse}")
 
-# One home for where the runbook lives: the alerts' runbook_url uses the same value. It is the
-# repository path until a deployment publishes docs/runbook.md and sets the full URL there (or
-# passes --runbook-url to the generator).
+# One home for where the runbook lives: the alerts' runbook_url uses the same value, the
+# PINWATCH_RUNBOOK_URL setting (`python -m dashboards.generate` reads it; --runbook-url wins).
 DEFAULT_RUNBOOK_URL = ALERT_CONFIG.runbook
 
 # Alerts pinwatch ships (alerts/) are CamelCase with this prefix; the annotation and the

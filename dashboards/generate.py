@@ -22,6 +22,7 @@ from dashboards import overview, pipeline, rollout
 from dashboards.common import DEFAULT_RUNBOOK_URL
 from pinwatch.generated import out_of_date, write_out_of_date
 from pinwatch.resources import package_path
+from pinwatch.settings import Settings
 
 JSON_DIR = package_path("dashboards", "json")
 
@@ -72,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--runbook-url",
-        default=DEFAULT_RUNBOOK_URL,
+        default=None,
         help="where docs/runbook.md is published; dashboards link to it "
-        f"(default: {DEFAULT_RUNBOOK_URL})",
+        f"(default: PINWATCH_RUNBOOK_URL, else {DEFAULT_RUNBOOK_URL})",
     )
     args = parser.parse_args(argv)
+    if args.runbook_url is None:
+        args.runbook_url = Settings().runbook_url
     if args.check:
         stale = drift(args.out, args.runbook_url)
         for name in stale:

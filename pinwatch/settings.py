@@ -18,7 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import certifi
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pinwatch.resources import EXAMPLE_POLICY
@@ -273,6 +273,13 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="Webhook for ticket and info alerts; empty: they stay in Alertmanager.",
     )
+    runbook_url: str = Field(
+        "https://github.com/pinwatch/pinwatch/blob/main/docs/runbook.md",
+        description="Where docs/runbook.md is published (absolute URL): alerts' `runbook_url`, "
+        "dashboard links and the Kubernetes monitoring objects point here. Read by "
+        "`python -m alerts.generate` and `python -m dashboards.generate`: regenerate after "
+        "changing it.",
+    )
 
     # --- simulator and demo -------------------------------------------------------------------
     simulate_pki_dir: Path | None = Field(
@@ -295,6 +302,14 @@ class Settings(BaseSettings):
     demo_timeout_seconds: float = Field(
         600.0, gt=0, description="`pinwatch demo`: longest wait for the page after the rotation."
     )
+
+    @field_validator("runbook_url")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        # A relative link opens nowhere from Grafana, a page or a PagerDuty incident.
+        if not value.startswith(("https://", "http://")) or "#" in value:
+            raise ValueError("must be an absolute http(s) URL without a #fragment")
+        return value
 
     @model_validator(mode="after")
     def _production_refuses_local_defaults(self) -> Settings:
@@ -420,6 +435,8 @@ def settings_markdown() -> str:
         default = field.default
         if isinstance(default, SecretStr):  # the local defaults are public; empty shows empty
             default = default.get_secret_value()
+        elif default is None:
+            default = ""
         # Defaults computed from this machine are shown by what they stand for.
         default = _SHOWN_DEFAULTS.get(name, default)
         rows.append(f"| `PINWATCH_{name.upper()}` | `{default}` | {field.description} |")

@@ -82,6 +82,29 @@ TTL_TABLES: dict[str, str] = {
 }
 
 
+def _database(settings: Settings) -> str:
+    db = settings.clickhouse_database
+    if not db.replace("_", "").isalnum():
+        raise MigrationError(f"clickhouse_database must be letters, digits and _: {db!r}")
+    return db
+
+
+def pending(client: Any, settings: Settings) -> list[int]:
+    """Versions not yet recorded as applied (all of them before the first `migrate`); reads
+    only, so a process without DDL rights can wait on it (`pinwatch migrate --check`)."""
+    db = _database(settings)
+    exists = client.query(
+        "SELECT count() FROM system.tables WHERE database = {db:String} "
+        "AND name = 'schema_migrations'",
+        parameters={"db": db},
+    ).result_rows[0][0]
+    done: set[int] = set()
+    if exists:
+        rows = client.query(f"SELECT version FROM {db}.schema_migrations").result_rows
+        done = {int(row[0]) for row in rows}
+    return [m.version for m in MIGRATIONS if m.version not in done]
+
+
 def migrate(
     client: Any,
     settings: Settings,
@@ -96,9 +119,7 @@ def migrate(
     off the event loop. Statements are `IF NOT EXISTS`, so a migration interrupted halfway is
     simply re-run.
     """
-    db = settings.clickhouse_database
-    if not db.replace("_", "").isalnum():
-        raise MigrationError(f"clickhouse_database must be letters, digits and _: {db!r}")
+    db = _database(settings)
     command, query = client.command, client.query
     command(f"CREATE DATABASE IF NOT EXISTS {db}")
     command(

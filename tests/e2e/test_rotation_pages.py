@@ -226,7 +226,9 @@ async def test_unplanned_rotation_pages_the_oncall(
     assert (
         " devices on " in notes["description"] and "networks failed pinning" in notes["description"]
     )
-    assert notes["runbook_url"] == "docs/runbook.md#pinwatchrotationbreakage"
+    assert notes["runbook_url"] == (
+        "https://github.com/pinwatch/pinwatch/blob/main/docs/runbook.md#pinwatchrotationbreakage"
+    )
     # The first page is the rotation, alone: nothing generic raced it.
     assert [a["labels"]["alertname"] for a in w.pages()] == ["PinwatchRotationBreakage"]
 
