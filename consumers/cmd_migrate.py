@@ -23,7 +23,25 @@ CHECK_INTERVAL_SECONDS = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The DSN, database and retention come from the settings."""
+    """The DSN, database, cluster and retention come from the settings."""
+    parser.add_argument(
+        "--cluster",
+        metavar="NAME",
+        default=None,
+        help="apply the cluster form (ON CLUSTER NAME, Replicated and Distributed tables); "
+        "default: $PINWATCH_CLICKHOUSE_CLUSTER, empty for a single node",
+    )
+    parser.add_argument(
+        "--print",
+        action="store_true",
+        help="print the statements a fresh database gets (in cluster form with --cluster) and "
+        "change nothing",
+    )
+    parser.add_argument(
+        "--unlock",
+        action="store_true",
+        help="release the migration lock a migrator that died left behind, then stop",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -70,10 +88,28 @@ async def _check(settings: Settings, wait: float) -> tuple[int, str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.migrations import MigrationError
+    from consumers.migrations import MigrationError, Target, plan, unlock
     from consumers.store import Store, StoreError
 
+    if args.cluster is not None:
+        settings = settings.model_copy(update={"clickhouse_cluster": args.cluster})
     where = f"{settings.clickhouse_shown} (database {settings.clickhouse_database})"
+    if args.print:
+        try:
+            print("".join(f"{statement};\n\n" for statement in plan(settings)), end="")
+        except MigrationError as exc:
+            print(f"pinwatch migrate: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if args.unlock:
+        store = Store.from_settings(settings)
+        try:
+            asyncio.run(store.run(lambda: unlock(store._get_client(), Target.of(settings))))
+        except (MigrationError, StoreError) as exc:
+            print(f"pinwatch migrate: {exc}", file=sys.stderr)
+            return 1
+        print(f"migration lock released in {where}")
+        return 0
     if args.wait and not args.check:
         print("pinwatch migrate: --wait goes with --check", file=sys.stderr)
         return 2

@@ -55,19 +55,25 @@ CHDB_MISSING = (
 
 
 class Store:
-    def __init__(self, url: str, database: str) -> None:
+    def __init__(self, url: str, database: str, cluster: str = "") -> None:
         # chDB is an optional extra (a server deployment leaves its 500 MB out): say so before
         # clickhouse-connect fails with an ImportError that names its own extra, not ours.
         if url.startswith("chdb:") and importlib.util.find_spec("chdb") is None:
             raise StoreError(CHDB_MISSING.format(url=url))
         self.url = url
         self.database = database
+        # On a cluster, inserts go through Distributed tables: in the foreground, so an insert
+        # returns only once every shard stored its rows (commit-after-insert holds) and the
+        # dedup token reaches each shard's replicated table with the same rows on a retry.
+        self.insert_settings: dict[str, Any] = {"insert_distributed_sync": 1} if cluster else {}
         self._executor, self._owns_executor = _executor_for(url)
         self._client: Any = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        return cls(settings.clickhouse_url, settings.clickhouse_database)
+        return cls(
+            settings.clickhouse_url, settings.clickhouse_database, settings.clickhouse_cluster
+        )
 
     @property
     def embedded(self) -> bool:
@@ -141,7 +147,7 @@ class Store:
             f"{self.database}.{table}",
             data,
             column_names=list(column_names),
-            settings=settings or {},
+            settings={**self.insert_settings, **(settings or {})},
             column_oriented=column_oriented,
             # Known types spare clickhouse-connect a DESCRIBE TABLE round trip per insert.
             column_type_names=list(column_types) if column_types is not None else None,

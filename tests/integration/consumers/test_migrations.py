@@ -10,7 +10,16 @@ from collections.abc import Callable
 
 import pytest
 
-from consumers.migrations import LATEST, MIGRATIONS, MigrationError, migrate
+from consumers.migrations import (
+    LATEST,
+    LOCK_TABLE,
+    MIGRATIONS,
+    MigrationError,
+    Target,
+    lock_holder,
+    migrate,
+    unlock,
+)
 from consumers.schema import EVIDENCE_COLUMNS, REPORT_COLUMNS
 from consumers.store import Store, StoreError
 from pinwatch.settings import Settings
@@ -107,5 +116,27 @@ async def test_a_database_migrated_before_checksums_gets_them_recorded(
             f"SELECT version, checksum FROM {db}.schema_migrations WHERE checksum != ''"
         )
         assert {int(v): c for v, c in rows} == {m.version: m.checksum for m in MIGRATIONS}
+    finally:
+        await store.close()
+
+
+async def test_a_held_lock_stops_a_second_migrator_naming_the_holder(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(migrate_lock_timeout_seconds=1.0)
+    store = Store.from_settings(settings)
+    db = settings.clickhouse_database
+    try:
+        await store.migrate(settings)
+        # A migrator that died while holding the lock left it behind.
+        await store.command(
+            f"CREATE TABLE {db}.{LOCK_TABLE} (held UInt8) ENGINE = Memory "
+            "COMMENT 'ci-runner-7 pid 4242 since 2026-12-01T00:00:00Z'"
+        )
+        with pytest.raises(StoreError, match="ci-runner-7 pid 4242 .* --unlock"):
+            await store.migrate(settings)
+        await store.run(lambda: unlock(store._get_client(), Target.of(settings)))
+        assert await store.migrate(settings) == []
+        assert await store.run(lambda: lock_holder(store._get_client(), db)) is None
     finally:
         await store.close()
