@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "ingest.cli",
     "kafka": "pinwatch.cmd_kafka",
     "migrate": "consumers.cmd_migrate",
+    "pins": "prober.pins_cmd",
     "policy": "pinwatch.cmd_policy",
     "rollout": "consumers.rollout.cli",
     "settings": "pinwatch.cmd_settings",

@@ -93,6 +93,17 @@ class HostPolicy(_Model):
             raise ValueError("a pin set needs at least one primary and one backup pin")
         return self
 
+    def role_of(self, pin: str) -> PinRole | None:
+        """The pin's role in this host's pin set, None when the host does not pin it."""
+        return next((p.role for p in self.pins if p.sha256 == pin), None)
+
+    def candidate_sets_with(self, pin: str) -> list[str]:
+        return [
+            name
+            for name, pins in self.candidate_pin_sets.items()
+            if any(p.sha256 == pin for p in pins)
+        ]
+
     def match(self, pins: list[str]) -> PinMatch:
         """Best role among the observed pins: any primary beats any backup beats none."""
         roles = {pin.sha256: pin.role for pin in self.pins}
@@ -148,6 +159,29 @@ class Policy:
             if parent is not None and parent.include_subdomains:
                 return parent
         return None
+
+    def hosts_for_certificate_name(self, name: str) -> list[HostPolicy]:
+        """Policy hosts a certificate issued for DNS name `name` (CN or SAN) can serve: the
+        name's own policy (exact or a parent with include_subdomains) and, for a wildcard
+        `*.acme.com`, every host one label below acme.com plus acme.com itself when it covers
+        its subdomains."""
+        name = name.strip().lower().rstrip(".")
+        if not name.startswith("*."):
+            host = self.host(name)
+            return [host] if host is not None else []
+        parent = name[2:]
+        found = [
+            h for h in self.document.hosts if h.host.partition(".")[2] == parent and "." in h.host
+        ]
+        hosts: dict[str, HostPolicy] = self._hosts  # type: ignore[attr-defined]
+        labels = parent.split(".")
+        for i in range(len(labels) - 1):  # parent and its ancestors, nearest first
+            ancestor = hosts.get(".".join(labels[i:]))
+            if ancestor is not None and ancestor.include_subdomains:
+                if ancestor not in found:
+                    found.append(ancestor)
+                break
+        return found
 
     @property
     def app_ids(self) -> list[str]:
