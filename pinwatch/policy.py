@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,6 +63,20 @@ class Pin(_Model):
 class App(_Model):
     id: str = Field(min_length=1)
     ingest_keys: list[str] = Field(min_length=1)
+    # Where the app sends its pin reports (TrustKit's report URI): `pinwatch pins lint` checks
+    # that the policy does not pin it, since a pinned report endpoint cannot report its breakage.
+    report_url: str = ""
+
+    @field_validator("report_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not report_url_host(value):
+            raise ValueError("must be an http(s) URL with a host, e.g. https://pins.acme.com/r")
+        return value
+
+    @property
+    def report_host(self) -> str | None:
+        return report_url_host(self.report_url) if self.report_url else None
 
     @field_validator("ingest_keys")
     @classmethod
@@ -120,8 +135,26 @@ class PolicyDocument(_Model):
     hosts: list[HostPolicy] = Field(default_factory=list)
 
 
+def report_url_host(url: str) -> str | None:
+    parsed = urlsplit(url.strip())
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        return None
+    return parsed.hostname.lower().rstrip(".")
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    """One thing wrong with a policy file, at a line when it can be placed."""
+
+    line: int | None
+    where: str  # the field path, e.g. hosts.0.pins.1.sha256
+    message: str
+
+
 class PolicyError(ValueError):
-    pass
+    def __init__(self, message: str, problems: list[PolicyProblem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 @dataclass(frozen=True)
@@ -192,7 +225,7 @@ class Policy:
         return list(self.document.hosts)
 
 
-def _line_of(root: yaml.Node, loc: tuple[Any, ...]) -> int | None:
+def line_of(root: yaml.Node, loc: tuple[Any, ...]) -> int | None:
     """Walk the composed YAML node tree along a pydantic error location to find its line."""
     node: yaml.Node | None = root
     line = root.start_mark.line + 1
@@ -219,19 +252,23 @@ def parse_policy(text: str, source: str = "<memory>") -> Policy:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = PolicyProblem(line, "", f"not valid YAML: {exc}")
+        raise PolicyError(f"{source}: not valid YAML: {exc}", [problem]) from exc
     if root is None or not isinstance(data, dict):
-        raise PolicyError(f"{source}: expected a mapping with `apps` and `hosts`")
+        message = "expected a mapping with `apps` and `hosts`"
+        raise PolicyError(f"{source}: {message}", [PolicyProblem(1, "", message)])
     try:
         document = PolicyDocument.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not isinstance(p, str) or p in _known_keys(err))
-            line = _line_of(root, loc)
             where = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{source}:{line}: {where}: {err['msg']}")
-        raise PolicyError("invalid pin policy\n" + "\n".join(problems)) from None
+            problems.append(PolicyProblem(line_of(root, loc), where, err["msg"]))
+        lines = [f"{source}:{p.line}: {p.where}: {p.message}" for p in problems]
+        raise PolicyError("invalid pin policy\n" + "\n".join(lines), problems) from None
     return Policy(document=document, source=source)
 
 

@@ -228,3 +228,61 @@ def parse_resolve(values: list[str]) -> dict[str, list[str]]:
                 raise ValueError(f"--resolve {value!r}: {address!r} is not an IP address")
         out.setdefault(host.strip().lower().rstrip("."), []).extend(parts)
     return out
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One address's outcome: the chain it served, or why there is none."""
+
+    address: str
+    chain: ServedChain | None = None
+    error: ChainError | None = None
+
+
+@dataclass(frozen=True)
+class HostProbe:
+    """Every edge of one host: the addresses it resolved to (at most `max_addresses`, the
+    rest counted in `dropped`), or the resolution error."""
+
+    host: str
+    port: int
+    edges: tuple[Edge, ...] = ()
+    dropped: int = 0
+    error: ChainError | None = None  # resolution failed: no edge was tried
+
+
+async def probe_host(
+    host: str,
+    port: int,
+    *,
+    servername: str | None = None,
+    timeout: float,  # noqa: ASYNC109
+    max_addresses: int,
+    overrides: dict[str, list[str]] | None = None,
+    limit: asyncio.Semaphore | None = None,
+) -> HostProbe:
+    """Handshake with every address `host` resolves to, with SNI `servername` (default
+    `host`), `limit` bounding handshakes in flight across calls."""
+    try:
+        addresses = await resolve(host, port, overrides)
+    except ChainError as exc:
+        return HostProbe(host, port, error=exc)
+    if not addresses:
+        return HostProbe(host, port, error=ChainError("dns", f"{host} has no address"))
+    kept = addresses[:max_addresses]
+
+    async def one(address: str) -> Edge:
+        async def attempt() -> Edge:
+            try:
+                chain = await fetch_chain(address, port, servername or host, timeout)
+                return Edge(address, chain=chain)
+            except ChainError as exc:
+                return Edge(address, error=exc)
+
+        if limit is None:
+            return await attempt()
+        async with limit:
+            return await attempt()
+
+    edges = await asyncio.gather(*(one(a) for a in kept))
+    return HostProbe(host, port, tuple(edges), dropped=len(addresses) - len(kept))

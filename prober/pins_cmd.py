@@ -18,13 +18,11 @@ from consumers.roots import PublicRoots, RootsError
 from pinwatch.policy import HostPolicy, Policy, PolicyError, load_policy
 from pinwatch.settings import Settings
 from prober.chain import (
-    ChainError,
     ServedChain,
-    fetch_chain,
     parse_resolve,
     parse_target,
+    probe_host,
     read_certificates,
-    resolve,
 )
 from prober.describe import PinLine, describe, policy_host_for, with_root
 
@@ -158,7 +156,19 @@ def _from_host(
     servername = args.servername or hostname
     host = policy.host(servername) if policy is not None else None
     port = port or (host.port if host is not None else 443)
-    results, errors = asyncio.run(probe_all(hostname, port, servername, settings, overrides))
+    probe = asyncio.run(
+        probe_host(
+            hostname,
+            port,
+            servername=servername,
+            timeout=settings.probe_timeout_seconds,
+            max_addresses=settings.probe_max_addresses_per_host,
+            overrides=overrides,
+        )
+    )
+    results = [e.chain for e in probe.edges if e.chain is not None]
+    errors = [e.error for e in probe.edges if e.error is not None]
+    errors += [probe.error] if probe.error is not None else []
     out: list[dict[str, Any]] = []
     for chains in _group(results):
         served = list(chains[0].certificates)
@@ -180,31 +190,6 @@ def _from_host(
     if args.json:
         print(json.dumps(out, indent=2))
     return 1 if errors else 0
-
-
-async def probe_all(
-    hostname: str,
-    port: int,
-    servername: str,
-    settings: Settings,
-    overrides: dict[str, list[str]],
-) -> tuple[list[ServedChain], list[ChainError]]:
-    """Handshake with every address of `hostname` (capped by the probe settings)."""
-    try:
-        addresses = await resolve(hostname, port, overrides)
-    except ChainError as exc:
-        return [], [exc]
-    addresses = addresses[: settings.probe_max_addresses_per_host]
-    outcomes = await asyncio.gather(
-        *(fetch_chain(a, port, servername, settings.probe_timeout_seconds) for a in addresses),
-        return_exceptions=True,
-    )
-    results = [o for o in outcomes if isinstance(o, ServedChain)]
-    errors = [o for o in outcomes if isinstance(o, ChainError)]
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, ChainError):
-            raise outcome
-    return results, errors
 
 
 def _group(results: list[ServedChain]) -> list[list[ServedChain]]:
