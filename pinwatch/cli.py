@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "migrate": "consumers.cmd_migrate",
     "pins": "prober.pins_cmd",
     "policy": "pinwatch.cmd_policy",
+    "probe": "prober.probe_cmd",
     "rollout": "consumers.rollout.cli",
     "settings": "pinwatch.cmd_settings",
     "simulate": "pinwatch.cmd_simulate",

@@ -87,6 +87,18 @@ class App(_Model):
         return keys
 
 
+def match_pins(pin_set: list[Pin], observed: list[str]) -> PinMatch:
+    """Best role of `pin_set` among the observed pins: any primary beats any backup beats
+    none."""
+    roles = {pin.sha256: pin.role for pin in pin_set}
+    found = {roles[p] for p in observed if p in roles}
+    if PinRole.PRIMARY in found:
+        return PinMatch.PRIMARY
+    if PinRole.BACKUP in found:
+        return PinMatch.BACKUP
+    return PinMatch.NONE
+
+
 class HostPolicy(_Model):
     host: str = Field(min_length=1)
     include_subdomains: bool = False
@@ -121,13 +133,7 @@ class HostPolicy(_Model):
 
     def match(self, pins: list[str]) -> PinMatch:
         """Best role among the observed pins: any primary beats any backup beats none."""
-        roles = {pin.sha256: pin.role for pin in self.pins}
-        found = {roles[p] for p in pins if p in roles}
-        if PinRole.PRIMARY in found:
-            return PinMatch.PRIMARY
-        if PinRole.BACKUP in found:
-            return PinMatch.BACKUP
-        return PinMatch.NONE
+        return match_pins(self.pins, pins)
 
 
 class PolicyDocument(_Model):

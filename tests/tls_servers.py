@@ -49,6 +49,7 @@ class LoopbackServer:
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((address, port))
+        self.port = self._sock.getsockname()[1]  # port 0: the one the kernel chose
         self._sock.listen(64)
         self._stopping = threading.Event()
         self._conns: list[socket.socket] = []

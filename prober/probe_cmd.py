@@ -1,0 +1,117 @@
+"""`pinwatch probe`: the prober as a long-running command (also a component of `pinwatch up`),
+metrics on its own /metrics port; `--once` runs one round, prints it and exits 1 when an edge
+serves no pinned key or cannot be probed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from prometheus_client import start_http_server
+
+from consumers.roots import PublicRoots, RootsError
+from pinwatch.logs import event
+from pinwatch.policy import PinMatch, Policy, PolicyError, load_policy
+from pinwatch.settings import Settings
+from prober.chain import HostProbe, parse_resolve
+from prober.probe import Prober
+
+HELP = "handshake with every edge of every policy host on an interval; pin results as metrics"
+
+log = logging.getLogger("pinwatch.probe")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--port", type=int, default=None, help="metrics port (default: PINWATCH_PROBE_PORT, 9788)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between rounds (default: PINWATCH_PROBE_INTERVAL_SECONDS, 15)",
+    )
+    parser.add_argument(
+        "--resolve",
+        action="append",
+        default=[],
+        metavar="HOST=ADDR[,ADDR]",
+        help="use these addresses for HOST instead of DNS (repeatable)",
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="one round, print every edge's result, exit"
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        overrides = parse_resolve(args.resolve)
+        policy = load_policy(settings.policy_file)
+    except (ValueError, PolicyError) as exc:
+        print(f"pinwatch probe: {exc}", file=sys.stderr)
+        return 1
+    if args.interval is not None:
+        if args.interval <= 0:
+            print("pinwatch probe: --interval must be positive", file=sys.stderr)
+            return 1
+        settings = settings.model_copy(update={"probe_interval_seconds": args.interval})
+    try:
+        roots: PublicRoots | None = PublicRoots.load(settings.public_roots_file)
+    except RootsError as exc:
+        print(f"pinwatch probe: {exc}", file=sys.stderr)
+        return 1
+    if not policy.hosts:
+        print(f"pinwatch probe: {settings.policy_file} names no host to probe", file=sys.stderr)
+        return 1
+    prober = Prober(policy, settings, overrides=overrides, roots=roots)
+    if args.once:
+        return _once(prober, policy)
+    port = settings.probe_port if args.port is None else args.port
+    try:
+        server, _ = start_http_server(port, settings.probe_host, registry=prober.metrics.registry)
+    except OSError as exc:
+        print(
+            f"pinwatch probe: cannot listen on {settings.probe_host}:{port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    event(log, "probe_started", metrics=f"http://{settings.probe_host}:{port}/metrics",
+          hosts=len(policy.hosts), interval=settings.probe_interval_seconds)  # fmt: skip
+    try:
+        asyncio.run(_serve(prober))
+    finally:
+        server.shutdown()
+        event(log, "probe_stopped")
+    return 0
+
+
+async def _serve(prober: Prober) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await prober.run(stop)
+
+
+def _once(prober: Prober, policy: Policy) -> int:
+    probes: list[HostProbe] = asyncio.run(prober.round())
+    bad = 0
+    for host, probe in zip(policy.hosts, probes, strict=True):
+        if probe.error is not None:
+            print(f"{host.host}: {probe.error}")
+            bad += 1
+            continue
+        for edge in probe.edges:
+            if edge.error is not None:
+                print(f"{host.host} {edge.address}: error ({edge.error.reason}): {edge.error}")
+                bad += 1
+                continue
+            assert edge.chain is not None
+            pin_match, leaf_pin = prober.last_result(host.host, edge.address)
+            print(f"{host.host} {edge.address}: {pin_match} ({host.phase}), leaf {leaf_pin}")
+            bad += pin_match == PinMatch.NONE
+    return 1 if bad else 0

@@ -1,0 +1,275 @@
+"""The prober against real TLS servers on loopback (chains from the test PKI), its metrics read
+the way Prometheus reads them (an HTTP scrape of /metrics): a rotation mid-run, one of two edges
+rotating, an edge that accepts and never answers, an address that stops resolving. Rounds are
+driven one at a time, so nothing waits on a clock.
+
+Tier: integration (real TLS servers and sockets, the prober in-process). The last tests run
+`pinwatch probe` as a process (e2e).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import TEST_HOST
+from prober_support import REPO, pinwatch, write_policy
+from prometheus_client import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+from tls_servers import SilentEdge, TlsEdge, free_port_on
+
+from consumers.roots import PublicRoots
+from pinwatch.certs import CertificateAuthority
+from pinwatch.localkafka import free_port
+from pinwatch.policy import load_policy
+from pinwatch.settings import Settings
+from prober.probe import Prober
+
+pytestmark = pytest.mark.timeout(120)
+
+EDGES = ("127.0.0.2", "127.0.0.3")
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics: (name, sorted labels) -> value."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def series(samples: dict, name: str, **labels: str) -> list[dict[str, str]]:
+    """Label sets of `name` whose labels include `labels`."""
+    return [
+        dict(key)
+        for (n, key), _ in samples.items()
+        if n == name and labels.items() <= dict(key).items()
+    ]
+
+
+class Running:
+    def __init__(self, prober: Prober, url: str) -> None:
+        self.prober = prober
+        self.url = url
+
+    def round(self) -> dict:
+        asyncio.run(self.prober.round())
+        return scrape(self.url)
+
+
+@pytest.fixture
+def probing(
+    tmp_path: Path, ca: CertificateAuthority, public_roots_file: Path
+) -> Iterator[tuple[int, Callable[..., Running]]]:
+    port = free_port_on(*EDGES, "127.0.0.4")
+    policy_path = write_policy(
+        tmp_path / "policy.yaml",
+        ca,
+        hosts={TEST_HOST: ("enforce", port), "cdn.pinwatch.test": ("report_only", port)},
+    )
+    servers = []
+
+    def start(resolve: dict[str, list[str]], **settings: object) -> Running:
+        values = {"probe_timeout_seconds": 2.0, "probe_resolve": resolve, **settings}
+        prober = Prober(
+            load_policy(policy_path),
+            Settings(**values),
+            roots=PublicRoots.load(public_roots_file),
+        )
+        server, _ = start_http_server(free_port(), "127.0.0.1", registry=prober.metrics.registry)
+        servers.append(server)
+        return Running(prober, f"http://127.0.0.1:{server.server_port}")
+
+    yield port, start
+    for server in servers:
+        server.shutdown()
+
+
+def test_rotation_mid_run_and_one_of_two_edges(
+    probing: tuple[int, Callable[..., Running]],
+    ca: CertificateAuthority,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port, start = probing
+    caplog.set_level(logging.INFO, logger="pinwatch.probe")
+    with (
+        TlsEdge(EDGES[0], port, ca, tmp_path / "a") as a,
+        TlsEdge(EDGES[1], port, ca, tmp_path / "b") as b,
+    ):
+        a.serve("primary")
+        b.serve("primary")
+        probe = start({TEST_HOST: list(EDGES), "cdn.pinwatch.test": [EDGES[0]]})
+        s = probe.round()
+        for edge in EDGES:
+            assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=edge,
+                         pin_set="policy", pin_match="primary") == 1  # fmt: skip
+            assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=edge,
+                         pin_set="policy", pin_match="none") == 0  # fmt: skip
+        assert value(s, "pinwatch_probe_addresses", host=TEST_HOST) == 2
+        assert a.server_names and set(a.server_names) == {TEST_HOST, "cdn.pinwatch.test"}
+
+        # Edge b is redeployed with a new key nobody pinned; edge a still serves the old one.
+        rotated = b.serve("rotated")
+        s = probe.round()
+        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0],
+                     pin_set="policy", pin_match="primary") == 1  # fmt: skip
+        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[1],
+                     pin_set="policy", pin_match="none") == 1  # fmt: skip
+        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[1],
+                     pin_set="policy", pin_match="primary") == 0  # fmt: skip
+        assert series(s, "pinwatch_probe_served_leaf_info", address=EDGES[1]) == [
+            {"host": TEST_HOST, "address": EDGES[1], "pin": rotated.pins[0]}
+        ]
+        # Phase and app come from the policy, for the alert's grouping labels.
+        assert value(s, "pinwatch_policy_host_info", app="com.example.pinned",
+                     host=TEST_HOST, phase="enforce") == 1  # fmt: skip
+        assert value(s, "pinwatch_policy_host_info", app="com.example.pinned",
+                     host="cdn.pinwatch.test", phase="report_only") == 1  # fmt: skip
+        # Pin results are not errors.
+        assert series(s, "pinwatch_probe_errors_total") == []
+
+        # Then a rotation on edge a too, mid-run: the next round sees it.
+        a.serve("rotated")
+        s = probe.round()
+        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0],
+                     pin_set="policy", pin_match="none") == 1  # fmt: skip
+        assert value(s, "pinwatch_probe_rounds_total") == 3
+
+    changes = [r for r in caplog.records if r.getMessage() == "probe_result"]
+    unpinned = [r for r in changes if r.pin_match == "none" and r.host == TEST_HOST]
+    assert [(r.address, r.previous, r.enforced_clients_fail) for r in unpinned] == [
+        (EDGES[1], "primary", True),
+        (EDGES[0], "primary", True),
+    ]
+    assert all(r.leaf_pin == rotated.pins[0] for r in unpinned)
+    # Unchanged results are not logged again: 3 first sightings (a, b, cdn on a) + 2 changes
+    # + cdn on a also rotated with it.
+    assert len(changes) == 6
+
+
+def test_an_edge_that_never_answers_is_an_error_not_a_pin_failure(
+    probing: tuple[int, Callable[..., Running]], ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    port, start = probing
+    with TlsEdge(EDGES[0], port, ca, tmp_path / "a") as a, SilentEdge(EDGES[1], port):
+        a.serve("primary")
+        probe = start({TEST_HOST: list(EDGES), "cdn.pinwatch.test": [EDGES[0]]},
+                      probe_timeout_seconds=1.0)  # fmt: skip
+        started = time.monotonic()
+        s = probe.round()
+        # A hung edge costs one timeout, not the round: handshakes run side by side.
+        assert time.monotonic() - started < 10
+        assert value(s, "pinwatch_probe_errors_total", host=TEST_HOST, address=EDGES[1],
+                     reason="timeout") == 1  # fmt: skip
+        assert value(s, "pinwatch_probe_success", host=TEST_HOST, address=EDGES[1]) == 0
+        assert series(s, "pinwatch_probe_pin_match", address=EDGES[1]) == []
+        assert value(s, "pinwatch_probe_success", host=TEST_HOST, address=EDGES[0]) == 1
+        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0],
+                     pin_set="policy", pin_match="primary") == 1  # fmt: skip
+        assert value(s, "pinwatch_probe_last_success_timestamp_seconds", host=TEST_HOST,
+                     address=EDGES[0]) > time.time() - 60  # fmt: skip
+        s = probe.round()
+        assert value(s, "pinwatch_probe_errors_total", host=TEST_HOST, address=EDGES[1],
+                     reason="timeout") == 2  # fmt: skip
+
+
+def test_an_address_that_stops_resolving_loses_its_series(
+    probing: tuple[int, Callable[..., Running]], ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    port, start = probing
+    with (
+        TlsEdge(EDGES[0], port, ca, tmp_path / "a") as a,
+        TlsEdge(EDGES[1], port, ca, tmp_path / "b") as b,
+    ):
+        a.serve("primary")
+        b.serve("backup")
+        resolve = {TEST_HOST: list(EDGES), "cdn.pinwatch.test": [EDGES[0]]}
+        probe = start(resolve, probe_max_addresses_per_host=1)
+        s = probe.round()
+        # Capped at one address per host: the other is counted, not probed.
+        assert value(s, "pinwatch_probe_addresses_dropped", host=TEST_HOST) == 1
+        assert series(s, "pinwatch_probe_pin_match", address=EDGES[1]) == []
+        probe.prober.overrides[TEST_HOST] = [EDGES[1]]
+        s = probe.round()
+        assert series(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0]) == []
+        assert series(s, "pinwatch_probe_served_leaf_info", host=TEST_HOST,
+                      address=EDGES[0]) == []  # fmt: skip
+        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[1],
+                     pin_set="policy", pin_match="backup") == 1  # fmt: skip
+
+
+def test_probe_command_once_and_as_a_service(
+    tmp_path: Path, ca: CertificateAuthority, public_roots_file: Path
+) -> None:
+    port = free_port_on(EDGES[0])
+    policy = write_policy(tmp_path / "policy.yaml", ca, hosts={TEST_HOST: ("enforce", port)})
+    env = {
+        "PINWATCH_POLICY_FILE": str(policy),
+        "PINWATCH_PUBLIC_ROOTS_FILE": str(public_roots_file),
+        "PINWATCH_PROBE_RESOLVE": f'{{"{TEST_HOST}": ["{EDGES[0]}"]}}',
+    }
+    with TlsEdge(EDGES[0], port, ca, tmp_path / "a") as edge:
+        edge.serve("primary")
+        result = pinwatch("probe", "--once", env=env)
+        assert result.code == 0, result.stderr
+        assert f"{TEST_HOST} {EDGES[0]}: primary (enforce)" in result.stdout
+        rotated = edge.serve("rotated")
+        result = pinwatch("probe", "--once", env=env)
+        assert result.code == 1
+        assert f"{TEST_HOST} {EDGES[0]}: none (enforce), leaf {rotated.pins[0]}" in result.stdout
+
+        metrics_port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pinwatch.cli", "probe", "--port", str(metrics_port),
+             "--interval", "1"],
+            cwd=REPO, env={**os.environ, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            rounds = 0.0
+            while time.monotonic() < deadline and rounds < 2:
+                try:
+                    s = scrape(f"http://127.0.0.1:{metrics_port}")
+                    rounds = value(s, "pinwatch_probe_rounds_total") or 0.0
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            assert rounds >= 2, "the probe service never completed two rounds"
+            assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0],
+                         pin_set="policy", pin_match="none") == 1  # fmt: skip
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr and "probe_stopped" in stderr
+
+
+def test_probe_command_refuses_bad_input(tmp_path: Path, ca: CertificateAuthority) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apps: []\n")
+    result = pinwatch("probe", "--once", "--policy", bad)
+    assert result.clean_failure() and "invalid pin policy" in result.stderr
+    policy = write_policy(tmp_path / "policy.yaml", ca, hosts={TEST_HOST: ("enforce", 443)})
+    result = pinwatch("probe", "--once", "--policy", policy, "--resolve", "nonsense")
+    assert result.clean_failure() and "--resolve wants HOST=ADDR" in result.stderr
+    with SilentEdge("127.0.0.1", 0) as taken:
+        result = pinwatch("probe", "--policy", policy, "--port", str(taken.port))
+    assert result.clean_failure()
+    assert f"cannot listen on 127.0.0.1:{taken.port}" in result.stderr
