@@ -129,3 +129,64 @@ def _remove(metric: Gauge, *labels: str) -> None:
         metric.remove(*labels)
     except KeyError:
         pass  # never set
+
+
+class CtMetrics:
+    def __init__(self, policy: Policy) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.host_info = policy_host_info(r, policy)
+        self.unpinned = Gauge(
+            "pinwatch_ct_unpinned_certificate_info",
+            "1 per logged certificate for a policy host, still valid, whose chain has no key "
+            "of the host's pin set (newest ct_max_findings kept)",
+            ["host", "log", "index", "not_before", "pin"],
+            registry=r,
+        )
+        self.unpinned_found = Counter(
+            "pinwatch_ct_unpinned_certificates",
+            "Certificates for a policy host with no pinned key, found since start",
+            ["host"],
+            registry=r,
+        )
+        self.matched = Counter(
+            "pinwatch_ct_matched_certificates",
+            "Logged certificates and precertificates naming a policy host, pinned or not",
+            ["log"],
+            registry=r,
+        )
+        self.entries = Counter(
+            "pinwatch_ct_entries",
+            "Log entries read and verified against a signed tree head",
+            ["log"],
+            registry=r,
+        )
+        self.tree_size = Gauge(
+            "pinwatch_ct_tree_size", "Size of the log's latest verified tree head", ["log"],
+            registry=r,
+        )  # fmt: skip
+        self.next_index = Gauge(
+            "pinwatch_ct_next_index",
+            "Index of the next entry to read (entries before it are done)",
+            ["log"],
+            registry=r,
+        )
+        self.poll_success = Gauge(
+            "pinwatch_ct_poll_success",
+            "1 when the last poll of the log succeeded, 0 when it failed",
+            ["log"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "pinwatch_ct_last_success_timestamp_seconds",
+            "Unix time of the last successful poll of the log",
+            ["log"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "pinwatch_ct_errors",
+            "Failed polls by reason (unreachable, http, bad_response, bad_signature, "
+            "truncated_entry, bad_entry, inconsistent_tree)",
+            ["log", "reason"],
+            registry=r,
+        )

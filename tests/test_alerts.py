@@ -21,10 +21,21 @@ from alerts.config import CONFIG
 from alerts.rules import alert_names
 from consumers.metrics import ConsumerMetrics
 from ingest.metrics import IngestMetrics
+from pinwatch.policy import parse_policy
+from prober.metrics import CtMetrics, ProbeMetrics
 
 ALERTS = Path(generate.__file__).resolve().parent
 RUNBOOK = ALERTS.parent / "docs" / "runbook.md"
 UNIT_TESTS = sorted((ALERTS / "tests").glob("*.test.yml"))
+# For the prober's and CT watcher's metric registries (their info metric lists policy hosts).
+POLICY = """\
+apps: [{id: com.a, ingest_keys: [a-long-ingest-key-0001]}]
+hosts:
+  - host: api.a.test
+    pins:
+      - {sha256: "YYQYhs8WXHNgKsgz5aX+M9zguhIAVVXPV4LCiNUzToM=", role: primary}
+      - {sha256: "6MSBF+xXP4AAQZSQB1Iih6FWPFwuIDxiuHTugot7nHQ=", role: backup}
+"""
 
 
 def run(*cmd: str | Path) -> subprocess.CompletedProcess[str]:
@@ -112,12 +123,12 @@ def test_alert_conventions() -> None:
         name = alert["alert"]
         assert re.fullmatch(r"Pinwatch(?:[A-Z][a-z0-9]+)+", name), name
         assert alert["labels"]["severity"] in {"page", "ticket", "info"}, name
-        assert alert["labels"]["component"] in {"pinning", "pipeline"}, name
+        assert alert["labels"]["component"] in {"pinning", "pipeline", "prober", "ct"}, name
         notes = alert["annotations"]
         assert notes["summary"] and notes["description"], name
         base, _, anchor = notes["runbook_url"].partition("#")
         assert base == CONFIG.runbook and anchor in headings, f"{name}: no runbook section"
-        if alert["labels"]["component"] == "pinning":
+        if alert["labels"]["component"] in {"pinning", "prober"}:
             # Grouped and inhibited by app and host: the description must name both.
             assert "$labels.app" in notes["description"], name
             assert "$labels.host" in notes["description"], name
@@ -133,7 +144,14 @@ def test_recording_rule_names_follow_level_metric_operations() -> None:
 def _exposed() -> dict[str, set[str]]:
     """Sample names the consumer and ingest expose, with their label names."""
     names: dict[str, set[str]] = {"up": {"job", "instance"}}
-    for registry in (ConsumerMetrics().registry, IngestMetrics().registry):
+    policy = parse_policy(POLICY)
+    registries = (
+        ConsumerMetrics().registry,
+        IngestMetrics().registry,
+        ProbeMetrics(policy).registry,
+        CtMetrics(policy).registry,
+    )
+    for registry in registries:
         for metric in registry._collector_to_names:  # noqa: SLF001 - label names per metric
             # prometheus_client's metrics keep `_labelnames`; ingest's own counts `labelnames`
             declared = getattr(metric, "labelnames", None) or getattr(metric, "_labelnames", ())
@@ -159,7 +177,7 @@ def test_rules_use_only_metrics_and_labels_the_services_expose() -> None:
 def test_amtool_check_config_committed_and_rendered(tmp_path: Path) -> None:
     result = run("amtool", "check-config", generate.ALERTMANAGER_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 inhibit rules" in result.stdout and "3 receivers" in result.stdout
+    assert "5 inhibit rules" in result.stdout and "3 receivers" in result.stdout
     # The smallest rendering (no PagerDuty, Opsgenie or webhooks) is valid too.
     bare = tmp_path / "bare.yml"
     bare.write_text(generate.dump(alertmanager_config()))
@@ -175,6 +193,8 @@ def test_pages_go_to_oncall_with_pagerduty_and_opsgenie() -> None:
     for labels, receiver in [
         ("severity=page alertname=PinwatchRotationBreakage", "oncall"),
         ("severity=page alertname=PinwatchScrapeTargetDown", "oncall"),
+        ("severity=page alertname=PinwatchProbeUnpinnedKey", "oncall"),
+        ("severity=ticket alertname=PinwatchCertificateUnpinnedKey", "tickets"),
         ("severity=ticket alertname=PinwatchInterceptionSuspected", "tickets"),
         ("severity=info alertname=PinwatchBackupPinServed", "info"),
         ("alertname=SomethingWithoutSeverity", "tickets"),
