@@ -31,10 +31,18 @@ import pytest_asyncio
 from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST, settings_factory
 from payloads import native_batch, network_error, pin_validation
 from pipeline import run_pipeline
+from prober_support import write_policy
+from prometheus_client import start_http_server
+from tls_servers import TlsEdge, free_port_on
 
+from alerts.config import CONFIG as ALERT_CONFIG
+from consumers.roots import PublicRoots
 from dashboards.interpolate import Selection, clickhouse_sql, grafana_interval, prometheus_expr
 from pinwatch.certs import CertificateAuthority
 from pinwatch.monitoring import CONSUMER_JOB, INGEST_JOB, LocalPrometheus
+from pinwatch.policy import load_policy
+from pinwatch.settings import Settings
+from prober.probe import Prober
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +54,10 @@ OTHER_APP, OTHER_KEY = "com.example.other", "other-ingest-key-0123456789"
 # Panels with no data after healthy traffic, and why; every other panel must show data.
 EMPTY_WHEN_HEALTHY = {
     ("pinwatch-pipeline", "Kafka produce errors"): "the broker never failed a produce",
+    ("pinwatch-overview", "CT: certificates issued on unpinned keys"): "no CT watcher runs "
+    "here; tests/test_ct_watch.py checks a finding reaches that series",
 }
+PROBER_EDGE, DEAD_EDGE = "127.0.0.2", "127.0.0.3"
 
 # Alert rules for the test Prometheus: one pinwatch-prefixed alert that always fires, so the
 # alert panels and annotations are shown to select it, and one foreign alert they must ignore.
@@ -164,12 +175,27 @@ async def seeded(
     settings = make(failing_refresh_seconds=0.5)
     rules = tmp / "probe-rules.yml"
     rules.write_text(PROBE_RULES)
+    # The prober: one edge of the test host serves the pinned chain, another accepts nothing.
+    edge_port = free_port_on(PROBER_EDGE, DEAD_EDGE)
+    prober = Prober(
+        load_policy(write_policy(tmp / "probe-policy.yaml", ca, hosts={
+            TEST_HOST: ("enforce", edge_port), REPORT_ONLY_HOST: ("report_only", edge_port)
+        })),
+        Settings(probe_timeout_seconds=2, probe_resolve={
+            TEST_HOST: [PROBER_EDGE, DEAD_EDGE], REPORT_ONLY_HOST: [PROBER_EDGE]
+        }),
+        roots=PublicRoots.load(public_roots_file),
+    )  # fmt: skip
+    probe_metrics, _ = start_http_server(0, "127.0.0.1", registry=prober.metrics.registry)
+    edge = TlsEdge(PROBER_EDGE, edge_port, ca, tmp / "edge").__enter__()
+    edge.serve("primary")
     async with run_pipeline(settings) as p:
         prometheus = LocalPrometheus(
             tmp / "prometheus",
             jobs={
                 INGEST_JOB: [p.ingest_url.removeprefix("http://")],
                 CONSUMER_JOB: [p.consumer_url.removeprefix("http://")],
+                ALERT_CONFIG.probe_job: [f"127.0.0.1:{probe_metrics.server_port}"],
             },
             scrape_interval=SCRAPE_SECONDS,
             evaluation_interval=SCRAPE_SECONDS,
@@ -186,6 +212,7 @@ async def seeded(
                     sent += len(body["reports"])
                 # one refused request per wave, for the rejections panel
                 await p.post({"app": {"id": TEST_APP}}, expect=400)
+                await prober.round()
                 await asyncio.sleep(3 * SCRAPE_SECONDS)
             await p.wait_inserted(sent, timeout=60)
             # the failing-devices gauge is read back from ClickHouse, then scraped
@@ -194,6 +221,8 @@ async def seeded(
             yield Seeded(p, prometheus.url, settings.clickhouse_database, start, _now())
         finally:
             await asyncio.to_thread(prometheus.stop)
+            edge.stop()
+            probe_metrics.shutdown()
 
 
 def _now() -> datetime:
@@ -319,6 +348,11 @@ async def test_overview_numbers_follow_the_seeded_traffic(seeded: Seeded) -> Non
     assert {json.loads(k)["pin_match"] for k in matches} == {"primary", "backup", "none"}
     categories = await last("Network errors by category")
     assert {json.loads(k)["category"] for k in categories} == {"timeout", "dns"}
+    # The prober: one edge of the host serves the pinned primary key, the other never answers.
+    edges = await last("Prober: edges by pin match")
+    assert edges == {json.dumps({"host": TEST_HOST, "pin_match": "primary"}): 1.0}
+    failures = await last("Prober: failed handshakes by reason")
+    assert {json.loads(k)["reason"] for k in failures} == {"refused"}
 
 
 async def test_alert_panels_show_only_pinwatch_alerts(seeded: Seeded) -> None:
