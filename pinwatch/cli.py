@@ -12,6 +12,7 @@ from pathlib import Path
 # name -> module implementing it. Keep alphabetical; modules are imported only when used.
 COMMANDS: dict[str, str] = {
     "consume": "consumers.cli",
+    "ct": "prober.ct.cmd",
     "demo": "pinwatch.cmd_demo",
     "ingest": "ingest.cli",
     "kafka": "pinwatch.cmd_kafka",

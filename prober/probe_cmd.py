@@ -7,17 +7,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
-from prometheus_client import start_http_server
-
 from consumers.roots import PublicRoots, RootsError
-from pinwatch.logs import event
 from pinwatch.policy import PinMatch, Policy, PolicyError, load_policy
 from pinwatch.settings import Settings
 from prober.chain import HostProbe, parse_resolve
 from prober.probe import Prober
+from prober.service import serve
 
 HELP = "handshake with every edge of every policy host on an interval; pin results as metrics"
 
@@ -71,30 +68,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.once:
         return _once(prober, policy)
     port = settings.probe_port if args.port is None else args.port
-    try:
-        server, _ = start_http_server(port, settings.probe_host, registry=prober.metrics.registry)
-    except OSError as exc:
-        print(
-            f"pinwatch probe: cannot listen on {settings.probe_host}:{port}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return 1
-    event(log, "probe_started", metrics=f"http://{settings.probe_host}:{port}/metrics",
-          hosts=len(policy.hosts), interval=settings.probe_interval_seconds)  # fmt: skip
-    try:
-        asyncio.run(_serve(prober))
-    finally:
-        server.shutdown()
-        event(log, "probe_stopped")
-    return 0
-
-
-async def _serve(prober: Prober) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await prober.run(stop)
+    return serve("probe", prober.run, prober.metrics.registry, settings.probe_host, port, log,
+                 hosts=len(policy.hosts), interval=settings.probe_interval_seconds)  # fmt: skip
 
 
 def _once(prober: Prober, policy: Policy) -> int:
