@@ -11,6 +11,7 @@ Also writes a log list (JSON v3) naming it, the way a real list names real logs.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import struct
@@ -25,6 +26,9 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from pinwatch.certs import CertificateAuthority
 
 MAX_PER_RESPONSE = 3  # real logs cap get-entries too: the client must ask again
 
@@ -99,6 +103,38 @@ def precert_entry(
     leaf_input = struct.pack(">BBQH", 0, 0, ts, 1) + _sha(issuer_spki) + _u24(tbs) + b"\x00\x00"
     extra = _u24(_der(precert)) + _u24(b"".join(_u24(_der(c)) for c in chain))
     return leaf_input, extra
+
+
+def issue(
+    ca: CertificateAuthority, names: list[str], key: str, *, precert: bool = False
+) -> tuple[x509.Certificate, bytes]:
+    """A leaf for `names` on the test PKI's key `key`, issued by its intermediate, and the
+    TBS of the same certificate without the precertificate poison."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca.intermediate.subject)
+        .public_key(ca.keys[key].public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+    )
+    final = builder.sign(ca.keys["intermediate"], hashes.SHA256())
+    if not precert:
+        return final, final.tbs_certificate_bytes
+    poisoned = builder.add_extension(x509.PrecertPoison(), critical=True)
+    return poisoned.sign(ca.keys["intermediate"], hashes.SHA256()), final.tbs_certificate_bytes
+
+
+def cert(ca: CertificateAuthority, names: list[str], key: str, ts: int) -> tuple[bytes, bytes]:
+    return x509_entry(issue(ca, names, key)[0], [ca.intermediate, ca.public_root], ts)
+
+
+def pre(ca: CertificateAuthority, names: list[str], key: str, ts: int) -> tuple[bytes, bytes]:
+    precert, tbs = issue(ca, names, key, precert=True)
+    return precert_entry(precert, tbs, [ca.intermediate], ts)
 
 
 @dataclass

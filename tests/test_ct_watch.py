@@ -25,10 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import TEST_HOST
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
-from ct_log import LoopbackLog, precert_entry, x509_entry
+from ct_log import LoopbackLog, cert, pre
 from prober_support import REPO, pinwatch
 from prometheus_client import generate_latest
 
@@ -42,38 +39,6 @@ from prober.ct.watch import Watcher
 pytestmark = pytest.mark.timeout(120)
 
 CDN = "cdn.pinwatch.test"
-
-
-def issue(
-    ca: CertificateAuthority, names: list[str], key: str, *, precert: bool = False
-) -> tuple[x509.Certificate, bytes]:
-    """A leaf for `names` on the test PKI's key `key`, issued by its intermediate, and the
-    TBS of the same certificate without the precertificate poison."""
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca.intermediate.subject)
-        .public_key(ca.keys[key].public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-    )
-    final = builder.sign(ca.keys["intermediate"], hashes.SHA256())
-    if not precert:
-        return final, final.tbs_certificate_bytes
-    poisoned = builder.add_extension(x509.PrecertPoison(), critical=True)
-    return poisoned.sign(ca.keys["intermediate"], hashes.SHA256()), final.tbs_certificate_bytes
-
-
-def cert(ca: CertificateAuthority, names: list[str], key: str, ts: int) -> tuple[bytes, bytes]:
-    return x509_entry(issue(ca, names, key)[0], [ca.intermediate, ca.public_root], ts)
-
-
-def pre(ca: CertificateAuthority, names: list[str], key: str, ts: int) -> tuple[bytes, bytes]:
-    precert, tbs = issue(ca, names, key, precert=True)
-    return precert_entry(precert, tbs, [ca.intermediate], ts)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST, settings_factory
+from ct_log import LoopbackLog, pre
 from payloads import native_batch, network_error, pin_validation
 from pipeline import run_pipeline
 from prober_support import write_policy
@@ -42,6 +43,8 @@ from pinwatch.certs import CertificateAuthority
 from pinwatch.monitoring import CONSUMER_JOB, INGEST_JOB, LocalPrometheus
 from pinwatch.policy import load_policy
 from pinwatch.settings import Settings
+from prober.ct.loglist import parse_log_list
+from prober.ct.watch import Watcher
 from prober.probe import Prober
 
 pytestmark = pytest.mark.integration
@@ -54,8 +57,6 @@ OTHER_APP, OTHER_KEY = "com.example.other", "other-ingest-key-0123456789"
 # Panels with no data after healthy traffic, and why; every other panel must show data.
 EMPTY_WHEN_HEALTHY = {
     ("pinwatch-pipeline", "Kafka produce errors"): "the broker never failed a produce",
-    ("pinwatch-overview", "CT: certificates issued on unpinned keys"): "no CT watcher runs "
-    "here; tests/test_ct_watch.py checks a finding reaches that series",
 }
 PROBER_EDGE, DEAD_EDGE = "127.0.0.2", "127.0.0.3"
 
@@ -187,6 +188,17 @@ async def seeded(
         roots=PublicRoots.load(public_roots_file),
     )  # fmt: skip
     probe_metrics, _ = start_http_server(0, "127.0.0.1", registry=prober.metrics.registry)
+    # The CT watcher, on a loopback log holding one precertificate for the test host on a key
+    # nobody pins.
+    ct_log = LoopbackLog()
+    ct_log.add(pre(ca, [TEST_HOST], "rotated", 1_790_000_000_000))
+    watcher = Watcher(
+        load_policy(policy_file),
+        Settings(ct_state_dir=tmp / "ct", ct_start_at_beginning=True),
+        parse_log_list(ct_log.log_list(tmp / "log_list.json").read_text(), "log list"),
+    )
+    await watcher.poll_all()
+    ct_metrics, _ = start_http_server(0, "127.0.0.1", registry=watcher.metrics.registry)
     edge = TlsEdge(PROBER_EDGE, edge_port, ca, tmp / "edge").__enter__()
     edge.serve("primary")
     async with run_pipeline(settings) as p:
@@ -196,6 +208,7 @@ async def seeded(
                 INGEST_JOB: [p.ingest_url.removeprefix("http://")],
                 CONSUMER_JOB: [p.consumer_url.removeprefix("http://")],
                 ALERT_CONFIG.probe_job: [f"127.0.0.1:{probe_metrics.server_port}"],
+                ALERT_CONFIG.ct_job: [f"127.0.0.1:{ct_metrics.server_port}"],
             },
             scrape_interval=SCRAPE_SECONDS,
             evaluation_interval=SCRAPE_SECONDS,
@@ -223,6 +236,8 @@ async def seeded(
             await asyncio.to_thread(prometheus.stop)
             edge.stop()
             probe_metrics.shutdown()
+            ct_metrics.shutdown()
+            ct_log.stop()
 
 
 def _now() -> datetime:
@@ -353,6 +368,11 @@ async def test_overview_numbers_follow_the_seeded_traffic(seeded: Seeded) -> Non
     assert edges == {json.dumps({"host": TEST_HOST, "pin_match": "primary"}): 1.0}
     failures = await last("Prober: failed handshakes by reason")
     assert {json.loads(k)["reason"] for k in failures} == {"refused"}
+    found = await _run_prometheus_target(
+        seeded, by_title["CT: certificates issued on unpinned keys"]["targets"][0], selection
+    )
+    (finding,) = [s["metric"] for s in found["result"]]
+    assert (finding["host"], finding["index"]) == (TEST_HOST, "0")
 
 
 async def test_alert_panels_show_only_pinwatch_alerts(seeded: Seeded) -> None:
