@@ -84,7 +84,12 @@ def is_address(host: str) -> bool:
         return False
 
 
-async def resolve(host: str, port: int, overrides: dict[str, list[str]] | None = None) -> list[str]:
+async def resolve(
+    host: str,
+    port: int,
+    overrides: dict[str, list[str]] | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+) -> list[str]:
     """Every address `host` resolves to (IPv4 and IPv6, sorted, no duplicates): the edges a
     client may be sent to. `overrides` (host -> addresses) replaces DNS, as curl --resolve."""
     if overrides and host in overrides:
@@ -93,7 +98,10 @@ async def resolve(host: str, port: int, overrides: dict[str, list[str]] | None =
         return [host]
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        async with asyncio.timeout(timeout):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        raise ChainError("dns", f"cannot resolve {host}: no answer within {timeout:g}s") from None
     except socket.gaierror as exc:
         raise ChainError("dns", f"cannot resolve {host}: {exc.strerror}") from None
     return sorted({str(info[4][0]) for info in infos})
@@ -264,7 +272,7 @@ async def probe_host(
     """Handshake with every address `host` resolves to, with SNI `servername` (default
     `host`), `limit` bounding handshakes in flight across calls."""
     try:
-        addresses = await resolve(host, port, overrides)
+        addresses = await resolve(host, port, overrides, timeout)
     except ChainError as exc:
         return HostProbe(host, port, error=exc)
     if not addresses:
