@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         'apps:\n  - id: com.bench.app\n    ingest_keys: ["bench-ingest-key-0123456789"]\nhosts:\n'
         + "".join(
             f"  - host: {h}\n    phase: enforce\n    port: {port}\n    pins:\n{pins}" for h in hosts
-        )  # fmt: skip
+        )
     )
     resolve = ", ".join(f'"{h}": ["{a}"]' for h, a in zip(hosts, addresses, strict=True))
     probe_port = free_port()
@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[float] = []
     try:
         for edge in edges:
-            edge.__enter__()
-            edge.serve("primary")
+            edge.start().serve("primary")
         receiver.start()
         alertmanager.start()
         prometheus = LocalPrometheus(

@@ -146,8 +146,9 @@ def probe_findings(
                 lint.add(ERROR, ("hosts", i, "host"), f"cannot probe {host.host}: {edge.error}")
                 continue
             assert edge.chain is not None
-            _edge_findings(lint, i, host, edge.address, list(edge.chain.certificates), roots,
-                           expiry_days)  # fmt: skip
+            _edge_findings(
+                lint, i, host, edge.address, list(edge.chain.certificates), roots, expiry_days
+            )
 
 
 def _edge_findings(
@@ -184,8 +185,11 @@ def _edge_findings(
         )
     left = days_left(served[0])
     if left < 0:
-        lint.add(ERROR, ("hosts", i, "host"), f"{at}: the leaf certificate expired "
-                 f"{served[0].not_valid_after_utc:%Y-%m-%d}")  # fmt: skip
+        lint.add(
+            ERROR,
+            ("hosts", i, "host"),
+            f"{at}: the leaf certificate expired {served[0].not_valid_after_utc:%Y-%m-%d}",
+        )
     elif left < expiry_days:
         lint.add(
             ERROR,
@@ -229,12 +233,15 @@ def run_lint(args: argparse.Namespace, settings: Settings, overrides: dict[str, 
         try:
             roots: PublicRoots | None = PublicRoots.load(settings.public_roots_file)
         except RootsError as exc:
-            print(f"pinwatch pins lint: {exc}; roots left out by servers are not checked",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"pinwatch pins lint: {exc}; roots left out by servers are not checked",
+                file=sys.stderr,
+            )
             roots = None
         lint = _Lint(str(path), root)
-        probe_findings(lint, policy, asyncio.run(probe_policy(policy, settings, overrides)),
-                       roots, expiry)  # fmt: skip
+        probe_findings(
+            lint, policy, asyncio.run(probe_policy(policy, settings, overrides)), roots, expiry
+        )
         findings += lint.findings
     findings.sort(key=lambda f: (f.line or 0, f.severity, f.message))
     errors = sum(f.severity == ERROR for f in findings)
@@ -245,6 +252,8 @@ def run_lint(args: argparse.Namespace, settings: Settings, overrides: dict[str, 
         for finding in findings:
             print(finding)
         checked = "offline and --probe" if args.probe else "offline; --probe also asks the edges"
-        print(f"{path}: {errors} error(s), {warnings} warning(s) ({checked})",
-              file=sys.stderr if errors else sys.stdout)  # fmt: skip
+        print(
+            f"{path}: {errors} error(s), {warnings} warning(s) ({checked})",
+            file=sys.stderr if errors else sys.stdout,
+        )
     return 1 if errors else 0

@@ -162,9 +162,11 @@ class CtMetrics:
             registry=r,
         )
         self.tree_size = Gauge(
-            "pinwatch_ct_tree_size", "Size of the log's latest verified tree head", ["log"],
+            "pinwatch_ct_tree_size",
+            "Size of the log's latest verified tree head",
+            ["log"],
             registry=r,
-        )  # fmt: skip
+        )
         self.next_index = Gauge(
             "pinwatch_ct_next_index",
             "Index of the next entry to read (entries before it are done)",

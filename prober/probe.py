@@ -101,8 +101,14 @@ class Prober:
         m.addresses.labels(host.host).set(len(probe.edges))
         m.addresses_dropped.labels(host.host).set(probe.dropped)
         if probe.dropped:
-            event(log, "probe_addresses_capped", logging.WARNING, host=host.host,
-                  probed=len(probe.edges), dropped=probe.dropped)  # fmt: skip
+            event(
+                log,
+                "probe_addresses_capped",
+                logging.WARNING,
+                host=host.host,
+                probed=len(probe.edges),
+                dropped=probe.dropped,
+            )
         current = {edge.address for edge in probe.edges}
         for (name, address), state in list(self._state.items()):
             if name == host.host and address and address not in current:
@@ -120,8 +126,15 @@ class Prober:
     def _failed(self, host: HostPolicy, address: str, reason: str, message: str) -> None:
         state = self._state.setdefault((host.host, address), _EdgeState())
         if state.error != reason:  # log changes, not every round of a lasting failure
-            event(log, "probe_failed", logging.WARNING, host=host.host, address=address,
-                  reason=reason, error=message)  # fmt: skip
+            event(
+                log,
+                "probe_failed",
+                logging.WARNING,
+                host=host.host,
+                address=address,
+                reason=reason,
+                error=message,
+            )
         state.error = reason
 
     def _succeeded(self, host: HostPolicy, edge: Edge) -> None:
@@ -174,8 +187,13 @@ class Prober:
             await self.round()
             elapsed = time.monotonic() - started
             if elapsed > interval:
-                event(log, "probe_round_slow", logging.WARNING, seconds=round(elapsed, 2),
-                      interval=interval)  # fmt: skip
+                event(
+                    log,
+                    "probe_round_slow",
+                    logging.WARNING,
+                    seconds=round(elapsed, 2),
+                    interval=interval,
+                )
             try:
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, interval - elapsed))
             except TimeoutError:

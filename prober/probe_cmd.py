@@ -68,8 +68,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.once:
         return _once(prober, policy)
     port = settings.probe_port if args.port is None else args.port
-    return serve("probe", prober.run, prober.metrics.registry, settings.probe_host, port, log,
-                 hosts=len(policy.hosts), interval=settings.probe_interval_seconds)  # fmt: skip
+    return serve(
+        "probe",
+        prober.run,
+        prober.metrics.registry,
+        settings.probe_host,
+        port,
+        log,
+        hosts=len(policy.hosts),
+        interval=settings.probe_interval_seconds,
+    )
 
 
 def _once(prober: Prober, policy: Policy) -> int:

@@ -242,8 +242,12 @@ class LoopbackLog:
             "mmd": 86400,
             "state": {"usable": {"timestamp": "2026-01-01T00:00:00Z"}},
         }
-        retired = {**entry, "description": "retired", "url": "http://127.0.0.1:9/gone/",
-                   "state": {"retired": {"timestamp": "2026-06-01T00:00:00Z"}}}  # fmt: skip
+        retired = {
+            **entry,
+            "description": "retired",
+            "url": "http://127.0.0.1:9/gone/",
+            "state": {"retired": {"timestamp": "2026-06-01T00:00:00Z"}},
+        }
         path_.write_text(
             json.dumps(
                 {

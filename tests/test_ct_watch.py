@@ -83,11 +83,22 @@ def run_watch(
     policy: Path, log_list: Path, state: Path, *extra: str, env: dict[str, str] | None = None
 ) -> tuple[int, str, list[dict]]:
     result = pinwatch(
-        "ct", "watch", "--once", "--policy", policy, "--log-list", log_list,
-        "--state-dir", state, *extra,
-        env={"PINWATCH_LOG_FORMAT": "json", "PINWATCH_CT_START_AT_BEGINNING": "true",
-             **(env or {})},
-    )  # fmt: skip
+        "ct",
+        "watch",
+        "--once",
+        "--policy",
+        policy,
+        "--log-list",
+        log_list,
+        "--state-dir",
+        state,
+        *extra,
+        env={
+            "PINWATCH_LOG_FORMAT": "json",
+            "PINWATCH_CT_START_AT_BEGINNING": "true",
+            **(env or {}),
+        },
+    )
     assert "Traceback" not in result.stderr, result.stderr
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     return result.code, result.stdout + result.stderr, events
@@ -224,13 +235,31 @@ def test_ct_watch_as_a_service_exports_its_findings(
 ) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pinwatch.cli", "ct", "watch", "--policy", str(policy),
-         "--log-list", str(ct_log.log_list(tmp_path / "list.json")),
-         "--state-dir", str(tmp_path / "state"), "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PINWATCH_CT_START_AT_BEGINNING": "true",
-             "PINWATCH_CT_POLL_INTERVAL_SECONDS": "1"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pinwatch.cli",
+            "ct",
+            "watch",
+            "--policy",
+            str(policy),
+            "--log-list",
+            str(ct_log.log_list(tmp_path / "list.json")),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "PINWATCH_CT_START_AT_BEGINNING": "true",
+            "PINWATCH_CT_POLL_INTERVAL_SECONDS": "1",
+        },
+    )
     try:
         deadline = time.monotonic() + 60
         text = ""

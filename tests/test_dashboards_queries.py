@@ -179,14 +179,22 @@ async def seeded(
     # The prober: one edge of the test host serves the pinned chain, another accepts nothing.
     edge_port = free_port_on(PROBER_EDGE, DEAD_EDGE)
     prober = Prober(
-        load_policy(write_policy(tmp / "probe-policy.yaml", ca, hosts={
-            TEST_HOST: ("enforce", edge_port), REPORT_ONLY_HOST: ("report_only", edge_port)
-        })),
-        Settings(probe_timeout_seconds=2, probe_resolve={
-            TEST_HOST: [PROBER_EDGE, DEAD_EDGE], REPORT_ONLY_HOST: [PROBER_EDGE]
-        }),
+        load_policy(
+            write_policy(
+                tmp / "probe-policy.yaml",
+                ca,
+                hosts={
+                    TEST_HOST: ("enforce", edge_port),
+                    REPORT_ONLY_HOST: ("report_only", edge_port),
+                },
+            )
+        ),
+        Settings(
+            probe_timeout_seconds=2,
+            probe_resolve={TEST_HOST: [PROBER_EDGE, DEAD_EDGE], REPORT_ONLY_HOST: [PROBER_EDGE]},
+        ),
         roots=PublicRoots.load(public_roots_file),
-    )  # fmt: skip
+    )
     probe_metrics, _ = start_http_server(0, "127.0.0.1", registry=prober.metrics.registry)
     # The CT watcher, on a loopback log holding one precertificate for the test host on a key
     # nobody pins.
@@ -199,7 +207,7 @@ async def seeded(
     )
     await watcher.poll_all()
     ct_metrics, _ = start_http_server(0, "127.0.0.1", registry=watcher.metrics.registry)
-    edge = TlsEdge(PROBER_EDGE, edge_port, ca, tmp / "edge").__enter__()
+    edge = TlsEdge(PROBER_EDGE, edge_port, ca, tmp / "edge").start()
     edge.serve("primary")
     async with run_pipeline(settings) as p:
         prometheus = LocalPrometheus(

@@ -70,9 +70,15 @@ def test_served_chain_pins_equal_openssl_with_roles(
     with TlsEdge("127.0.0.2", port, ca, tmp_path / "edge") as edge:
         edge.serve("primary")
         result = pinwatch(
-            "pins", TEST_HOST, "--resolve", f"{TEST_HOST}=127.0.0.2", "--json",
-            "--policy", policy, env=env,
-        )  # fmt: skip
+            "pins",
+            TEST_HOST,
+            "--resolve",
+            f"{TEST_HOST}=127.0.0.2",
+            "--json",
+            "--policy",
+            policy,
+            env=env,
+        )
         assert result.code == 0, result.stderr
         served = served_by_openssl(edge.target, TEST_HOST)
     (answer,) = json.loads(result.stdout)
@@ -100,9 +106,14 @@ def test_rotated_key_is_not_pinned_and_two_edges_are_told_apart(
         old.serve("primary")
         rotated = new.serve("rotated")
         result = pinwatch(
-            "pins", TEST_HOST, "--resolve", f"{TEST_HOST}=127.0.0.2,127.0.0.3",
-            "--policy", policy, env=env,
-        )  # fmt: skip
+            "pins",
+            TEST_HOST,
+            "--resolve",
+            f"{TEST_HOST}=127.0.0.2,127.0.0.3",
+            "--policy",
+            policy,
+            env=env,
+        )
     assert result.code == 0, result.stderr
     # One block per distinct chain, naming its edges.
     assert f"{TEST_HOST}:{port} at 127.0.0.2 (SNI {TEST_HOST})" in result.stdout

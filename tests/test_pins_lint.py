@@ -141,31 +141,45 @@ def test_probe_lint_against_real_edges(
         # Offline, the policy is sound.
         assert pinwatch("pins", "lint", "--policy", policy, env=env).code == 0
         result = pinwatch(
-            "pins", "lint", "--probe", "--expiry-days", "30", "--policy", policy,
-            "--resolve", f"{TEST_HOST}=127.0.0.6", env=env,
-        )  # fmt: skip
+            "pins",
+            "lint",
+            "--probe",
+            "--expiry-days",
+            "30",
+            "--policy",
+            policy,
+            "--resolve",
+            f"{TEST_HOST}=127.0.0.6",
+            env=env,
+        )
     assert result.code == 1 and "Traceback" not in result.stderr
     found = [line for line in result.stdout.splitlines() if ": error: " in line]
     # Each host takes 6 lines, from line 5: host at 5 + 6k, its pins at 8 + 6k, backup 10 + 6k.
     assert any(
-        line.startswith(f"{policy}:10: error: backup.pinwatch.test at 127.0.0.2 serves the "
-                        "backup key offline-backup")
+        line.startswith(
+            f"{policy}:10: error: backup.pinwatch.test at 127.0.0.2 serves the "
+            "backup key offline-backup"
+        )
         for line in found
-    ), found  # fmt: skip
+    ), found
     assert any(
-        line.startswith(f"{policy}:14: error: rotated.pinwatch.test at 127.0.0.3 serves a chain "
-                        "with no pinned key")
+        line.startswith(
+            f"{policy}:14: error: rotated.pinwatch.test at 127.0.0.3 serves a chain "
+            "with no pinned key"
+        )
         for line in found
-    ), found  # fmt: skip
+    ), found
     assert any(
-        line.startswith(f"{policy}:17: error: expiring.pinwatch.test at 127.0.0.4: the leaf "
-                        f"certificate expires {soon:%Y-%m-%d}")
+        line.startswith(
+            f"{policy}:17: error: expiring.pinwatch.test at 127.0.0.4: the leaf "
+            f"certificate expires {soon:%Y-%m-%d}"
+        )
         for line in found
-    ), found  # fmt: skip
+    ), found
     assert any(
         line.startswith(f"{policy}:23: error: cannot probe gone.pinwatch.test: 127.0.0.5:")
         and "connection refused" in line
         for line in found
-    ), found  # fmt: skip
+    ), found
     assert len(found) == 4, found  # the healthy host (line 29) has nothing to say
     assert "4 error(s)" in result.stderr

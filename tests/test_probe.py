@@ -117,38 +117,108 @@ def test_rotation_mid_run_and_one_of_two_edges(
         probe = start({TEST_HOST: list(EDGES), "cdn.pinwatch.test": [EDGES[0]]})
         s = probe.round()
         for edge in EDGES:
-            assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=edge,
-                         pin_set="policy", pin_match="primary") == 1  # fmt: skip
-            assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=edge,
-                         pin_set="policy", pin_match="none") == 0  # fmt: skip
+            assert (
+                value(
+                    s,
+                    "pinwatch_probe_pin_match",
+                    host=TEST_HOST,
+                    address=edge,
+                    pin_set="policy",
+                    pin_match="primary",
+                )
+                == 1
+            )
+            assert (
+                value(
+                    s,
+                    "pinwatch_probe_pin_match",
+                    host=TEST_HOST,
+                    address=edge,
+                    pin_set="policy",
+                    pin_match="none",
+                )
+                == 0
+            )
         assert value(s, "pinwatch_probe_addresses", host=TEST_HOST) == 2
         assert a.server_names and set(a.server_names) == {TEST_HOST, "cdn.pinwatch.test"}
 
         # Edge b is redeployed with a new key nobody pinned; edge a still serves the old one.
         rotated = b.serve("rotated")
         s = probe.round()
-        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0],
-                     pin_set="policy", pin_match="primary") == 1  # fmt: skip
-        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[1],
-                     pin_set="policy", pin_match="none") == 1  # fmt: skip
-        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[1],
-                     pin_set="policy", pin_match="primary") == 0  # fmt: skip
+        assert (
+            value(
+                s,
+                "pinwatch_probe_pin_match",
+                host=TEST_HOST,
+                address=EDGES[0],
+                pin_set="policy",
+                pin_match="primary",
+            )
+            == 1
+        )
+        assert (
+            value(
+                s,
+                "pinwatch_probe_pin_match",
+                host=TEST_HOST,
+                address=EDGES[1],
+                pin_set="policy",
+                pin_match="none",
+            )
+            == 1
+        )
+        assert (
+            value(
+                s,
+                "pinwatch_probe_pin_match",
+                host=TEST_HOST,
+                address=EDGES[1],
+                pin_set="policy",
+                pin_match="primary",
+            )
+            == 0
+        )
         assert series(s, "pinwatch_probe_served_leaf_info", address=EDGES[1]) == [
             {"host": TEST_HOST, "address": EDGES[1], "pin": rotated.pins[0]}
         ]
         # Phase and app come from the policy, for the alert's grouping labels.
-        assert value(s, "pinwatch_policy_host_info", app="com.example.pinned",
-                     host=TEST_HOST, phase="enforce") == 1  # fmt: skip
-        assert value(s, "pinwatch_policy_host_info", app="com.example.pinned",
-                     host="cdn.pinwatch.test", phase="report_only") == 1  # fmt: skip
+        assert (
+            value(
+                s,
+                "pinwatch_policy_host_info",
+                app="com.example.pinned",
+                host=TEST_HOST,
+                phase="enforce",
+            )
+            == 1
+        )
+        assert (
+            value(
+                s,
+                "pinwatch_policy_host_info",
+                app="com.example.pinned",
+                host="cdn.pinwatch.test",
+                phase="report_only",
+            )
+            == 1
+        )
         # Pin results are not errors.
         assert series(s, "pinwatch_probe_errors_total") == []
 
         # Then a rotation on edge a too, mid-run: the next round sees it.
         a.serve("rotated")
         s = probe.round()
-        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0],
-                     pin_set="policy", pin_match="none") == 1  # fmt: skip
+        assert (
+            value(
+                s,
+                "pinwatch_probe_pin_match",
+                host=TEST_HOST,
+                address=EDGES[0],
+                pin_set="policy",
+                pin_match="none",
+            )
+            == 1
+        )
         assert value(s, "pinwatch_probe_rounds_total") == 3
 
     changes = [r for r in caplog.records if r.getMessage() == "probe_result"]
@@ -169,24 +239,46 @@ def test_an_edge_that_never_answers_is_an_error_not_a_pin_failure(
     port, start = probing
     with TlsEdge(EDGES[0], port, ca, tmp_path / "a") as a, SilentEdge(EDGES[1], port):
         a.serve("primary")
-        probe = start({TEST_HOST: list(EDGES), "cdn.pinwatch.test": [EDGES[0]]},
-                      probe_timeout_seconds=1.0)  # fmt: skip
+        probe = start(
+            {TEST_HOST: list(EDGES), "cdn.pinwatch.test": [EDGES[0]]}, probe_timeout_seconds=1.0
+        )
         started = time.monotonic()
         s = probe.round()
         # A hung edge costs one timeout, not the round: handshakes run side by side.
         assert time.monotonic() - started < 10
-        assert value(s, "pinwatch_probe_errors_total", host=TEST_HOST, address=EDGES[1],
-                     reason="timeout") == 1  # fmt: skip
+        assert (
+            value(
+                s, "pinwatch_probe_errors_total", host=TEST_HOST, address=EDGES[1], reason="timeout"
+            )
+            == 1
+        )
         assert value(s, "pinwatch_probe_success", host=TEST_HOST, address=EDGES[1]) == 0
         assert series(s, "pinwatch_probe_pin_match", address=EDGES[1]) == []
         assert value(s, "pinwatch_probe_success", host=TEST_HOST, address=EDGES[0]) == 1
-        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0],
-                     pin_set="policy", pin_match="primary") == 1  # fmt: skip
-        assert value(s, "pinwatch_probe_last_success_timestamp_seconds", host=TEST_HOST,
-                     address=EDGES[0]) > time.time() - 60  # fmt: skip
+        assert (
+            value(
+                s,
+                "pinwatch_probe_pin_match",
+                host=TEST_HOST,
+                address=EDGES[0],
+                pin_set="policy",
+                pin_match="primary",
+            )
+            == 1
+        )
+        assert (
+            value(
+                s, "pinwatch_probe_last_success_timestamp_seconds", host=TEST_HOST, address=EDGES[0]
+            )
+            > time.time() - 60
+        )
         s = probe.round()
-        assert value(s, "pinwatch_probe_errors_total", host=TEST_HOST, address=EDGES[1],
-                     reason="timeout") == 2  # fmt: skip
+        assert (
+            value(
+                s, "pinwatch_probe_errors_total", host=TEST_HOST, address=EDGES[1], reason="timeout"
+            )
+            == 2
+        )
 
 
 def test_an_address_that_stops_resolving_loses_its_series(
@@ -208,10 +300,18 @@ def test_an_address_that_stops_resolving_loses_its_series(
         probe.prober.overrides[TEST_HOST] = [EDGES[1]]
         s = probe.round()
         assert series(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0]) == []
-        assert series(s, "pinwatch_probe_served_leaf_info", host=TEST_HOST,
-                      address=EDGES[0]) == []  # fmt: skip
-        assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[1],
-                     pin_set="policy", pin_match="backup") == 1  # fmt: skip
+        assert series(s, "pinwatch_probe_served_leaf_info", host=TEST_HOST, address=EDGES[0]) == []
+        assert (
+            value(
+                s,
+                "pinwatch_probe_pin_match",
+                host=TEST_HOST,
+                address=EDGES[1],
+                pin_set="policy",
+                pin_match="backup",
+            )
+            == 1
+        )
 
 
 def test_probe_command_once_and_as_a_service(
@@ -236,11 +336,22 @@ def test_probe_command_once_and_as_a_service(
 
         metrics_port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pinwatch.cli", "probe", "--port", str(metrics_port),
-             "--interval", "1"],
-            cwd=REPO, env={**os.environ, **env},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pinwatch.cli",
+                "probe",
+                "--port",
+                str(metrics_port),
+                "--interval",
+                "1",
+            ],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 60
             rounds = 0.0
@@ -252,8 +363,17 @@ def test_probe_command_once_and_as_a_service(
                     pass
                 time.sleep(0.2)
             assert rounds >= 2, "the probe service never completed two rounds"
-            assert value(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0],
-                         pin_set="policy", pin_match="none") == 1  # fmt: skip
+            assert (
+                value(
+                    s,
+                    "pinwatch_probe_pin_match",
+                    host=TEST_HOST,
+                    address=EDGES[0],
+                    pin_set="policy",
+                    pin_match="none",
+                )
+                == 1
+            )
         finally:
             proc.send_signal(signal.SIGTERM)
             _, stderr = proc.communicate(timeout=30)

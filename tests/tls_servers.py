@@ -56,9 +56,12 @@ class LoopbackServer:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
-    def __enter__(self) -> Self:
+    def start(self) -> Self:
         self._thread.start()
         return self
+
+    def __enter__(self) -> Self:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -101,7 +104,8 @@ class LoopbackServer:
         with self._lock:
             for conn in self._conns:
                 conn.close()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
 
 
 class TlsEdge(LoopbackServer):

@@ -81,13 +81,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"pinwatch ct watch: {url}: {error}", file=sys.stderr)
         findings = watcher.current_findings()
         for f in findings:
-            print(f"{f.host}: {f.kind} at {f.log} index {f.index}, valid from {f.not_before}, "
-                  f"key {f.pin} is not pinned")  # fmt: skip
+            print(
+                f"{f.host}: {f.kind} at {f.log} index {f.index}, valid from {f.not_before}, "
+                f"key {f.pin} is not pinned"
+            )
         print(f"{len(logs)} log(s) polled, {len(findings)} certificate(s) on unpinned keys")
         return 1 if any(outcomes.values()) else 0
     port = settings.ct_port if args.port is None else args.port
-    return serve("ct watch", watcher.run, watcher.metrics.registry, settings.ct_host, port, log,
-                 logs=len(logs), interval=settings.ct_poll_interval_seconds)  # fmt: skip
+    return serve(
+        "ct watch",
+        watcher.run,
+        watcher.metrics.registry,
+        settings.ct_host,
+        port,
+        log,
+        logs=len(logs),
+        interval=settings.ct_poll_interval_seconds,
+    )
 
 
 def load_logs(settings: Settings) -> list[Log]:

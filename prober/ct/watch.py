@@ -66,8 +66,9 @@ class Watcher:
         except CtError as exc:
             m.errors.labels(url, exc.reason).inc()
             m.poll_success.labels(url).set(0)
-            event(log, "ct_poll_failed", logging.WARNING, log=url, reason=exc.reason,
-                  error=str(exc))  # fmt: skip
+            event(
+                log, "ct_poll_failed", logging.WARNING, log=url, reason=exc.reason, error=str(exc)
+            )
             return exc
         m.poll_success.labels(url).set(1)
         m.last_success.labels(url).set(time.time())
@@ -81,8 +82,14 @@ class Watcher:
         if state is None:
             start = 0 if s.ct_start_at_beginning else head.tree_size
             state = LogState(lg.url, start, [] if start == 0 else None)
-            event(log, "ct_log_new", log=lg.url, description=lg.description, start=start,
-                  tree_size=head.tree_size)  # fmt: skip
+            event(
+                log,
+                "ct_log_new",
+                log=lg.url,
+                description=lg.description,
+                start=start,
+                tree_size=head.tree_size,
+            )
         if head.tree_size < state.tree_size:
             raise CtError(
                 "inconsistent_tree",
@@ -115,8 +122,15 @@ class Watcher:
         self.store.save_log(lg.state_name, state)
         m.entries.labels(lg.url).inc(end - previous)
         m.next_index.labels(lg.url).set(end)
-        event(log, "ct_entries_verified", log=lg.url, start=previous, end=end,
-              tree_size=head.tree_size, behind=head.tree_size - end)  # fmt: skip
+        event(
+            log,
+            "ct_entries_verified",
+            log=lg.url,
+            start=previous,
+            end=end,
+            tree_size=head.tree_size,
+            behind=head.tree_size - end,
+        )
         return end - previous
 
     async def _fetch(self, client: LogClient, start: int, end: int) -> list[tuple[bytes, bytes]]:
