@@ -39,17 +39,15 @@ def common_name(cert: x509.Certificate) -> str:
     return str(names[0].value) if names else cert.subject.rfc4514_string()
 
 
-def dns_names(cert: x509.Certificate) -> list[str]:
-    """The names a certificate is for: SAN DNS names, else its common name."""
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names a certificate is for: its common name and SAN DNS names, lowercase."""
+    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names = san.value.get_values_for_type(x509.DNSName)
-    except (x509.ExtensionNotFound, ValueError):
-        names = []
-    if not names:
-        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        names = [str(cn.value) for cn in cns]
-    return [n.lower().rstrip(".") for n in names]
+        names += san.value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        pass
+    return sorted({n.strip().lower().rstrip(".") for n in names if n.strip()})
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
@@ -119,7 +117,7 @@ def policy_host_for(
         return None
     if name:
         return policy.host(name)
-    for cert_name in dns_names(certs[0]) if certs else []:
+    for cert_name in certificate_names(certs[0]) if certs else []:
         hosts = policy.hosts_for_certificate_name(cert_name)
         if hosts:
             return hosts[0]

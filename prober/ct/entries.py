@@ -13,10 +13,10 @@ import datetime as dt
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from pinwatch.pins import spki_pin
 from prober.ct.tls import Reader, Truncated
+from prober.describe import certificate_names
 
 X509_ENTRY, PRECERT_ENTRY = 0, 1
 
@@ -74,16 +74,6 @@ def parse_entry(index: int, leaf_input: bytes, extra_data: bytes) -> LoggedCerti
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
     )
-
-
-def certificate_names(cert: x509.Certificate) -> list[str]:
-    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names += san.value.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        pass
-    return sorted({n.strip().lower().rstrip(".") for n in names if n.strip()})
 
 
 def _load(index: int, der: bytes, what: str) -> x509.Certificate:
