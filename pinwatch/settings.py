@@ -278,6 +278,9 @@ class Settings(BaseSettings):
     ct_entries_per_request: int = Field(
         256, ge=1, le=1024, description="Entries asked for in one get-entries request."
     )
+    ct_max_response_bytes: int = Field(
+        33_554_432, ge=65_536, description="Largest answer read from a log (get-entries batches)."
+    )
     ct_timeout_seconds: float = Field(
         15.0, gt=0, description="Longest one request to a log may take."
     )

@@ -146,6 +146,7 @@ class LoopbackLog:
     sign_with: ec.EllipticCurvePrivateKey | None = None  # another key: a bad signature
     truncate: int | None = None  # index of an entry served cut short
     swap: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # served != logged
+    padding: int = 0  # bytes of junk added to every answer: an oversized response
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -157,6 +158,8 @@ class LoopbackLog:
                 params = {k: v[0] for k, v in parse_qs(parts.query).items()}
                 log.requests.append((parts.path, params))
                 status, body = log.answer(parts.path, params)
+                if log.padding:
+                    body = {**body, "padding": "x" * log.padding}
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

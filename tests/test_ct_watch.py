@@ -214,6 +214,10 @@ def test_misbehaving_or_unreachable_logs_fail_cleanly(
     ct_log.swap[4] = cert(ca, [f"deep.{TEST_HOST}"], "rotated", 1)
     refused("swapped", "do not hash to the signed tree of size 6")
     ct_log.swap.clear()
+    # An answer beyond the response cap is not read to its end.
+    ct_log.padding = 200_000
+    refused("huge", "answer larger than 65536 bytes", PINWATCH_CT_MAX_RESPONSE_BYTES="65536")
+    ct_log.padding = 0
     # A log nobody answers for.
     dead = ct_log.log_list(tmp_path / "dead.json", url="http://127.0.0.1:9/log/")
     code, out, _ = run_watch(policy, dead, tmp_path / "dead-state")

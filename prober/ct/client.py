@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -30,22 +31,33 @@ class TreeHead:
 
 
 class LogClient:
-    def __init__(self, log: Log, http: httpx.AsyncClient) -> None:
+    def __init__(self, log: Log, http: httpx.AsyncClient, max_bytes: int) -> None:
         self.log = log
         self.http = http
+        self.max_bytes = max_bytes  # a log's answer is read up to this, never further
 
     async def _get(self, path: str, **params: Any) -> Any:
         url = f"{self.log.url}ct/v1/{path}"
+        body = bytearray()
         try:
-            response = await self.http.get(url, params=params)
+            async with self.http.stream("GET", url, params=params) as response:
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise CtError(
+                            "bad_response",
+                            f"{url}: answer larger than {self.max_bytes} bytes "
+                            "(PINWATCH_CT_MAX_RESPONSE_BYTES)",
+                        )
         except httpx.TimeoutException:
             raise CtError("unreachable", f"{url}: no answer in time") from None
         except httpx.HTTPError as exc:
             raise CtError("unreachable", f"cannot reach {url}: {exc}") from None
         if response.status_code != 200:
-            raise CtError("http", f"{url} answered {response.status_code}: {response.text[:200]}")
+            text = bytes(body[:200]).decode(errors="replace")
+            raise CtError("http", f"{url} answered {response.status_code}: {text}")
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError:
             raise CtError("bad_response", f"{url} did not answer JSON") from None
 

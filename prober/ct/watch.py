@@ -53,7 +53,10 @@ class Watcher:
         """One poll of every log; the error of each log that failed (None: it succeeded)."""
         async with httpx.AsyncClient(timeout=self.settings.ct_timeout_seconds) as http:
             outcomes = await asyncio.gather(
-                *(self._poll_one(LogClient(lg, http)) for lg in self.logs)
+                *(
+                    self._poll_one(LogClient(lg, http, self.settings.ct_max_response_bytes))
+                    for lg in self.logs
+                )
             )
         self._publish()
         return dict(zip((lg.url for lg in self.logs), outcomes, strict=True))
