@@ -87,6 +87,15 @@ def alertmanager_config(
                 ],
                 "equal": ["app", "host"],
             },
+            # The prober saw the unpinned key first: the client-side rotation page that follows
+            # for the same app and host is the same incident (one notification, not two).
+            {
+                "source_matchers": ["alertname=PinwatchProbeUnpinnedKey"],
+                "target_matchers": [
+                    'alertname=~"PinwatchRotationBreakage|PinwatchPinFailureRateHigh"'
+                ],
+                "equal": ["app", "host"],
+            },
             # A failing release explains the host's failure rate: page once, naming the version.
             {
                 "source_matchers": ["alertname=PinwatchAppVersionFailing"],

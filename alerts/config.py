@@ -81,6 +81,24 @@ class AlertConfig:
     insert_stale_for: str = "1m"
     target_down_for: str = "1m"
 
+    # --- prober and CT watch (page, ticket) -----------------------------------------------------
+    # Scrape job names of `pinwatch probe` and `pinwatch ct watch`.
+    probe_job: str = "pinwatch-probe"
+    ct_job: str = "pinwatch-ct"
+    # An edge's pin result is read as its worst over this window, so an address whose backends
+    # disagree (one sees the old key, one the new) keeps the page up instead of resolving and
+    # paging again at every flip. It also delays the resolve by this much.
+    probe_window: str = "2m"
+    # No wait: one handshake that shows an unpinned key is a fact, not a noisy sample, and the
+    # time-to-page budget (60 s with the 15 s probe, scrape and evaluation intervals and the
+    # 10 s page group_wait) leaves nothing for one (docs/prober.md).
+    probe_unpinned_for: str = "0s"
+    # An edge nobody can handshake with hides its pin result: worth a ticket, not a page.
+    probe_edge_failing_for: str = "15m"
+    probe_down_for: str = "10m"
+    # A CT log that cannot be read (unreachable, bad signature, bad data) for this long.
+    ct_log_failing_for: str = "30m"
+
     # --- Alertmanager timing ------------------------------------------------------------------
     # Pages: 10 s lets the alerts of one incident (rotation and failure rate for one host)
     # land in one group, so inhibition drops the generic one before anything is sent.

@@ -386,6 +386,134 @@ def pipeline_alerts(c: AlertConfig) -> list[dict[str, Any]]:
     ]
 
 
+def _list(expr: str, item: str) -> str:
+    """A template fragment listing `item` (e.g. `{{ .Labels.address }}`) for every series of
+    `expr`, which has `%[1]s` wherever this alert's host goes."""
+    return f"{{{{ range printf `{expr}` $labels.host | query }}}} {item}{{{{ end }}}}"
+
+
+def _probe_unpinned(c: AlertConfig, phase: str) -> str:
+    """Per app and host in `phase`: how many edge addresses served no key of the host's pin set
+    in the last probe_window. Prober replicas are merged per address (max); the app label comes
+    from pinwatch_policy_host_info, as client-side alerts carry it."""
+    return (
+        "count by (host) (\n"
+        "  max by (host, address) (\n"
+        "    max_over_time(pinwatch_probe_pin_match"
+        f'{{pin_set="policy",pin_match="none"}}[{c.probe_window}])\n'
+        "  ) == 1\n"
+        ")\n"
+        "* on (host) group_right ()\n"
+        f'max by (app, host) (pinwatch_policy_host_info{{phase="{phase}"}})'
+    )
+
+
+def prober_alerts(c: AlertConfig) -> list[dict[str, Any]]:
+    """From `pinwatch probe`: an edge serving a key the host's pin set lacks (before clients
+    report), and the prober's own blind spots. Component `prober`: the pipeline being down
+    does not make these wrong, so the pipeline page does not inhibit them."""
+    at = "{{ $labels.app }} on {{ $labels.host }}"
+    edges = _list(
+        'max by (address, pin) (pinwatch_probe_served_leaf_info{host="%[1]s"})\n'
+        "and on (address)\n"
+        "max by (address) (pinwatch_probe_pin_match"
+        '{host="%[1]s",pin_set="policy",pin_match="none"}) == 1',
+        "{{ .Labels.address }} (leaf key {{ .Labels.pin }})",
+    )
+    return [
+        _alert(
+            "PinwatchProbeUnpinnedKey",
+            _probe_unpinned(c, "enforce"),
+            c.probe_unpinned_for,
+            "page",
+            "prober",
+            f"{at}: an edge serves a key the app does not pin",
+            f"{{{{ $value }}}} edge address(es) of {{{{ $labels.host }}}} served a chain with no "
+            f"key of its pin set in the last {c.probe_window}; serving it now:{edges}. "
+            "{{ $labels.app }} enforces pinning for this host: its users routed to those edges "
+            "fail now, before any of them can report it. Compare `pinwatch pins "
+            "{{ $labels.host }}` with the pin set.",
+            c,
+        ),
+        _alert(
+            "PinwatchProbeUnpinnedKeyReportOnly",
+            _probe_unpinned(c, "report_only"),
+            c.probe_unpinned_for,
+            "ticket",
+            "prober",
+            f"{at} (report-only): an edge serves a key the pin set lacks",
+            f"{{{{ $value }}}} edge address(es) of {{{{ $labels.host }}}} served a chain with no "
+            f"key of its pin set in the last {c.probe_window}; serving it now:{edges}. "
+            "{{ $labels.app }} only reports on this host, so nobody fails, but enforcing this "
+            "pin set now would lock those users out.",
+            c,
+        ),
+        _alert(
+            "PinwatchProbeEdgeFailing",
+            "(max by (host, address) (pinwatch_probe_success) == 0)\n"
+            "* on (host) group_left (app)\n"
+            "max by (app, host) (pinwatch_policy_host_info)",
+            c.probe_edge_failing_for,
+            "ticket",
+            "prober",
+            f"{at}: the prober cannot handshake with {{{{ $labels.address }}}}",
+            f"Every TLS handshake with {{{{ $labels.address }}}} for {at} failed for "
+            f"{c.probe_edge_failing_for} (reasons in pinwatch_probe_errors_total): the edge is "
+            "down or filtered from the prober, and which key it serves is unknown. Not a pin "
+            "failure; clients' network errors tell whether users are affected.",
+            c,
+        ),
+        _alert(
+            "PinwatchProbeDown",
+            f'up{{job="{c.probe_job}"}} == 0',
+            c.probe_down_for,
+            "ticket",
+            "pipeline",
+            "The pinwatch prober at {{ $labels.instance }} cannot be scraped",
+            f"Prometheus failed to scrape {{{{ $labels.instance }}}} ({c.probe_job}) for "
+            f"{c.probe_down_for}: edges serving an unpinned key are noticed only once clients "
+            "fail and report.",
+            c,
+        ),
+    ]
+
+
+def ct_alerts(c: AlertConfig) -> list[dict[str, Any]]:
+    """From `pinwatch ct watch`: certificates issued for policy hosts on keys nothing pins,
+    days before they are deployed, and logs it cannot read. A certificate is issued for a host,
+    whichever apps pin it, so these carry no app label."""
+    return [
+        _alert(
+            "PinwatchCertificateUnpinnedKey",
+            "max by (host, log, index, not_before, pin) "
+            "(pinwatch_ct_unpinned_certificate_info) == 1",
+            "0s",
+            "ticket",
+            "ct",
+            "A certificate for {{ $labels.host }} was issued with a key no shipped app version "
+            "pins",
+            "Certificate Transparency log {{ $labels.log }} holds, at index {{ $labels.index }}, "
+            "a certificate for {{ $labels.host }} valid from {{ $labels.not_before }} whose "
+            "chain has no pinned key (leaf key {{ $labels.pin }}). Deployed as it is, it breaks "
+            "every app that enforces pinning for the host: add its key to the pin set and ship "
+            "it first, or keep it off the servers.",
+            c,
+        ),
+        _alert(
+            "PinwatchCtLogFailing",
+            "max by (log) (pinwatch_ct_poll_success) == 0",
+            c.ct_log_failing_for,
+            "ticket",
+            "ct",
+            "pinwatch cannot read the CT log {{ $labels.log }}",
+            f"Every poll of {{{{ $labels.log }}}} failed for {c.ct_log_failing_for} (reasons in "
+            "pinwatch_ct_errors_total: unreachable, a bad tree head signature, entries that do "
+            "not match the signed tree): certificates logged there are not checked meanwhile.",
+            c,
+        ),
+    ]
+
+
 def rules(c: AlertConfig = CONFIG) -> dict[str, Any]:
     return {
         "groups": [
@@ -401,6 +529,8 @@ def rules(c: AlertConfig = CONFIG) -> dict[str, Any]:
                 "name": "pinwatch.pipeline",
                 "rules": pipeline_recording_rules(c) + pipeline_alerts(c),
             },
+            {"name": "pinwatch.probe", "rules": prober_alerts(c)},
+            {"name": "pinwatch.ct", "rules": ct_alerts(c)},
         ]
     }
 

@@ -41,12 +41,12 @@ from consumers.classify import Classifier, report_columns  # noqa: E402
 from consumers.cli import tune_gc  # noqa: E402
 from consumers.consumer import Consumer  # noqa: E402
 from consumers.decode import decode  # noqa: E402
-from consumers.roots import PublicRoots  # noqa: E402
 from consumers.schema import REPORT_COLUMN_NAMES, REPORT_COLUMN_TYPES  # noqa: E402
 from consumers.store import Store  # noqa: E402
 from devstack.certs import CertificateAuthority  # noqa: E402
 from pinwatch.policy import load_policy  # noqa: E402
 from pinwatch.record import Record, encode_batch  # noqa: E402
+from pinwatch.roots import PublicRoots  # noqa: E402
 from pinwatch.settings import Settings  # noqa: E402
 from pinwatch.topics import ensure_topics  # noqa: E402
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result

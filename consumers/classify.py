@@ -16,10 +16,10 @@ from typing import Any
 from cryptography import x509
 
 from consumers.decode import WireRecord
-from consumers.roots import PublicRoots
 from pinwatch.pins import spki_pin
 from pinwatch.policy import HostPolicy, Policy
 from pinwatch.record import Record
+from pinwatch.roots import PublicRoots
 from pinwatch.vocabulary import Cause, Kind, Phase, Result
 
 

@@ -95,9 +95,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from aiokafka.errors import KafkaError
 
     from consumers.migrations import MigrationError
-    from consumers.roots import RootsError
     from consumers.store import StoreError
     from pinwatch.policy import PolicyError
+    from pinwatch.roots import RootsError
 
     host = args.host or settings.consumer_host
     port = args.port or settings.consumer_port

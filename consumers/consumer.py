@@ -24,7 +24,6 @@ from aiokafka.structs import TopicPartition
 from consumers.classify import Classifier, ClassifyError
 from consumers.decode import DeadLetterReason, Rejected, decode, single_record_message
 from consumers.metrics import ConsumerMetrics
-from consumers.roots import PublicRoots
 from consumers.steps import (
     Batch,
     Committer,
@@ -38,6 +37,7 @@ from consumers.steps import (
 from consumers.store import Store, StoreError
 from pinwatch.logs import event
 from pinwatch.policy import Policy, load_policy
+from pinwatch.roots import PublicRoots
 from pinwatch.settings import Settings
 from pinwatch.topics import ensure_topics
 

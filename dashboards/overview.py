@@ -116,6 +116,33 @@ def build(runbook_url: str) -> dashboard.Dashboard:
         )
         .with_panel(
             graph(
+                15,
+                "Prober: edges by pin match",
+                "Per host, how many edges (addresses the host resolves to) served a chain "
+                "matching the host's pin set on the primary key, the backup key, or none, at "
+                "pinwatch probe's last handshake with each. Beside the client failure share: an "
+                "edge moving to `none` pages before any client fails; `backup` during a drill "
+                "with a flat failure share shows the apps accept the backup. Edges the prober "
+                "cannot reach are not counted here (pinwatch_probe_errors_total).",
+                "short",
+                [
+                    promql(
+                        "count by (host, pin_match) (max by (host, address, pin_match) "
+                        '(pinwatch_probe_pin_match{host=~"$host", pin_set="policy"}) == 1)',
+                        "{{host}} {{pin_match}}",
+                    )
+                ],
+                stacked=True,
+                links=alert_links(
+                    rb,
+                    "PinwatchProbeUnpinnedKey",
+                    "PinwatchProbeUnpinnedKeyReportOnly",
+                    "PinwatchRotationBreakage",
+                ),
+            )
+        )
+        .with_panel(
+            graph(
                 6,
                 "Failing devices by cause",
                 "Distinct devices failing pins in the last 5 minutes, by cause: "
@@ -209,6 +236,46 @@ def build(runbook_url: str) -> dashboard.Dashboard:
                         "{{platform}}",
                     )
                 ],
+            )
+        )
+        .with_row(row(104, "Before clients fail: prober and Certificate Transparency"))
+        .with_panel(
+            graph(
+                16,
+                "Prober: failed handshakes by reason",
+                "Handshakes pinwatch probe could not complete, per second, by host and reason "
+                "(timeout, refused, tls: not a TLS port, unreachable, dns). Not pin failures: "
+                "the prober cannot tell which key such an edge serves.",
+                "cps",
+                [
+                    promql(
+                        "sum by (host, reason) (rate(pinwatch_probe_errors_total"
+                        f'{{host=~"$host"}}{RATE}))',
+                        "{{host}} {{reason}}",
+                    )
+                ],
+                links=alert_links(rb, "PinwatchProbeEdgeFailing", "PinwatchProbeDown"),
+            )
+        )
+        .with_panel(
+            grid(
+                17,
+                "CT: certificates issued on unpinned keys",
+                "Certificates and precertificates for policy hosts, found by pinwatch ct watch "
+                "in Certificate Transparency logs, still valid, whose chain has no pinned key: "
+                "log, entry index, not-before and the leaf's pin. Empty is good.",
+                "none",
+                [
+                    promql(
+                        "max by (host, log, index, not_before, pin) "
+                        '(pinwatch_ct_unpinned_certificate_info{host=~"$host"})',
+                        "{{host}}",
+                        instant=True,
+                    ).format(PromQueryFormat.TABLE)
+                ],
+                source="prometheus",
+                hide_columns=("Time", "Value"),
+                links=alert_links(rb, "PinwatchCertificateUnpinnedKey", "PinwatchCtLogFailing"),
             )
         )
         .with_row(row(103, "Pins"))

@@ -104,6 +104,7 @@ class CertificateAuthority:
         *,
         ca: bool,
         issuer_key: str | None = None,
+        not_after: dt.datetime | None = None,
     ) -> x509.Certificate:
         key = self.keys[key_name]
         signer = self.keys[issuer_key or _issuer_key_name(self, issuer) or key_name]
@@ -114,7 +115,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(self._not_before)
-            .not_valid_after(self._not_after)
+            .not_valid_after(not_after or self._not_after)
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         )
         if not ca:
@@ -126,10 +127,16 @@ class CertificateAuthority:
     def pin(self, key_name: str) -> str:
         return spki_pin_of_key(self.keys[key_name].public_key())
 
-    def chain(self, leaf_key: str = "primary") -> Chain:
-        """The host's publicly trusted chain, leaf on `leaf_key` (primary, backup, rotated)."""
+    def chain(self, leaf_key: str = "primary", *, not_after: dt.datetime | None = None) -> Chain:
+        """The host's publicly trusted chain, leaf on `leaf_key` (primary, backup, rotated);
+        `not_after` gives the leaf another expiry (an expiring certificate)."""
         leaf = self._cert(
-            self.host, leaf_key, self.intermediate, ca=False, issuer_key="intermediate"
+            self.host,
+            leaf_key,
+            self.intermediate,
+            ca=False,
+            issuer_key="intermediate",
+            not_after=not_after,
         )
         return Chain((leaf, self.intermediate, self.public_root))
 

@@ -16,7 +16,10 @@ from devstack.stack import (
 )
 from pinwatch.settings import Settings
 
-HELP = "run the whole local stack (Kafka, ingest, consumer, Prometheus, Alertmanager) until Ctrl-C"
+HELP = (
+    "run the whole local stack (Kafka, ingest, consumer, prober, Prometheus, Alertmanager) "
+    "until Ctrl-C"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +67,7 @@ def ready_text(stack: Stack) -> str:
 pinwatch is up.
 {urls}
   Kafka             {kafka}
-  logs              {stack.logs_dir}/ (ingest.log, consumer.log)
+  logs              {stack.logs_dir}/ (ingest.log, consumer.log, probe.log)
 
 Send traffic from a second terminal (same settings, e.g. the same PINWATCH_* variables):
   pinwatch simulate steady --duration 120

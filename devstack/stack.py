@@ -31,6 +31,7 @@ from typing import Any
 import certifi
 import httpx
 
+from alerts.config import CONFIG as ALERT_CONFIG
 from devstack.certs import demo_pki_dir
 from devstack.localkafka import KafkaError, LocalKafka, free_port, free_ports, port_open
 from devstack.monitoring import (
@@ -258,6 +259,7 @@ class Stack:
     kafka: LocalKafka | None = field(init=False, default=None)
     ingest: ChildCommand | None = field(init=False, default=None)
     consumer: ChildCommand | None = field(init=False, default=None)
+    probe: ChildCommand | None = field(init=False, default=None)
     receiver: PageReceiver | None = field(init=False, default=None)
     receiver_port: int = field(init=False, default=0)
     alertmanager: LocalAlertmanager | None = field(init=False, default=None)
@@ -274,8 +276,10 @@ class Stack:
             "log_format": "json",
         }
         if opts.free_ports:
-            kafka, controller, ingest, consumer, prometheus, alertmanager, receiver = free_ports(7)
+            ports = free_ports(8)
+            kafka, controller, ingest, consumer, prometheus, alertmanager, receiver, probe = ports
             overrides.update(
+                probe_port=probe,
                 kafka_bootstrap=f"127.0.0.1:{kafka}",
                 kafka_controller_port=controller,
                 ingest_port=ingest,
@@ -310,6 +314,10 @@ class Stack:
     @property
     def consumer_url(self) -> str:
         return f"http://{self.config.consumer_host}:{self.config.consumer_port}"
+
+    @property
+    def probe_url(self) -> str:
+        return f"http://{self.config.probe_host}:{self.config.probe_port}"
 
     @property
     def prometheus_url(self) -> str:
@@ -348,6 +356,8 @@ class Stack:
         self._step_child(self.ingest, f"ingest on {self.ingest_url}")
         self.consumer = self._child("consumer", ["consume"], f"{self.consumer_url}/metrics")
         self._step_child(self.consumer, f"consumer on {self.consumer_url} (chDB, Kafka group)")
+        self.probe = self._child("probe", ["probe"], f"{self.probe_url}/metrics")
+        self._step_child(self.probe, f"prober on {self.probe_url} (every edge of every host)")
         self.receiver = PageReceiver(self.receiver_port, self.say)
         self.receiver.start()
         self.say(f"  ok   page receiver on {self.receiver.url}")
@@ -365,6 +375,7 @@ class Stack:
             jobs={
                 INGEST_JOB: [f"{cfg.ingest_host}:{cfg.ingest_port}"],
                 CONSUMER_JOB: [f"{cfg.consumer_host}:{cfg.consumer_port}"],
+                ALERT_CONFIG.probe_job: [f"{cfg.probe_host}:{cfg.probe_port}"],
             },
             scrape_interval=opts.scrape_interval,
             evaluation_interval=opts.evaluation_interval,
@@ -455,7 +466,7 @@ class Stack:
 
     def check(self) -> None:
         """Raise StackError when a child that should be running has died."""
-        for child in (self.ingest, self.consumer):
+        for child in (self.ingest, self.consumer, self.probe):
             if child is not None and child.exited() is not None:
                 raise StackError(child.name, f"exited with status {child.exited()}", child.log_path)
         for monitor in (self.prometheus, self.alertmanager):
@@ -480,10 +491,12 @@ class Stack:
             steps.append(("ingest", self.ingest.stop))
         if self.consumer is not None:
             steps.append(("consumer", self.consumer.stop))
+        if self.probe is not None:
+            steps.append(("prober", self.probe.stop))
         if self.kafka is not None:
             steps.append(("Kafka", self.kafka.stop))
         self.prometheus = self.alertmanager = self.receiver = None
-        self.ingest = self.consumer = None
+        self.ingest = self.consumer = self.probe = None
         self.kafka = None
         for name, stop in steps:
             try:
@@ -497,6 +510,7 @@ class Stack:
             "ingest": f"{self.ingest_url}/v1/reports",
             "ingest metrics": f"{self.ingest_url}/metrics",
             "consumer metrics": f"{self.consumer_url}/metrics",
+            "prober metrics": f"{self.probe_url}/metrics",
             "Prometheus": self.prometheus_url,
             "Alertmanager": self.alertmanager_url,
         }

@@ -12,6 +12,7 @@ import binascii
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -47,6 +48,20 @@ class Pin(_Model):
 class App(_Model):
     id: str = Field(min_length=1)
     ingest_keys: list[str] = Field(min_length=1)
+    # Where the app sends its pin reports (TrustKit's report URI): `pinwatch pins lint` checks
+    # that the policy does not pin it, since a pinned report endpoint cannot report its breakage.
+    report_url: str = ""
+
+    @field_validator("report_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not report_url_host(value):
+            raise ValueError("must be an http(s) URL with a host, e.g. https://pins.acme.com/r")
+        return value
+
+    @property
+    def report_host(self) -> str | None:
+        return report_url_host(self.report_url) if self.report_url else None
 
     @field_validator("ingest_keys")
     @classmethod
@@ -55,6 +70,18 @@ class App(_Model):
             if len(key) < 16:
                 raise ValueError("ingest keys must be at least 16 characters")
         return keys
+
+
+def match_pins(pin_set: list[Pin], observed: list[str]) -> PinMatch:
+    """Best role of `pin_set` among the observed pins: any primary beats any backup beats
+    none."""
+    roles = {pin.sha256: pin.role for pin in pin_set}
+    found = {roles[p] for p in observed if p in roles}
+    if PinRole.PRIMARY in found:
+        return PinMatch.PRIMARY
+    if PinRole.BACKUP in found:
+        return PinMatch.BACKUP
+    return PinMatch.NONE
 
 
 class HostPolicy(_Model):
@@ -78,15 +105,20 @@ class HostPolicy(_Model):
             raise ValueError("a pin set needs at least one primary and one backup pin")
         return self
 
+    def role_of(self, pin: str) -> PinRole | None:
+        """The pin's role in this host's pin set, None when the host does not pin it."""
+        return next((p.role for p in self.pins if p.sha256 == pin), None)
+
+    def candidate_sets_with(self, pin: str) -> list[str]:
+        return [
+            name
+            for name, pins in self.candidate_pin_sets.items()
+            if any(p.sha256 == pin for p in pins)
+        ]
+
     def match(self, pins: list[str]) -> PinMatch:
         """Best role among the observed pins: any primary beats any backup beats none."""
-        roles = {pin.sha256: pin.role for pin in self.pins}
-        found = {roles[p] for p in pins if p in roles}
-        if PinRole.PRIMARY in found:
-            return PinMatch.PRIMARY
-        if PinRole.BACKUP in found:
-            return PinMatch.BACKUP
-        return PinMatch.NONE
+        return match_pins(self.pins, pins)
 
 
 class PolicyDocument(_Model):
@@ -94,8 +126,26 @@ class PolicyDocument(_Model):
     hosts: list[HostPolicy] = Field(default_factory=list)
 
 
+def report_url_host(url: str) -> str | None:
+    parsed = urlsplit(url.strip())
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        return None
+    return parsed.hostname.lower().rstrip(".")
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    """One thing wrong with a policy file, at a line when it can be placed."""
+
+    line: int | None
+    where: str  # the field path, e.g. hosts.0.pins.1.sha256
+    message: str
+
+
 class PolicyError(ValueError):
-    pass
+    def __init__(self, message: str, problems: list[PolicyProblem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 @dataclass(frozen=True)
@@ -134,6 +184,29 @@ class Policy:
                 return parent
         return None
 
+    def hosts_for_certificate_name(self, name: str) -> list[HostPolicy]:
+        """Policy hosts a certificate issued for DNS name `name` (CN or SAN) can serve: the
+        name's own policy (exact or a parent with include_subdomains) and, for a wildcard
+        `*.acme.com`, every host one label below acme.com plus acme.com itself when it covers
+        its subdomains."""
+        name = name.strip().lower().rstrip(".")
+        if not name.startswith("*."):
+            host = self.host(name)
+            return [host] if host is not None else []
+        parent = name[2:]
+        found = [
+            h for h in self.document.hosts if h.host.partition(".")[2] == parent and "." in h.host
+        ]
+        hosts: dict[str, HostPolicy] = self._hosts  # type: ignore[attr-defined]
+        labels = parent.split(".")
+        for i in range(len(labels) - 1):  # parent and its ancestors, nearest first
+            ancestor = hosts.get(".".join(labels[i:]))
+            if ancestor is not None and ancestor.include_subdomains:
+                if ancestor not in found:
+                    found.append(ancestor)
+                break
+        return found
+
     @property
     def app_ids(self) -> list[str]:
         return [app.id for app in self.document.apps]
@@ -143,7 +216,7 @@ class Policy:
         return list(self.document.hosts)
 
 
-def _line_of(root: yaml.Node, loc: tuple[Any, ...]) -> int | None:
+def line_of(root: yaml.Node, loc: tuple[Any, ...]) -> int | None:
     """Walk the composed YAML node tree along a pydantic error location to find its line."""
     node: yaml.Node | None = root
     line = root.start_mark.line + 1
@@ -170,19 +243,23 @@ def parse_policy(text: str, source: str = "<memory>") -> Policy:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = PolicyProblem(line, "", f"not valid YAML: {exc}")
+        raise PolicyError(f"{source}: not valid YAML: {exc}", [problem]) from exc
     if root is None or not isinstance(data, dict):
-        raise PolicyError(f"{source}: expected a mapping with `apps` and `hosts`")
+        message = "expected a mapping with `apps` and `hosts`"
+        raise PolicyError(f"{source}: {message}", [PolicyProblem(1, "", message)])
     try:
         document = PolicyDocument.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not isinstance(p, str) or p in _known_keys(err))
-            line = _line_of(root, loc)
             where = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{source}:{line}: {where}: {err['msg']}")
-        raise PolicyError("invalid pin policy\n" + "\n".join(problems)) from None
+            problems.append(PolicyProblem(line_of(root, loc), where, err["msg"]))
+        lines = [f"{source}:{p.line}: {p.where}: {p.message}" for p in problems]
+        raise PolicyError("invalid pin policy\n" + "\n".join(lines), problems) from None
     return Policy(document=document, source=source)
 
 

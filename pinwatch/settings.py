@@ -257,6 +257,73 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Longest `pinwatch rollout` waits for the query API."
     )
 
+    # --- prober and pin lint -----------------------------------------------------------------
+    probe_host: str = Field("127.0.0.1", description="`pinwatch probe` metrics listen address.")
+    probe_port: int = Field(9788, description="`pinwatch probe` metrics port (/metrics).")
+    # 15 s: with a 15 s scrape and evaluation and the 10 s page group_wait, an edge serving an
+    # unpinned key pages within 55 s at worst (docs/prober.md).
+    probe_interval_seconds: float = Field(
+        15.0, gt=0, description="`pinwatch probe`: seconds between two rounds over every edge."
+    )
+    probe_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest one TCP connect plus TLS handshake may take (probe, pins)."
+    )
+    probe_max_addresses_per_host: int = Field(
+        16, ge=1, description="Most addresses (edges) probed per host; the rest are logged."
+    )
+    probe_concurrency: int = Field(
+        16, ge=1, description="Handshakes `pinwatch probe` runs at once."
+    )
+    probe_resolve: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Addresses to use instead of DNS, per host (JSON: {"api.acme.com": '
+        '["192.0.2.1"]}), as curl --resolve; for staging edges and tests.',
+    )
+    lint_expiry_days: int = Field(
+        30, ge=0, description="`pins lint --probe`: a served leaf expiring within this is an error."
+    )
+
+    # --- Certificate Transparency watch -------------------------------------------------------
+    ct_log_list_file: Path | None = Field(
+        None, description="Log list JSON (v3 format) to read logs from; empty: ct_log_list_url."
+    )
+    ct_log_list_url: str = Field(
+        "https://www.gstatic.com/ct/log_list/v3/log_list.json",
+        description="Where the log list (JSON v3) is fetched when ct_log_list_file is empty.",
+    )
+    ct_logs: list[str] = Field(
+        default_factory=list,
+        description="Log URLs to follow (JSON list); empty: every usable or qualified log listed.",
+    )
+    ct_state_dir: Path | None = Field(
+        None, description="Per-log resume state of `ct watch`; empty: data_dir/ct."
+    )
+    ct_start_at_beginning: bool = Field(
+        False,
+        description="A log seen for the first time is read from index 0; false: from its "
+        "current size (only certificates logged from now on).",
+    )
+    ct_poll_interval_seconds: float = Field(
+        60.0, gt=0, description="`ct watch`: seconds between two polls of every log."
+    )
+    ct_max_entries_per_poll: int = Field(
+        2000, ge=1, description="Most entries read from one log in one poll (the rest: next poll)."
+    )
+    ct_entries_per_request: int = Field(
+        256, ge=1, le=1024, description="Entries asked for in one get-entries request."
+    )
+    ct_max_response_bytes: int = Field(
+        33_554_432, ge=65_536, description="Largest answer read from a log (get-entries batches)."
+    )
+    ct_timeout_seconds: float = Field(
+        15.0, gt=0, description="Longest one request to a log may take."
+    )
+    ct_max_findings: int = Field(
+        200, ge=1, description="Unpinned-key certificates `ct watch` keeps (newest first)."
+    )
+    ct_host: str = Field("127.0.0.1", description="`pinwatch ct watch` metrics listen address.")
+    ct_port: int = Field(9789, description="`pinwatch ct watch` metrics port (/metrics).")
+
     # --- monitoring stack ---------------------------------------------------------------------
     prometheus_port: int = Field(9090, description="Local Prometheus port.")
     alertmanager_port: int = Field(9093, description="Local Alertmanager port.")

@@ -13,8 +13,8 @@ from typing import Any
 
 from cryptography import x509
 
-from consumers.roots import PublicRoots
 from pinwatch.pins import spki_pin
+from pinwatch.roots import PublicRoots
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ def stack_env(data_dir: Path, own_ports: bool = False) -> tuple[dict[str, str], 
         env.pop(name, None)  # the demo's own: the example policy and the demo PKI
     bootstrap = os.environ.get("PINWATCH_TEST_KAFKA_BOOTSTRAP")
     if own_ports:
-        names = ("INGEST", "CONSUMER", "PROMETHEUS", "ALERTMANAGER", "KAFKA_CONTROLLER")
+        names = ("INGEST", "CONSUMER", "PROMETHEUS", "ALERTMANAGER", "KAFKA_CONTROLLER", "PROBE")
         *ports, broker_port = free_ports(len(names) + 1)
         for name, port in zip(names, ports, strict=True):
             env[f"PINWATCH_{name}_PORT"] = str(port)

@@ -145,3 +145,43 @@ def test_a_pipeline_outage_silences_what_depends_on_it(alertmanager: LocalAlertm
         ("PinwatchIngestProduceFailing", "pinwatch-ingest"): "active",
     }
     assert wait_until(lambda: states(alertmanager) == expected), states(alertmanager)
+
+
+def test_probe_page_and_client_rotation_page_are_one_notification(
+    alertmanager: LocalAlertmanager, receiver: PageReceiver
+) -> None:
+    """The prober's page and the client-side pages of the same incident (same app and host)
+    share one group; the prober's silences the client-side ones, so the on-call receives one
+    notification. The pipeline being down does not silence the prober: it does not depend on
+    it."""
+    app = {"app": "com.example.pinned"}
+    post(
+        alertmanager,
+        alert("PinwatchProbeUnpinnedKey", "page", "prober", host="api.a.test", **app),
+        alert("PinwatchRotationBreakage", "page", "pinning", host="api.a.test", **app),
+        alert("PinwatchPinFailureRateHigh", "page", "pinning", host="api.a.test", **app),
+        # Another host's client-side rotation is another incident.
+        alert("PinwatchRotationBreakage", "page", "pinning", host="api.b.test", **app),
+        alert("PinwatchScrapeTargetDown", "page", "pipeline", job=CONSUMER_JOB, instance="c:1"),
+    )
+    expected = {
+        ("PinwatchProbeUnpinnedKey", "api.a.test"): "active",
+        ("PinwatchRotationBreakage", "api.a.test"): "suppressed",
+        ("PinwatchPinFailureRateHigh", "api.a.test"): "suppressed",
+        # (suppressed by the pipeline outage, as every client-side pinning alert is)
+        ("PinwatchRotationBreakage", "api.b.test"): "suppressed",
+        ("PinwatchScrapeTargetDown", CONSUMER_JOB): "active",
+    }
+    assert wait_until(lambda: states(alertmanager) == expected), states(alertmanager)
+
+    def pages_for(host: str) -> list[list[str]]:
+        return [
+            [item["labels"]["alertname"] for item in page.alerts]
+            for page in receiver.pages()
+            if page.payload.get("groupLabels", {}).get("host") == host
+        ]
+
+    assert wait_until(lambda: pages_for("api.a.test"), timeout=60)
+    assert pages_for("api.a.test") == [["PinwatchProbeUnpinnedKey"]]
+    (page,) = [p for p in receiver.pages() if p.payload["groupLabels"].get("host")]
+    assert page.payload["groupLabels"] == {"app": "com.example.pinned", "host": "api.a.test"}

@@ -35,7 +35,7 @@ def test_promtool_unit_tests(unit_test: Path) -> None:
 def test_amtool_check_config_committed_and_rendered(tmp_path: Path) -> None:
     result = run("amtool", "check-config", generate.ALERTMANAGER_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 inhibit rules" in result.stdout and "3 receivers" in result.stdout
+    assert "5 inhibit rules" in result.stdout and "3 receivers" in result.stdout
     # The smallest rendering (no PagerDuty, Opsgenie or webhooks) is valid too.
     bare = tmp_path / "bare.yml"
     bare.write_text(generate.dump(alertmanager_config()))
@@ -51,6 +51,8 @@ def test_pages_go_to_oncall_with_pagerduty_and_opsgenie() -> None:
     for labels, receiver in [
         ("severity=page alertname=PinwatchRotationBreakage", "oncall"),
         ("severity=page alertname=PinwatchScrapeTargetDown", "oncall"),
+        ("severity=page alertname=PinwatchProbeUnpinnedKey", "oncall"),
+        ("severity=ticket alertname=PinwatchCertificateUnpinnedKey", "tickets"),
         ("severity=ticket alertname=PinwatchInterceptionSuspected", "tickets"),
         ("severity=info alertname=PinwatchBackupPinServed", "info"),
         ("alertname=SomethingWithoutSeverity", "tickets"),

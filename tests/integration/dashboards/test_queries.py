@@ -28,15 +28,26 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from prometheus_client import start_http_server
 
+from alerts.config import CONFIG as ALERT_CONFIG
 from dashboards.interpolate import Selection, clickhouse_sql, grafana_interval, prometheus_expr
 from devstack.certs import CertificateAuthority
 from devstack.monitoring import CONSUMER_JOB, INGEST_JOB, LocalPrometheus
+from pinwatch.policy import load_policy
+from pinwatch.roots import PublicRoots
+from pinwatch.settings import Settings
+from prober.ct.loglist import parse_log_list
+from prober.ct.watch import Watcher
+from prober.probe import Prober
+from tests.support.ct_log import LoopbackLog, pre
 from tests.support.names import OTHER_APP, OTHER_KEY, REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from tests.support.paths import REPO
 from tests.support.payloads import native_batch, network_error, pin_validation
 from tests.support.pipeline import run_pipeline
+from tests.support.prober import write_policy
 from tests.support.settings import settings_factory
+from tests.support.tls_servers import TlsEdge, free_port_on
 
 JSON_DIR = REPO / "dashboards" / "json"
 SCRAPE_SECONDS = 1.0
@@ -46,6 +57,7 @@ WAVES = 4
 EMPTY_WHEN_HEALTHY = {
     ("pinwatch-pipeline", "Kafka produce errors"): "the broker never failed a produce",
 }
+PROBER_EDGE, DEAD_EDGE = "127.0.0.2", "127.0.0.3"
 
 # Alert rules for the test Prometheus: one pinwatch-prefixed alert that always fires, so the
 # alert panels and annotations are shown to select it, and one foreign alert they must ignore.
@@ -163,12 +175,47 @@ async def seeded(
     settings = make(failing_refresh_seconds=0.5)
     rules = tmp / "probe-rules.yml"
     rules.write_text(PROBE_RULES)
+    # The prober: one edge of the test host serves the pinned chain, another accepts nothing.
+    edge_port = free_port_on(PROBER_EDGE, DEAD_EDGE)
+    prober = Prober(
+        load_policy(
+            write_policy(
+                tmp / "probe-policy.yaml",
+                ca,
+                hosts={
+                    TEST_HOST: ("enforce", edge_port),
+                    REPORT_ONLY_HOST: ("report_only", edge_port),
+                },
+            )
+        ),
+        Settings(
+            probe_timeout_seconds=2,
+            probe_resolve={TEST_HOST: [PROBER_EDGE, DEAD_EDGE], REPORT_ONLY_HOST: [PROBER_EDGE]},
+        ),
+        roots=PublicRoots.load(public_roots_file),
+    )
+    probe_metrics, _ = start_http_server(0, "127.0.0.1", registry=prober.metrics.registry)
+    # The CT watcher, on a loopback log holding one precertificate for the test host on a key
+    # nobody pins.
+    ct_log = LoopbackLog()
+    ct_log.add(pre(ca, [TEST_HOST], "rotated", 1_790_000_000_000))
+    watcher = Watcher(
+        load_policy(policy_file),
+        Settings(ct_state_dir=tmp / "ct", ct_start_at_beginning=True),
+        parse_log_list(ct_log.log_list(tmp / "log_list.json").read_text(), "log list"),
+    )
+    await watcher.poll_all()
+    ct_metrics, _ = start_http_server(0, "127.0.0.1", registry=watcher.metrics.registry)
+    edge = TlsEdge(PROBER_EDGE, edge_port, ca, tmp / "edge").start()
+    edge.serve("primary")
     async with run_pipeline(settings) as p:
         prometheus = LocalPrometheus(
             tmp / "prometheus",
             jobs={
                 INGEST_JOB: [p.ingest_url.removeprefix("http://")],
                 CONSUMER_JOB: [p.consumer_url.removeprefix("http://")],
+                ALERT_CONFIG.probe_job: [f"127.0.0.1:{probe_metrics.server_port}"],
+                ALERT_CONFIG.ct_job: [f"127.0.0.1:{ct_metrics.server_port}"],
             },
             scrape_interval=SCRAPE_SECONDS,
             evaluation_interval=SCRAPE_SECONDS,
@@ -185,6 +232,7 @@ async def seeded(
                     sent += len(body["reports"])
                 # one refused request per wave, for the rejections panel
                 await p.post({"app": {"id": TEST_APP}}, expect=400)
+                await prober.round()
                 await asyncio.sleep(3 * SCRAPE_SECONDS)
             await p.wait_inserted(sent, timeout=60)
             # the failing-devices gauge is read back from ClickHouse, then scraped
@@ -193,6 +241,10 @@ async def seeded(
             yield Seeded(p, prometheus.url, settings.clickhouse_database, start, _now())
         finally:
             await asyncio.to_thread(prometheus.stop)
+            edge.stop()
+            probe_metrics.shutdown()
+            ct_metrics.shutdown()
+            ct_log.stop()
 
 
 def _now() -> datetime:
@@ -318,6 +370,16 @@ async def test_overview_numbers_follow_the_seeded_traffic(seeded: Seeded) -> Non
     assert {json.loads(k)["pin_match"] for k in matches} == {"primary", "backup", "none"}
     categories = await last("Network errors by category")
     assert {json.loads(k)["category"] for k in categories} == {"timeout", "dns"}
+    # The prober: one edge of the host serves the pinned primary key, the other never answers.
+    edges = await last("Prober: edges by pin match")
+    assert edges == {json.dumps({"host": TEST_HOST, "pin_match": "primary"}): 1.0}
+    failures = await last("Prober: failed handshakes by reason")
+    assert {json.loads(k)["reason"] for k in failures} == {"refused"}
+    found = await _run_prometheus_target(
+        seeded, by_title["CT: certificates issued on unpinned keys"]["targets"][0], selection
+    )
+    (finding,) = [s["metric"] for s in found["result"]]
+    assert (finding["host"], finding["index"]) == (TEST_HOST, "0")
 
 
 async def test_alert_panels_show_only_pinwatch_alerts(seeded: Seeded) -> None:

@@ -16,7 +16,19 @@ from alerts.config import CONFIG
 from alerts.rules import alert_names
 from consumers.metrics import ConsumerMetrics
 from ingest.metrics import IngestMetrics
+from pinwatch.policy import parse_policy
+from prober.metrics import CtMetrics, ProbeMetrics
 from tests.support.alerts import RUNBOOK, UNIT_TESTS, shipped_alerts, shipped_rules
+
+# For the prober's and CT watcher's metric registries (their info metric lists policy hosts).
+POLICY = """\
+apps: [{id: com.a, ingest_keys: [a-long-ingest-key-0001]}]
+hosts:
+  - host: api.a.test
+    pins:
+      - {sha256: "YYQYhs8WXHNgKsgz5aX+M9zguhIAVVXPV4LCiNUzToM=", role: primary}
+      - {sha256: "6MSBF+xXP4AAQZSQB1Iih6FWPFwuIDxiuHTugot7nHQ=", role: backup}
+"""
 
 
 def test_committed_files_are_what_the_config_generates() -> None:
@@ -78,12 +90,12 @@ def test_alert_conventions() -> None:
         name = alert["alert"]
         assert re.fullmatch(r"Pinwatch(?:[A-Z][a-z0-9]+)+", name), name
         assert alert["labels"]["severity"] in {"page", "ticket", "info"}, name
-        assert alert["labels"]["component"] in {"pinning", "pipeline"}, name
+        assert alert["labels"]["component"] in {"pinning", "pipeline", "prober", "ct"}, name
         notes = alert["annotations"]
         assert notes["summary"] and notes["description"], name
         base, _, anchor = notes["runbook_url"].partition("#")
         assert base == CONFIG.runbook and anchor in headings, f"{name}: no runbook section"
-        if alert["labels"]["component"] == "pinning":
+        if alert["labels"]["component"] in {"pinning", "prober"}:
             # Grouped and inhibited by app and host: the description must name both.
             assert "$labels.app" in notes["description"], name
             assert "$labels.host" in notes["description"], name
@@ -99,7 +111,14 @@ def test_recording_rule_names_follow_level_metric_operations() -> None:
 def _exposed() -> dict[str, set[str]]:
     """Sample names the consumer and ingest expose, with their label names."""
     names: dict[str, set[str]] = {"up": {"job", "instance"}}
-    for registry in (ConsumerMetrics().registry, IngestMetrics().registry):
+    policy = parse_policy(POLICY)
+    registries = (
+        ConsumerMetrics().registry,
+        IngestMetrics().registry,
+        ProbeMetrics(policy).registry,
+        CtMetrics(policy).registry,
+    )
+    for registry in registries:
         for metric in registry._collector_to_names:  # noqa: SLF001 - label names per metric
             # prometheus_client's metrics keep `_labelnames`; ingest's own counts `labelnames`
             declared = getattr(metric, "labelnames", None) or getattr(metric, "_labelnames", ())

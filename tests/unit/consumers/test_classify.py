@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from consumers.classify import Classifier, ClassifyError
 from consumers.decode import decode
 from consumers.metrics import ConsumerMetrics, VersionLabels, version_key
-from consumers.roots import PublicRoots, RootsError
 from consumers.steps import Batch, Enricher
 from devstack.certs import CertificateAuthority, Chain
 from pinwatch.policy import load_policy
 from pinwatch.record import encode_batch
+from pinwatch.roots import PublicRoots, RootsError
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from tests.support.payloads import kafka_record

@@ -11,12 +11,13 @@ import pytest
 
 from tests.support.paths import REPO
 
-RUNTIME = ("pinwatch", "ingest", "consumers", "alerts", "dashboards")
+RUNTIME = ("pinwatch", "ingest", "consumers", "prober", "alerts", "dashboards")
 # package -> first-party packages it may import (itself included)
 ALLOWED = {
     "pinwatch": {"pinwatch"},
     "ingest": {"pinwatch", "ingest"},
     "consumers": {"pinwatch", "consumers"},
+    "prober": {"pinwatch", "prober"},
     "alerts": {"pinwatch", "alerts"},
     "dashboards": {"pinwatch", "alerts", "dashboards"},
 }

@@ -61,12 +61,14 @@ class PublicRoots:
         if not chain:
             return False
         last = chain[-1]
-        if _spki(last) in self.keys:
-            return True
-        for root in self.by_subject.get(last.issuer.public_bytes(), ()):
+        return _spki(last) in self.keys or self.issuer_of(last) is not None
+
+    def issuer_of(self, cert: x509.Certificate) -> x509.Certificate | None:
+        """The bundle root that signed `cert` (by signature, not only by name), or None."""
+        for root in self.by_subject.get(cert.issuer.public_bytes(), ()):
             try:
-                last.verify_directly_issued_by(root)
-                return True
+                cert.verify_directly_issued_by(root)
+                return root
             except (ValueError, TypeError, InvalidSignature):
                 continue
-        return False
+        return None
