@@ -22,7 +22,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import TopicPartition
 
 from consumers.classify import Classifier, ClassifyError
-from consumers.decode import DeadLetterReason, Rejected, decode, single_record_message
+from consumers.decode import (
+    DeadLetterReason,
+    ReceivedWindow,
+    Rejected,
+    decode,
+    single_record_message,
+)
 from consumers.metrics import ConsumerMetrics
 from consumers.roots import PublicRoots
 from consumers.steps import (
@@ -77,12 +83,14 @@ class Consumer:
         self.enricher = Enricher(self.classifier, self.metrics, settings.evidence_per_pin_hour)
         self.progress = Progress(store)
         self.recent = RecentIds(store, settings.dedup_window_seconds, settings.dedup_max_ids)
+        self.window = ReceivedWindow.from_settings(settings)
         self.writer = Writer(
             store,
             self.metrics,
             settings.clickhouse_retry_max_seconds,
             self._set_trouble,
             self.recent,
+            max_days=self.window.days,
         )
         self._kafka: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -209,6 +217,8 @@ class Consumer:
         # Before the first message of a partition: what is already stored (see Progress).
         await self.progress.ensure(tp.topic, tp.partition)
         records, rejected = decode(message.value)
+        records, outside = self.window.split(records, int(time.time() * 1000))
+        rejected.extend(outside)
         self.dead_letters.observe(len(records) + len(rejected))
         for bad in rejected:
             await self.dead_letters.send(bad, origin)
@@ -225,10 +235,15 @@ class Consumer:
         for index, record in enumerate(records):
             try:
                 self.enricher.add(record, batch, origin, store)
-            except ClassifyError as exc:
+            except Exception as exc:  # noqa: BLE001 - a record never stops the consumer
+                if isinstance(exc, ClassifyError):
+                    detail = str(exc)
+                else:  # a defect of ours a record exposed: dead-letter it, and say so loudly
+                    detail = f"{type(exc).__name__}: {exc}"
+                    log.exception("record_failed_classification")
                 bad = Rejected(
                     DeadLetterReason.UNCLASSIFIABLE_RECORD,
-                    str(exc),
+                    detail,
                     single_record_message(record),
                     index,
                 )

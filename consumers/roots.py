@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.utils import CryptographyDeprecationWarning
 
@@ -57,16 +57,22 @@ class PublicRoots:
         return len(self.keys)
 
     def ends_in_public_root(self, chain: list[x509.Certificate]) -> bool:
-        """True when the chain's last certificate is a bundle root or is signed by one."""
+        """True when the chain's last certificate is a bundle root or is signed by one. A chain
+        comes from a client: what cannot be read (a key or signature algorithm unknown to
+        `cryptography`, a malformed issuer name) is not proven public."""
         if not chain:
             return False
         last = chain[-1]
-        if _spki(last) in self.keys:
-            return True
-        for root in self.by_subject.get(last.issuer.public_bytes(), ()):
+        try:
+            if _spki(last) in self.keys:
+                return True
+            issuers = self.by_subject.get(last.issuer.public_bytes(), ())
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            return False
+        for root in issuers:
             try:
                 last.verify_directly_issued_by(root)
                 return True
-            except (ValueError, TypeError, InvalidSignature):
+            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
                 continue
         return False

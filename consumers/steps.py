@@ -459,10 +459,14 @@ class Writer:
         retry_max_seconds: float,
         on_trouble: Callable[[bool], None],
         recent: RecentIds | None = None,
+        max_days: int = 100,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.recent = recent
+        # Every table is partitioned by day; a batch of valid records spans at most `max_days`
+        # (consumers.decode.ReceivedWindow), which may be more than ClickHouse's default 100.
+        self._partitions = {"max_partitions_per_insert_block": max(100, max_days)}
         self.retry_max = retry_max_seconds
         self.on_trouble = on_trouble
         self.stopping = False
@@ -497,6 +501,7 @@ class Writer:
                     settings={
                         "insert_deduplication_token": token,
                         "deduplicate_blocks_in_dependent_materialized_views": 1,
+                        **self._partitions,
                     },
                 )
                 if batch.evidence:
@@ -505,7 +510,10 @@ class Writer:
                         batch.evidence,
                         EVIDENCE_COLUMN_NAMES,
                         column_types=EVIDENCE_COLUMN_TYPES,
-                        settings={"insert_deduplication_token": token + ":evidence"},
+                        settings={
+                            "insert_deduplication_token": token + ":evidence",
+                            **self._partitions,
+                        },
                     )
             except StoreError as exc:
                 self.metrics.insert_errors.inc()

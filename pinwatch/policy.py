@@ -109,6 +109,9 @@ class PolicyDocument(_Model):
     hosts: list[HostPolicy] = Field(default_factory=list)
 
 
+_MAX_HOST_NAME = 253  # the longest DNS name (RFC 1035), without the final dot
+
+
 class PolicyError(ValueError):
     pass
 
@@ -138,6 +141,8 @@ class Policy:
     def host(self, hostname: str) -> HostPolicy | None:
         """The policy covering `hostname`: exact, else the nearest parent with subdomains."""
         name = hostname.strip().lower().rstrip(".")
+        if len(name) > _MAX_HOST_NAME:  # not a DNS name; and the parent walk below is quadratic
+            return None
         hosts: dict[str, HostPolicy] = self._hosts  # type: ignore[attr-defined]
         exact = hosts.get(name)
         if exact is not None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from serve import Served, start_ingest, start_server
 
@@ -117,6 +118,35 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
+
+
+async def produce(settings: Settings, values: list[bytes]) -> None:
+    """Put message values on the test's topic straight (as a hostile producer, or an ingest
+    before a fix, would), one acknowledged message each, in order."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(settings.kafka_topic, value)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(settings: Settings, topic: str, n: int, wait_seconds: float = 30) -> list[Any]:
+    """The first messages of `topic`, until `n` are read or `wait_seconds` passed."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while len(found) < n and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                found.extend(batch)
+    finally:
+        await consumer.stop()
+    return found
 
 
 @contextlib.asynccontextmanager

@@ -12,10 +12,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from payloads import kafka_record, native_batch, network_error, pin_validation
-from pipeline import Pipeline, run_pipeline
+from pipeline import Pipeline, produce, read_topic, run_pipeline
 
 from consumers.consumer import Consumer
 from pinwatch.certs import CertificateAuthority, Chain
@@ -206,34 +205,6 @@ async def test_reports_are_classified_stored_rolled_up_and_counted(
     assert await metric("pinwatch_consumer_lag") == 0
 
 
-async def _produce(settings: Settings, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for value in values:
-            await producer.send_and_wait(settings.kafka_topic, value)
-    finally:
-        await producer.stop()
-
-
-async def _read_topic(
-    settings: Settings, topic: str, n: int, wait_seconds: float = 30
-) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        deadline = time.monotonic() + wait_seconds
-        while len(found) < n and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                found.extend(batch)
-    finally:
-        await consumer.stop()
-    return found
-
-
 def _record(ca: CertificateAuthority, **overrides: Any) -> Record:
     """An enforced pin mismatch from one device, serving the rotated (public) chain."""
     values: dict[str, Any] = dict(
@@ -257,11 +228,11 @@ async def test_undecodable_records_go_to_the_dead_letter_topic_and_the_rest_flow
         encode_batch([good[2]]),
     ]
     async with run_pipeline(settings, ingest=False) as p:
-        await _produce(settings, values)
+        await produce(settings, values)
         await p.wait_inserted(3)
         ids = {r[0] for r in await p.store.query("SELECT id FROM {db}.reports")}
         assert ids == {r.id for r in good}
-        dead = await _read_topic(settings, settings.kafka_dead_letter_topic, 3)
+        dead = await read_topic(settings, settings.kafka_dead_letter_topic, 3)
         reasons = sorted(dict(m.headers)["pinwatch-reason"].decode() for m in dead)
         assert reasons == ["invalid_record", "unclassifiable_record", "undecodable_message"]
         for message in dead:
@@ -282,7 +253,7 @@ async def test_consumer_stops_and_says_why_when_dead_letters_pass_the_limit(
 ) -> None:
     settings = make_settings(dead_letter_min_records=3, dead_letter_max_ratio=0.5)
     async with run_pipeline(settings, ingest=False) as p:
-        await _produce(settings, [b"garbage %d" % i for i in range(4)])
+        await produce(settings, [b"garbage %d" % i for i in range(4)])
         assert p.consumer is not None
         await p.wait_consumer_stopped(30)
         assert p.consumer.fatal is not None
