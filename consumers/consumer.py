@@ -40,6 +40,7 @@ from consumers.steps import (
     Progress,
     RecentIds,
     Writer,
+    counted_on_replay,
 )
 from consumers.store import Store, StoreError
 from pinwatch.logs import event
@@ -222,16 +223,19 @@ class Consumer:
         self.dead_letters.observe(len(records) + len(rejected))
         for bad in rejected:
             await self.dead_letters.send(bad, origin)
-        store = not (
-            self.progress.is_stored(tp.topic, tp.partition, message.offset)
-            and await self.progress.confirm(tp.topic, tp.partition, message.offset, records)
-        )
+        replayed = None
+        if self.progress.is_stored(tp.topic, tp.partition, message.offset):
+            replayed = await self.progress.replayed(
+                tp.topic, tp.partition, message.offset, records, self.enricher, self.recent
+            )
+        store = replayed is None
         if store:
             # Copies this process remembers; the writer asks ClickHouse about the rest.
             records, duplicates = self.recent.fresh(records)
-            batch.tally.duplicates += duplicates
-        else:  # already stored by a consumer that crashed: these rows are the first copies
+        else:  # already stored by a consumer that crashed: count it as that one would have
             self.recent.remember(records)
+            records, duplicates = counted_on_replay(records, replayed, self.enricher)
+        batch.tally.duplicates += duplicates
         for index, record in enumerate(records):
             try:
                 self.enricher.add(record, batch, origin, store)
@@ -252,6 +256,8 @@ class Consumer:
             batch.started = time.monotonic()
         batch.first.setdefault(key, message.offset)
         batch.last[key] = message.offset
+        stamps = batch.stamps.get(key)
+        batch.stamps[key] = (stamps[0] if stamps else message.timestamp, message.timestamp)
         batch.nbytes += len(message.value or b"")
         batch.tally.messages += 1
         self._position[key] = message.offset + 1

@@ -326,6 +326,7 @@ class Material:
 class FakeMessage:
     offset: int
     value: bytes
+    timestamp: int = 0
 
 
 class Steps:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from payloads import kafka_record, native_batch, network_error, pin_validation
 from pipeline import Pipeline, produce, read_topic, run_pipeline
@@ -20,6 +21,7 @@ from consumers.consumer import Consumer
 from pinwatch.certs import CertificateAuthority, Chain
 from pinwatch.record import Record, encode_batch
 from pinwatch.settings import Settings
+from pinwatch.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -388,3 +390,51 @@ async def test_progress_left_by_an_older_topic_of_the_same_name_does_not_skip_re
         await p.wait_inserted(3)
         assert await p.store.scalar("SELECT count() FROM {db}.reports") == 3
         assert await p.metric("pinwatch_pin_validations_total") == 3
+
+
+async def _recreate_topic(settings: Settings, seconds: float = 60) -> None:
+    """Delete the test's topic and create it again, empty (offsets from 0)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([settings.kafka_topic])
+        deadline = time.monotonic() + seconds
+        while settings.kafka_topic in await admin.list_topics():
+            assert time.monotonic() < deadline, "the topic was not deleted"
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    await ensure_topics(settings)
+
+
+async def test_a_recreated_topic_starting_with_a_retry_still_stores_what_follows(
+    make_settings: Callable[..., Settings], ca: CertificateAuthority
+) -> None:
+    """A message whose reports are all retries of stored ids has no row at its offset, and does
+    not prove the stored progress stale; the next message without rows at its offset does."""
+    settings = make_settings(kafka_partitions=1, batch_max_seconds=0.2)
+
+    def batch(count: int) -> dict[str, Any]:
+        return native_batch(
+            [pin_validation(TEST_HOST, ca.chain("rotated"), result="pin_mismatch", count=count)],
+            app=TEST_APP,
+        )
+
+    w, x, n = batch(1), batch(2), batch(4)
+    async with run_pipeline(settings) as p:
+        await p.post(w)
+        await p.post(x)  # offset 1 of the old topic
+        await p.wait_inserted(2)
+    await _recreate_topic(settings)  # Kafka's data gone, ClickHouse's progress (offset 1) kept
+    async with run_pipeline(settings) as p:
+        await p.post(x)  # the client retries x: offset 0, no row there
+        await p.post(n)  # offset 1: no row there, and new
+        deadline = time.monotonic() + 60
+        while await p.metric("pinwatch_consumer_consumed_records_total") < 2:
+            assert time.monotonic() < deadline, "the new topic's messages were never committed"
+            await asyncio.sleep(0.1)
+        assert await p.metric("pinwatch_consumer_inserted_reports_total") == 1
+        assert await p.metric("pinwatch_consumer_duplicate_reports_total") == 1
+        assert await p.metric("pinwatch_pin_validations_total") == 4
+        assert await p.store.scalar("SELECT count() FROM {db}.reports") == 3
+        assert await p.store.scalar("SELECT sum(count) FROM {db}.rollup_minute") == 1 + 2 + 4
