@@ -109,6 +109,17 @@ def make_settings(
     )
 
 
+@pytest.fixture(scope="module")
+def make_module_settings(
+    chdb_dsn: str, policy_file: Path, public_roots_file: Path, tmp_path_factory: Any
+) -> Callable[..., Settings]:
+    """`make_settings` for a module's fixtures, without Kafka (for tests that drive the
+    consumer's steps by hand, tests/pipeline.HandDriven): no broker is started for them."""
+    return settings_factory(
+        "127.0.0.1:9", chdb_dsn, policy_file, public_roots_file, tmp_path_factory.mktemp("data")
+    )
+
+
 def settings_factory(
     kafka_bootstrap: str, chdb_dsn: str, policy_file: Path, public_roots_file: Path, data_dir: Path
 ) -> Callable[..., Settings]:

@@ -23,11 +23,13 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from serve import Served, start_ingest, start_server
 
 from consumers.api import create_api
 from consumers.consumer import Consumer
+from consumers.steps import Batch, DeadLetters
 from consumers.store import Store
 from pinwatch.settings import Settings
 from pinwatch.topics import ensure_topics
@@ -147,6 +149,60 @@ async def read_topic(settings: Settings, topic: str, n: int, wait_seconds: float
     finally:
         await consumer.stop()
     return found
+
+
+@contextlib.asynccontextmanager
+async def migrated_store(settings: Settings) -> AsyncIterator[Store]:
+    """A Store on the settings' database, migrated; the database is dropped on the way out."""
+    store = Store.from_settings(settings)
+    await store.migrate(settings)
+    try:
+        yield store
+    finally:
+        await store.command("DROP DATABASE IF EXISTS {db}")
+        await store.close()
+
+
+@dataclass
+class KafkaMessage:
+    """What the consumer reads of a Kafka message (aiokafka's ConsumerRecord)."""
+
+    offset: int
+    value: bytes
+    timestamp: int = 0
+
+
+class HandDriven:
+    """A Consumer that is never started: a test drives its steps by hand, without Kafka. Dead
+    letters are collected in `dead` as (value, headers); a failing insert returns False at once
+    instead of retrying (and pausing) until it succeeds."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.consumer = Consumer(settings, store)
+        self.dead: list[tuple[bytes, dict[str, bytes]]] = []
+        self.consumer.dead_letters = DeadLetters(self._dead_letter, settings, self.consumer.metrics)
+        self.consumer.writer.stopping = True
+
+    async def _dead_letter(self, topic: str, value: bytes, headers: list[Any]) -> None:
+        self.dead.append((value, dict(headers)))
+
+    @property
+    def batch(self) -> Batch:
+        """The open batch (what `handle` added to since the last `write`)."""
+        return self.consumer._batch  # noqa: SLF001
+
+    async def handle(self, topic: str, partition: int, message: KafkaMessage) -> None:
+        await self.consumer._handle(TopicPartition(topic, partition), message)  # noqa: SLF001
+
+    async def write(self) -> Batch:
+        """Insert the open batch (raises if the insert fails) and start a new one."""
+        batch, self.consumer._batch = self.batch, Batch()  # noqa: SLF001
+        assert await self.consumer.writer.write(batch), "the insert failed"
+        return batch
+
+    def commit(self, batch: Batch) -> None:
+        """What committing a written batch does to /metrics (consumers.steps.Committer)."""
+        self.consumer.metrics.apply(batch.tally)
 
 
 @contextlib.asynccontextmanager

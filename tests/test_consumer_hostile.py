@@ -26,14 +26,11 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka.structs import TopicPartition
-from conftest import TEST_APP, TEST_HOST, settings_factory
+from conftest import TEST_APP, TEST_HOST
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -42,14 +39,18 @@ from hypothesis import HealthCheck, event, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from payloads import kafka_record, trustkit_ios
-from pipeline import produce, read_topic, run_pipeline
+from pipeline import (
+    HandDriven,
+    KafkaMessage,
+    migrated_store,
+    produce,
+    read_topic,
+    run_pipeline,
+)
 from prometheus_client import generate_latest
 
-from consumers.consumer import Consumer
 from consumers.rollout.evidence import describe
 from consumers.schema import EVIDENCE_COLUMN_NAMES
-from consumers.steps import Batch, DeadLetters
-from consumers.store import Store
 from pinwatch.certs import CertificateAuthority
 from pinwatch.record import (
     ErrorCategory,
@@ -322,49 +323,12 @@ class Material:
 # --- the consumer's steps, without Kafka ------------------------------------------------------
 
 
-@dataclass
-class FakeMessage:
-    offset: int
-    value: bytes
-    timestamp: int = 0
-
-
-class Steps:
-    """A Consumer that is never started: its steps run by hand, on the test's chDB database."""
-
-    def __init__(self, consumer: Consumer, store: Store, topic: str) -> None:
-        self.consumer, self.store, self.topic = consumer, store, topic
-        self.dead: list[tuple[bytes, dict[str, bytes]]] = []
-        self.offsets = itertools.count()
-
-    async def send_dead_letter(self, topic: str, value: bytes, headers: list[Any]) -> None:
-        self.dead.append((value, dict(headers)))
-
-
 @pytest.fixture(scope="module")
-async def steps(
-    chdb_dsn: str,
-    policy_file: Path,
-    public_roots_file: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Steps]:
-    make = settings_factory(
-        "127.0.0.1:9", chdb_dsn, policy_file, public_roots_file, tmp_path_factory.mktemp("data")
-    )
+async def steps(make_module_settings: Callable[..., Settings]) -> AsyncIterator[HandDriven]:
     # The dead-letter limit is the engine's (tests/test_consumer_pipeline.py): not tested here.
-    settings = make(dead_letter_min_records=10**9, evidence_per_pin_hour=1000)
-    store = Store.from_settings(settings)
-    await store.migrate(settings)
-    consumer = Consumer(settings, store)
-    found = Steps(consumer, store, settings.kafka_topic)
-    consumer.dead_letters = DeadLetters(found.send_dead_letter, settings, consumer.metrics)
-    # A failing insert returns False at once instead of retrying (and pausing) forever.
-    consumer.writer.stopping = True
-    try:
-        yield found
-    finally:
-        await store.command("DROP DATABASE IF EXISTS {db}")
-        await store.close()
+    settings = make_module_settings(dead_letter_min_records=10**9, evidence_per_pin_hour=1000)
+    async with migrated_store(settings) as store:
+        yield HandDriven(settings, store)
 
 
 @pytest.fixture(scope="module")
@@ -380,6 +344,7 @@ def _spread_over_days(n: int) -> tuple[Any, ...]:
     )
 
 
+OFFSETS = itertools.count()  # one Kafka offset per generated message
 ISSUE_OID = ("envelope", 1, [("primary", [("cert", 0, "leaf", ("key_oid", 0x09))])])
 
 
@@ -401,14 +366,14 @@ ISSUE_OID = ("envelope", 1, [("primary", [("cert", 0, "leaf", ("key_oid", 0x09))
 @example(recipe=("envelope", 1, [("primary", [("set", "received_at_ms", ("days_ago", 20_000))])]))
 @example(recipe=_spread_over_days(150))  # 150 partitions in one insert
 async def test_any_record_is_stored_or_dead_lettered_and_nothing_escapes(
-    steps: Steps, material: Material, recipe: tuple[Any, ...]
+    steps: HandDriven, material: Material, recipe: tuple[Any, ...]
 ) -> None:
-    consumer = steps.consumer
-    offset = next(steps.offsets)
+    consumer, settings = steps.consumer, steps.consumer.settings
+    offset = next(OFFSETS)
     value, carried = material.message(recipe, f"{offset}")
     steps.dead.clear()
-    consumer._batch = batch = Batch()  # noqa: SLF001 - the engine's open batch
-    await consumer._handle(TopicPartition(steps.topic, 0), FakeMessage(offset, value))  # noqa: SLF001
+    await steps.handle(settings.kafka_topic, 0, KafkaMessage(offset, value))
+    batch = steps.batch
 
     whole = [h for _, h in steps.dead if "pinwatch-record-index" not in h]
     per_record = [h for _, h in steps.dead if "pinwatch-record-index" in h]
@@ -420,8 +385,8 @@ async def test_any_record_is_stored_or_dead_lettered_and_nothing_escapes(
     elif whole:  # an envelope that does not decode as one (e.g. a record that is not an object)
         assert len(whole) == 1 and not batch.records and not per_record
     else:
-        assert await consumer.writer.write(batch), "the insert failed"
-        rows = await steps.store.scalar(
+        await steps.write()
+        rows = await consumer.store.scalar(
             "SELECT count() FROM {db}.reports WHERE kafka_offset = {o:UInt64}", {"o": offset}
         )
         assert rows == len(batch.records)
@@ -430,9 +395,9 @@ async def test_any_record_is_stored_or_dead_lettered_and_nothing_escapes(
             assert headers["pinwatch-reason"] in (b"invalid_record", b"unclassifiable_record")
             assert headers["pinwatch-detail"]
         # What a commit would add to /metrics, and what the rollout API reads back as evidence.
-        consumer.metrics.apply(batch.tally)
+        steps.commit(batch)
         generate_latest(consumer.metrics.registry)
-        evidence = await steps.store.query_dicts(
+        evidence = await consumer.store.query_dicts(
             f"SELECT {', '.join(EVIDENCE_COLUMN_NAMES)} FROM {{db}}.evidence "
             "WHERE report_id IN {ids:Array(String)}",
             {"ids": [r.id for r in batch.records]},
