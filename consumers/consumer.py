@@ -244,7 +244,10 @@ class Consumer:
                     detail = str(exc)
                 else:  # a defect of ours a record exposed: dead-letter it, and say so loudly
                     detail = f"{type(exc).__name__}: {exc}"
-                    log.exception("record_failed_classification")
+                    log.exception(
+                        "record_failed_classification",
+                        extra={"detail": detail[:300], "source": f"{tp.topic}/{tp.partition}"},
+                    )
                 bad = Rejected(
                     DeadLetterReason.UNCLASSIFIABLE_RECORD,
                     detail,

@@ -194,6 +194,10 @@ class HandDriven:
     async def handle(self, topic: str, partition: int, message: KafkaMessage) -> None:
         await self.consumer._handle(TopicPartition(topic, partition), message)  # noqa: SLF001
 
+    def discard(self) -> None:
+        """Drop the open batch unwritten (as a crash would)."""
+        self.consumer._batch = Batch()  # noqa: SLF001
+
     async def write(self) -> Batch:
         """Insert the open batch (raises if the insert fails) and start a new one."""
         batch, self.consumer._batch = self.batch, Batch()  # noqa: SLF001

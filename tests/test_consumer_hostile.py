@@ -372,6 +372,7 @@ async def test_any_record_is_stored_or_dead_lettered_and_nothing_escapes(
     offset = next(OFFSETS)
     value, carried = material.message(recipe, f"{offset}")
     steps.dead.clear()
+    steps.discard()  # an earlier example's message that stored nothing
     await steps.handle(settings.kafka_topic, 0, KafkaMessage(offset, value))
     batch = steps.batch
 
@@ -404,6 +405,33 @@ async def test_any_record_is_stored_or_dead_lettered_and_nothing_escapes(
         )
         for row in evidence:
             describe(row, consumer.classifier.roots)
+
+
+async def test_a_defect_a_record_exposes_is_dead_lettered_and_the_rest_goes_on(
+    steps: HandDriven, material: Material, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only the failures foreseen: any exception classifying a record dead-letters it."""
+    consumer = steps.consumer
+    classify = consumer.classifier.classify_fields
+
+    def broken_for_one_host(host: str, *args: Any) -> Any:
+        if host == "bug.pinwatch.test":
+            raise RuntimeError("a defect of ours")
+        return classify(host, *args)
+
+    monkeypatch.setattr(consumer.classifier, "classify_fields", broken_for_one_host)
+    offset = next(OFFSETS)
+    good, bad = material.base("rotated", f"{offset}-0"), material.base("rotated", f"{offset}-1")
+    bad["host"] = "bug.pinwatch.test"
+    steps.dead.clear()
+    steps.discard()
+    value = json.dumps({"v": 1, "records": [bad, good]}).encode()
+    await steps.handle(consumer.settings.kafka_topic, 0, KafkaMessage(offset, value))
+    assert [r.id for r in steps.batch.records] == [good["id"]]
+    ((_, headers),) = steps.dead
+    assert headers["pinwatch-reason"] == b"unclassifiable_record"
+    assert headers["pinwatch-detail"] == b"RuntimeError: a defect of ours"
+    await steps.write()
 
 
 # --- the same, through a real broker -----------------------------------------------------------
