@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.metrics import ConsumerMetrics
 from consumers.store import Store
+from pinwatch.errors import error_response, error_responses, install_error_handlers
 from pinwatch.policy import Policy, load_policy
 from pinwatch.settings import Settings
 
@@ -32,6 +33,7 @@ def create_api(
     if metrics is None:
         metrics = consumer.metrics if consumer is not None else ConsumerMetrics()
     app = FastAPI(title="pinwatch consumer", docs_url=None, redoc_url=None)
+    install_error_handlers(app)  # every answer but a 2xx is {"error", "field", "detail"}
     app.state.settings = settings
     app.state.store = store
     app.state.policy = policy or (consumer.policy if consumer is not None else None)
@@ -49,8 +51,8 @@ def create_api(
         """Liveness: the process answers. Everything else is readiness."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+    @app.get("/readyz", responses=error_responses(503))
+    async def readyz() -> Response:
         problems = []
         if consumer is not None:
             if consumer.fatal:
@@ -62,7 +64,7 @@ def create_api(
         if not problems and not await store.ping():
             problems.append("ClickHouse does not answer")
         if problems:
-            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+            return error_response(503, "not_ready", "; ".join(problems))
         return JSONResponse({"status": "ready"})
 
     try:

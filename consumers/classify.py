@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from consumers.decode import WireRecord
 from pinwatch.pins import spki_pin
@@ -25,6 +26,12 @@ from pinwatch.vocabulary import Cause, Kind, Phase, Result
 
 class ClassifyError(ValueError):
     """The record cannot be classified (e.g. its chain is not DER certificates): dead-letter."""
+
+
+# What a client's certificate can make `cryptography` raise: bytes that are not DER
+# (ValueError), a key of an algorithm it does not know (UnsupportedAlgorithm: an EC key whose
+# OID was altered), a key it refuses (ValueError "Invalid key": an EC point off its curve).
+BAD_CERTIFICATE = (ValueError, TypeError, UnsupportedAlgorithm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +61,8 @@ class Classifier:
     def __init__(self, policy: Policy, roots: PublicRoots) -> None:
         self.policy = policy
         self.roots = roots
-        self._chains: OrderedDict[tuple[str, ...], ChainFacts] = OrderedDict()
+        # A chain's facts, or why it has none (see chain_facts).
+        self._chains: OrderedDict[tuple[str, ...], ChainFacts | str] = OrderedDict()
         self._hosts: dict[str, HostPolicy | None] = {}
 
     def host_policy(self, host: str) -> HostPolicy | None:
@@ -68,25 +76,52 @@ class Classifier:
             return found
 
     def chain_facts(self, chain: list[str]) -> ChainFacts:
+        """Pins and root of a served chain; raises ClassifyError when a certificate is not one
+        with a usable public key (the verdict is cached like facts: a client repeating a broken
+        chain costs one parse, not one per report)."""
         key = tuple(chain)
         facts = self._chains.get(key)
-        if facts is not None:
+        if facts is None:
+            facts = self._read_chain(chain)
+            self._chains[key] = facts
+            if len(self._chains) > _CHAIN_CACHE_SIZE:
+                self._chains.popitem(last=False)
+        else:
             self._chains.move_to_end(key)
-            return facts
-        certs = []
-        for i, b64 in enumerate(chain):
-            try:
-                certs.append(x509.load_der_x509_certificate(base64.b64decode(b64, validate=True)))
-            except (binascii.Error, ValueError) as exc:
-                raise ClassifyError(f"served_chain[{i}] is not a DER certificate: {exc}") from exc
-        facts = ChainFacts(
-            pins=tuple(spki_pin(c) for c in certs),
-            public_root=self.roots.ends_in_public_root(certs),
-        )
-        self._chains[key] = facts
-        if len(self._chains) > _CHAIN_CACHE_SIZE:
-            self._chains.popitem(last=False)
+        if isinstance(facts, str):
+            raise ClassifyError(facts)
         return facts
+
+    def _read_chain(self, chain: list[str]) -> ChainFacts | str:
+        """The chain's facts, or why it has none."""
+        try:
+            certs, pins = [], []
+            for i, b64 in enumerate(chain):
+                try:
+                    der = base64.b64decode(b64, validate=True)
+                except (binascii.Error, ValueError):
+                    return f"served_chain[{i}] is not base64"
+                try:
+                    cert = x509.load_der_x509_certificate(der)
+                except BAD_CERTIFICATE as exc:
+                    return f"served_chain[{i}] is not a DER certificate: {exc}"
+                try:
+                    pins.append(spki_pin(cert))
+                except BAD_CERTIFICATE as exc:
+                    # Ingest answers 400 to these now; records it accepted before still come.
+                    return (
+                        f"served_chain[{i}] is not an X.509 certificate with a usable public "
+                        f"key: {exc}"
+                    )
+                certs.append(cert)
+            return ChainFacts(pins=tuple(pins), public_root=self.roots.ends_in_public_root(certs))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            # Whatever else a hostile certificate makes the parser raise, a Rust panic included
+            # (pyo3's PanicException is a BaseException): the record is dead-lettered with the
+            # reason, the consumer goes on.
+            return f"served_chain cannot be read: {type(exc).__name__}: {exc}"
 
     def classify(self, record: Record) -> Classification:
         """Classify a `Record` (tests, tools); the consumer calls `classify_fields`."""

@@ -22,7 +22,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import TopicPartition
 
 from consumers.classify import Classifier, ClassifyError
-from consumers.decode import DeadLetterReason, Rejected, decode, single_record_message
+from consumers.decode import (
+    DeadLetterReason,
+    ReceivedWindow,
+    Rejected,
+    decode,
+    single_record_message,
+)
 from consumers.metrics import ConsumerMetrics
 from consumers.steps import (
     Batch,
@@ -33,6 +39,7 @@ from consumers.steps import (
     Progress,
     RecentIds,
     Writer,
+    counted_on_replay,
 )
 from consumers.store import Store, StoreError
 from pinwatch.logs import event
@@ -77,12 +84,14 @@ class Consumer:
         self.enricher = Enricher(self.classifier, self.metrics, settings.evidence_per_pin_hour)
         self.progress = Progress(store)
         self.recent = RecentIds(store, settings.dedup_window_seconds, settings.dedup_max_ids)
+        self.window = ReceivedWindow.from_settings(settings)
         self.writer = Writer(
             store,
             self.metrics,
             settings.clickhouse_retry_max_seconds,
             self._set_trouble,
             self.recent,
+            max_days=self.window.days,
         )
         self._kafka: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -209,26 +218,39 @@ class Consumer:
         # Before the first message of a partition: what is already stored (see Progress).
         await self.progress.ensure(tp.topic, tp.partition)
         records, rejected = decode(message.value)
+        records, outside = self.window.split(records, int(time.time() * 1000))
+        rejected.extend(outside)
         self.dead_letters.observe(len(records) + len(rejected))
         for bad in rejected:
             await self.dead_letters.send(bad, origin)
-        store = not (
-            self.progress.is_stored(tp.topic, tp.partition, message.offset)
-            and await self.progress.confirm(tp.topic, tp.partition, message.offset, records)
-        )
+        replayed = None
+        if self.progress.is_stored(tp.topic, tp.partition, message.offset):
+            replayed = await self.progress.replayed(
+                tp.topic, tp.partition, message.offset, records, self.enricher, self.recent
+            )
+        store = replayed is None
         if store:
             # Copies this process remembers; the writer asks ClickHouse about the rest.
             records, duplicates = self.recent.fresh(records)
-            batch.tally.duplicates += duplicates
-        else:  # already stored by a consumer that crashed: these rows are the first copies
+        else:  # already stored by a consumer that crashed: count it as that one would have
             self.recent.remember(records)
+            records, duplicates = counted_on_replay(records, replayed, self.enricher)
+        batch.tally.duplicates += duplicates
         for index, record in enumerate(records):
             try:
                 self.enricher.add(record, batch, origin, store)
-            except ClassifyError as exc:
+            except Exception as exc:  # noqa: BLE001 - a record never stops the consumer
+                if isinstance(exc, ClassifyError):
+                    detail = str(exc)
+                else:  # a defect of ours a record exposed: dead-letter it, and say so loudly
+                    detail = f"{type(exc).__name__}: {exc}"
+                    log.exception(
+                        "record_failed_classification",
+                        extra={"detail": detail[:300], "source": f"{tp.topic}/{tp.partition}"},
+                    )
                 bad = Rejected(
                     DeadLetterReason.UNCLASSIFIABLE_RECORD,
-                    str(exc),
+                    detail,
                     single_record_message(record),
                     index,
                 )
@@ -237,6 +259,8 @@ class Consumer:
             batch.started = time.monotonic()
         batch.first.setdefault(key, message.offset)
         batch.last[key] = message.offset
+        stamps = batch.stamps.get(key)
+        batch.stamps[key] = (stamps[0] if stamps else message.timestamp, message.timestamp)
         batch.nbytes += len(message.value or b"")
         batch.tally.messages += 1
         self._position[key] = message.offset + 1

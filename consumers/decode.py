@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import re
 import types
 import typing
@@ -23,20 +24,29 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from pinwatch.record import SCHEMA_VERSION, Record, envelope
+from pinwatch.settings import Settings
 
 _UINT32_MAX = 2**32 - 1
-# Ranges the `reports` columns impose (UInt32 count, UInt16 port): a value out of range would
-# fail the whole batch's insert instead of one record.
+# Python's datetime range (years 1 to 9999) in milliseconds: ingest cannot write a time outside
+# it (it parses ISO 8601), and a DateTime64 column converts anything inside it back to a
+# datetime. Beyond it, a time stores and then fails every later read of its row (2**63 - 1),
+# or fails the whole batch's insert (beyond Int64).
+_MS_RANGE = msgspec.Meta(ge=-62_135_596_800_000, le=253_402_300_799_999)
+# Ranges the `reports` columns impose (UInt32 count, UInt16 port, DateTime64 times): a value out
+# of range would fail the whole batch's insert instead of one record.
 _RANGES: dict[str, Any] = {
     "count": Annotated[int, msgspec.Meta(ge=0, le=_UINT32_MAX)],
     "port": Annotated[int, msgspec.Meta(ge=0, le=65535)],
+    "received_at_ms": Annotated[int, _MS_RANGE],
+    "event_at_ms": Annotated[int, _MS_RANGE],
+    "sent_at_ms": Annotated[int, _MS_RANGE],
 }
 
 
 def _wire_type(name: str, hint: Any) -> Any:
     """Record's annotation as msgspec should check it: enums as their string values, lists of
     strings as tuples."""
-    if name in _RANGES:
+    if name in _RANGES and hint is int:
         return _RANGES[name]
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return Literal[tuple(m.value for m in hint)]  # type: ignore[valid-type]
@@ -146,3 +156,52 @@ def decode(value: bytes | None) -> tuple[list[Any], list[Rejected]]:
                 Rejected(DeadLetterReason.INVALID_RECORD, detail, single_record_message(item), i)
             )
     return records, rejected
+
+
+_RECEIVED = operator.attrgetter("received_at_ms")
+_DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedWindow:
+    """Which `received_at` a stored report may have. Ingest stamps it with its own clock, so a
+    real record is not from the future (a day of margin for clocks), and `reports` keeps rows
+    for `retention_days` only (an older one would be dropped by the TTL as it is written). A
+    record outside is invalid: besides, every table is partitioned by the day of `received_at`,
+    and a batch spanning more days than an insert may create partitions fails for good."""
+
+    back_ms: int
+    ahead_ms: int = _DAY_MS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReceivedWindow:
+        return cls(back_ms=settings.retention_days * _DAY_MS)
+
+    @property
+    def days(self) -> int:
+        """The most calendar days (partitions) one batch of valid records can span."""
+        return -(-(self.back_ms + self.ahead_ms) // _DAY_MS) + 1
+
+    def split(self, records: list[Any], now_ms: int) -> tuple[list[Any], list[Rejected]]:
+        """(records inside the window, Rejected for the others). Per message: min and max run
+        in C; only a message with a record outside is looked at record by record."""
+        if not records:
+            return records, []
+        lo, hi = now_ms - self.back_ms, now_ms + self.ahead_ms
+        if lo <= min(map(_RECEIVED, records)) and max(map(_RECEIVED, records)) <= hi:
+            return records, []
+        keep: list[Any] = []
+        rejected: list[Rejected] = []
+        for i, r in enumerate(records):
+            if lo <= r.received_at_ms <= hi:
+                keep.append(r)
+                continue
+            detail = (
+                f"received_at_ms: {r.received_at_ms} is outside what is stored, "
+                f"{lo} to {hi} (at most retention_days={self.back_ms // _DAY_MS} days old, "
+                f"{self.ahead_ms // _DAY_MS} day ahead of this consumer's clock)"
+            )
+            rejected.append(
+                Rejected(DeadLetterReason.INVALID_RECORD, detail, single_record_message(r), i)
+            )
+        return keep, rejected

@@ -43,11 +43,18 @@ def fold_labels(
     )
 
 
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Numeric-aware ordering: 5.10.0 > 5.9.1 > 5.9.1-beta (a text part ranks below a number)."""
-    return tuple(
-        (1, int(p)) if p.isdigit() else (0, p) for p in re.findall(r"\d+|[A-Za-z]+", version)
-    )
+def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """Numeric-aware ordering: 5.10.0 > 5.9.1 > 5.9.1-beta (a text part ranks below a number).
+    Numbers compare by digit count, then digits: the same order as int(), for any length (a
+    client's version can be 5,000 digits, which int() refuses)."""
+    parts = []
+    for p in re.findall(r"\d+|[A-Za-z]+", version):
+        if p.isdigit():
+            digits = p.lstrip("0") or "0"
+            parts.append((1, len(digits), digits))
+        else:
+            parts.append((0, 0, p))
+    return tuple(parts)
 
 
 class VersionLabels:

@@ -126,6 +126,8 @@ class Batch:
     evidence: list[tuple[Any, ...]] = field(default_factory=list)
     first: dict[TopicPartition, int] = field(default_factory=dict)
     last: dict[TopicPartition, int] = field(default_factory=dict)
+    # Kafka timestamps of the first and last message per partition (see `token`).
+    stamps: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     tally: BatchTally = field(default_factory=BatchTally)
     nbytes: int = 0
     started: float = 0.0
@@ -135,9 +137,13 @@ class Batch:
         return not self.last
 
     def token(self) -> str:
-        """Insert deduplication token: the exact offset ranges this batch holds."""
+        """Insert deduplication token: the exact offset ranges this batch holds, and the
+        timestamps of their ends. A replay after a crash has the same messages, so the same
+        token; a topic deleted and created again reuses the offsets, not the timestamps (with
+        offsets alone, its first batches were dropped as copies of the old topic's)."""
         spans = ",".join(
-            f"{t}:{p}:{self.first[(t, p)]}-{o}" for (t, p), o in sorted(self.last.items())
+            f"{t}:{p}:{self.first[(t, p)]}-{o}@{self.stamps.get((t, p), '')}"
+            for (t, p), o in sorted(self.last.items())
         )
         return hashlib.sha256(spans.encode()).hexdigest()[:40]
 
@@ -200,6 +206,32 @@ class Enricher:
     def add(self, r: WireRecord, batch: Batch, origin: tuple[str, int, int], store: bool) -> None:
         """Classify record `r` into `batch`; `store=False` counts it without inserting (already
         stored before a crash, see `Progress`). Raises ClassifyError."""
+        c, key, pin = self._lookup(r)
+        tally = batch.tally
+        kind = r.kind
+        if pin:
+            tally.pins[key] += r.count
+        else:
+            tally.network[key] += r.count
+        tally.kinds[kind] += 1
+        if not store:
+            return
+        batch.records.append(r)
+        batch.classes.append(c)
+        batch.origins.append(origin)
+        batch.keys.append(key)
+        if (r.served_chain or r.raw) and self.evidence_per_key:
+            self._sample(r, c.leaf_pin, c.pin_match, c.cause, batch)
+
+    def classifies(self, r: WireRecord) -> bool:
+        """Would `add` take this record (rather than it going to the dead-letter topic)?"""
+        try:
+            self._lookup(r)
+        except Exception:  # noqa: BLE001 - the engine dead-letters for any exception too
+            return False
+        return True
+
+    def _lookup(self, r: WireRecord) -> tuple[Classification, tuple[str, ...], bool]:
         if self.versions.generation != self._generation:  # an app version lost its label
             self._memo.clear()
             self._generation = self.versions.generation
@@ -223,22 +255,7 @@ class Enricher:
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.clear()
             self._memo[memo_key] = found
-        c, key, pin = found
-        tally = batch.tally
-        kind = r.kind
-        if pin:
-            tally.pins[key] += r.count
-        else:
-            tally.network[key] += r.count
-        tally.kinds[kind] += 1
-        if not store:
-            return
-        batch.records.append(r)
-        batch.classes.append(c)
-        batch.origins.append(origin)
-        batch.keys.append(key)
-        if (r.served_chain or r.raw) and self.evidence_per_key:
-            self._sample(r, c.leaf_pin, c.pin_match, c.cause, batch)
+        return found
 
     def _labels(self, r: WireRecord) -> tuple[Classification, tuple[str, ...], bool]:
         """(classification, metric labels, whether they are pin validation labels)."""
@@ -298,7 +315,7 @@ class Progress:
     """Highest offset per partition already in ClickHouse (`kafka_progress`), read before the
     first message of a newly assigned partition is handled. Messages at or below it were
     inserted by a consumer that crashed before committing: they are counted (that consumer
-    never counted them) but not inserted again.
+    never counted them) but not inserted again, and counted as that consumer would have.
     """
 
     def __init__(self, store: Store) -> None:
@@ -329,18 +346,30 @@ class Progress:
         stored = self.stored.get((topic, partition))
         return stored is not None and offset <= stored
 
-    async def confirm(
-        self, topic: str, partition: int, offset: int, records: list[WireRecord]
-    ) -> bool:
-        """Are this message's rows really there? `kafka_progress` alone cannot tell a replay
-        after a crash from a topic that was deleted and created again (offsets restart at 0
-        while ClickHouse keeps the old incarnation's progress). The rows' report ids settle it;
-        the query follows the primary key (host, received_at). A miss drops the partition's
-        progress, so the rest of it is inserted normally."""
+    async def replayed(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        records: list[WireRecord],
+        enricher: Enricher,
+        recent: RecentIds,
+    ) -> set[tuple[str, str]] | None:
+        """For a message `is_stored` says was inserted before: (app_id, id) of its records that
+        have a row at this offset. None when that progress is stale: the partition's progress is
+        dropped then, and the rest of the partition is inserted normally.
+
+        `kafka_progress` alone cannot tell a replay after a crash from a topic that was deleted
+        and created again (offsets restart at 0 while ClickHouse keeps the old incarnation's
+        progress); the rows settle it. A message with no row at its offset is no proof of a new
+        topic, though: the consumer before the crash dropped every record of it as a client
+        retry (or dead-lettered it). Its progress stands when each record it would store is a
+        retry of an id stored before; taking it for stale instead counted the stored messages
+        after it as duplicates."""
         if not records:
-            return True
-        found = await self.store.scalar(
-            "SELECT count() FROM {db}.reports "
+            return set()
+        rows = await self.store.query(
+            "SELECT DISTINCT app_id, id FROM {db}.reports "
             "WHERE host IN {hosts:Array(String)} "
             "AND received_at IN "
             "(SELECT fromUnixTimestamp64Milli(arrayJoin({times:Array(Int64)}), 'UTC')) "
@@ -355,8 +384,15 @@ class Progress:
                 "offset": offset,
             },
         )
+        found = {(str(app), str(i)) for app, i in rows}
         if found:
-            return True
+            return found
+        storable = [r for r in records if enricher.classifies(r)]
+        retries = [r for r in storable if r.format in ID_DEDUP_FORMATS]
+        if len(retries) == len(storable):
+            keys = {(r.app_id, r.id) for r in retries}
+            if keys <= await recent.stored(retries):
+                return found
         event(
             log,
             "kafka_progress_stale",
@@ -368,13 +404,32 @@ class Progress:
             hint="the topic was probably recreated; inserting from here on",
         )
         self.stored.pop((topic, partition), None)
-        return False
+        return None
 
     def forget(self, tps: list[TopicPartition]) -> None:
         """Partitions (re)assigned or revoked: their progress is read again before use."""
         for tp in tps:
             self.stored.pop(tp, None)
             self.loaded.discard(tp)
+
+
+def counted_on_replay(
+    records: list[WireRecord], stored: set[tuple[str, str]], enricher: Enricher
+) -> tuple[list[WireRecord], int]:
+    """The records of a replayed message (`Progress.replayed`) to count as the consumer before
+    the crash would have, and how many were client retries: a record with a row at this offset
+    counts once (the first copy of its id), as does a format not deduplicated by id; a record
+    that does not classify goes on (to the dead-letter topic again); the rest were retries."""
+    keep: list[WireRecord] = []
+    seen: set[tuple[str, str]] = set()
+    for r in records:
+        key = (r.app_id, r.id)
+        if r.format not in ID_DEDUP_FORMATS or (key in stored and key not in seen):
+            seen.add(key)
+            keep.append(r)
+        elif key not in stored and not enricher.classifies(r):
+            keep.append(r)
+    return keep, len(records) - len(keep)
 
 
 class RecentIds:
@@ -459,10 +514,14 @@ class Writer:
         retry_max_seconds: float,
         on_trouble: Callable[[bool], None],
         recent: RecentIds | None = None,
+        max_days: int = 100,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.recent = recent
+        # Every table is partitioned by day; a batch of valid records spans at most `max_days`
+        # (consumers.decode.ReceivedWindow), which may be more than ClickHouse's default 100.
+        self._partitions = {"max_partitions_per_insert_block": max(100, max_days)}
         self.retry_max = retry_max_seconds
         self.on_trouble = on_trouble
         self.stopping = False
@@ -497,6 +556,7 @@ class Writer:
                     settings={
                         "insert_deduplication_token": token,
                         "deduplicate_blocks_in_dependent_materialized_views": 1,
+                        **self._partitions,
                     },
                 )
                 if batch.evidence:
@@ -505,7 +565,10 @@ class Writer:
                         batch.evidence,
                         EVIDENCE_COLUMN_NAMES,
                         column_types=EVIDENCE_COLUMN_TYPES,
-                        settings={"insert_deduplication_token": token + ":evidence"},
+                        settings={
+                            "insert_deduplication_token": token + ":evidence",
+                            **self._partitions,
+                        },
                     )
             except StoreError as exc:
                 self.metrics.insert_errors.inc()

@@ -7,24 +7,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field
 
-
-class ErrorBody(BaseModel):
-    """Body of every 4xx/5xx ingest answers."""
-
-    error: str = Field(
-        description="Machine-readable code: unauthorized, unsupported_media_type, too_large, "
-        "bad_json, bad_report, rate_limited, unavailable, not_ready.",
-        examples=["bad_report"],
-    )
-    field: str | None = Field(
-        None,
-        description="Path into the request body of the offending value, when there is one.",
-        examples=["reports[3].observed_pins[0]"],
-    )
-    detail: str = Field(
-        description="What is wrong, for a human.",
-        examples=["must be the base64 SHA-256 of a SubjectPublicKeyInfo (32 bytes)"],
-    )
+from pinwatch.errors import ErrorBody as ErrorBody  # the shape every pinwatch API shares
 
 
 class RejectedItem(BaseModel):

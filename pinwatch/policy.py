@@ -142,6 +142,9 @@ class PolicyProblem:
     message: str
 
 
+_MAX_HOST_NAME = 253  # the longest DNS name (RFC 1035), without the final dot
+
+
 class PolicyError(ValueError):
     def __init__(self, message: str, problems: list[PolicyProblem] | None = None) -> None:
         super().__init__(message)
@@ -173,6 +176,8 @@ class Policy:
     def host(self, hostname: str) -> HostPolicy | None:
         """The policy covering `hostname`: exact, else the nearest parent with subdomains."""
         name = hostname.strip().lower().rstrip(".")
+        if len(name) > _MAX_HOST_NAME:  # not a DNS name; and the parent walk below is quadratic
+            return None
         hosts: dict[str, HostPolicy] = self._hosts  # type: ignore[attr-defined]
         exact = hosts.get(name)
         if exact is not None:

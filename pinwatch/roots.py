@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.utils import CryptographyDeprecationWarning
 
@@ -57,11 +57,16 @@ class PublicRoots:
         return len(self.keys)
 
     def ends_in_public_root(self, chain: list[x509.Certificate]) -> bool:
-        """True when the chain's last certificate is a bundle root or is signed by one."""
+        """True when the chain's last certificate is a bundle root or is signed by one. A chain
+        comes from a client: what cannot be read (a key or signature algorithm unknown to
+        `cryptography`, a malformed issuer name) is not proven public."""
         if not chain:
             return False
         last = chain[-1]
-        return _spki(last) in self.keys or self.issuer_of(last) is not None
+        try:
+            return _spki(last) in self.keys or self.issuer_of(last) is not None
+        except (ValueError, TypeError, UnsupportedAlgorithm):  # a key nobody can read
+            return False
 
     def issuer_of(self, cert: x509.Certificate) -> x509.Certificate | None:
         """The bundle root that signed `cert` (by signature, not only by name), or None."""
@@ -69,6 +74,6 @@ class PublicRoots:
             try:
                 cert.verify_directly_issued_by(root)
                 return root
-            except (ValueError, TypeError, InvalidSignature):
+            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
                 continue
         return None

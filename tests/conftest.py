@@ -129,6 +129,17 @@ def make_settings(
     )
 
 
+@pytest.fixture(scope="module")
+def make_module_settings(
+    chdb_dsn: str, policy_file: Path, public_roots_file: Path, tmp_path_factory: Any
+) -> Callable[..., Settings]:
+    """`make_settings` for a module's fixtures, without Kafka (for tests that drive the
+    consumer's steps by hand, tests/support/pipeline.HandDriven): no broker is started."""
+    return settings_factory(
+        "127.0.0.1:9", chdb_dsn, policy_file, public_roots_file, tmp_path_factory.mktemp("data")
+    )
+
+
 @pytest.fixture
 async def pipeline(make_settings: Callable[..., Settings]) -> AsyncIterator[Any]:
     """The whole pipeline (tests/support/pipeline.py) on this test's topics and database; for other

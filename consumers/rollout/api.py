@@ -11,12 +11,13 @@ import hmac
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from consumers.rollout.analysis import analyze
 from consumers.rollout.request import RolloutRequestError, build_request
 from consumers.store import StoreError
+from pinwatch.errors import HTTPError, error_responses
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -27,22 +28,28 @@ def require_admin(
 ) -> None:
     """401 without a bearer token, 403 with a wrong one (compared in constant time)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            401, "admin bearer token required", headers={"WWW-Authenticate": "Bearer"}
+        raise HTTPError(
+            401,
+            "admin bearer token required",
+            field="Authorization",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     expected = request.app.state.settings.admin_token.get_secret_value().encode()
     if not hmac.compare_digest(credentials.credentials.encode(), expected):
-        raise HTTPException(403, "admin token not accepted")
+        raise HTTPError(403, "admin token not accepted", field="Authorization")
 
 
 router = APIRouter(prefix="/v1/rollout", tags=["rollout"], dependencies=[Depends(require_admin)])
 
 
-@router.get("/{host}")
+@router.get("/{host}", responses=error_responses(400, 401, 403, 404, 503))
 async def rollout(
     request: Request,
     host: str,
-    since: Annotated[str | None, Query(description="30m, 24h, 7d or an ISO 8601 time")] = None,
+    since: Annotated[
+        str | None,
+        Query(description="30m, 24h, 7d (at most retention_days) or an ISO 8601 time"),
+    ] = None,
     app: Annotated[str | None, Query(max_length=256)] = None,
     app_version: Annotated[str | None, Query(max_length=256)] = None,
     platform: Annotated[str | None, Query(max_length=64)] = None,
@@ -52,7 +59,9 @@ async def rollout(
     state = request.app.state
     settings = state.settings
     if pin and len(pin) > settings.max_pins_per_report:
-        raise HTTPException(400, f"pin: at most {settings.max_pins_per_report} candidate pins")
+        raise HTTPError(
+            400, f"pin: at most {settings.max_pins_per_report} candidate pins", field="pin"
+        )
     try:
         req = build_request(
             state.policy,
@@ -63,11 +72,12 @@ async def rollout(
             app=app,
             app_version=app_version,
             platform=platform,
+            max_days=settings.retention_days,
         )
     except RolloutRequestError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+        raise HTTPError(exc.status, str(exc), field=exc.field) from None
     try:
         answer = await analyze(state.store, req, settings)
     except StoreError as exc:
-        raise HTTPException(503, f"ClickHouse query failed: {exc}") from None
+        raise HTTPError(503, f"ClickHouse query failed: {exc}") from None
     return Response(orjson.dumps(answer.to_dict()), media_type="application/json")

@@ -13,6 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
+from consumers.classify import BAD_CERTIFICATE
 from pinwatch.pins import spki_pin
 from pinwatch.roots import PublicRoots
 
@@ -48,14 +49,27 @@ def _when(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _summary(cert: x509.Certificate) -> CertSummary:
+    return CertSummary(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        not_before=_when(cert.not_valid_before_utc),
+        not_after=_when(cert.not_valid_after_utc),
+        pin=spki_pin(cert),
+    )
+
+
 def describe(row: dict[str, Any], roots: PublicRoots) -> EvidenceChain:
     """One evidence row (consumers.schema EVIDENCE_COLUMNS) as a reviewable chain."""
     certs: list[x509.Certificate] = []
+    summaries: list[CertSummary] = []
     for item in row.get("served_chain") or []:
         try:
-            certs.append(x509.load_der_x509_certificate(base64.b64decode(item)))
-        except (binascii.Error, ValueError):
-            break  # stored evidence is what a client sent; show what parses, stop at the rest
+            cert = x509.load_der_x509_certificate(base64.b64decode(item))
+            summaries.append(_summary(cert))
+        except (binascii.Error, *BAD_CERTIFICATE):
+            break  # stored evidence is what a client sent; show what reads, stop at the rest
+        certs.append(cert)
     received = row["received_at"]
     if isinstance(received, dt.datetime):
         received = _when(received if received.tzinfo else received.replace(tzinfo=dt.UTC))
@@ -67,14 +81,5 @@ def describe(row: dict[str, Any], roots: PublicRoots) -> EvidenceChain:
         cause=row.get("cause", ""),
         root=("public" if roots.ends_in_public_root(certs) else "private") if certs else "unknown",
         observed_pins=list(row.get("observed_pins") or []),
-        certificates=[
-            CertSummary(
-                subject=c.subject.rfc4514_string(),
-                issuer=c.issuer.rfc4514_string(),
-                not_before=_when(c.not_valid_before_utc),
-                not_after=_when(c.not_valid_after_utc),
-                pin=spki_pin(c),
-            )
-            for c in certs
-        ],
+        certificates=summaries,
     )

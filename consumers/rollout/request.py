@@ -11,42 +11,64 @@ import re
 from dataclasses import dataclass, field
 
 from pinwatch.policy import HostPolicy, Policy, is_spki_pin
-from pinwatch.vocabulary import PinRole
+from pinwatch.vocabulary import PLATFORMS, PinRole
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 CURRENT_PIN_SET = "current"
+# The first time ClickHouse's DateTime64 holds (the engine refused an earlier `since`: 503).
+ENGINE_FIRST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
 
 
 class RolloutRequestError(ValueError):
-    """A question the API cannot answer as asked; `status` is the HTTP status to answer with."""
+    """A question the API cannot answer as asked; `status` is the HTTP status to answer with,
+    `field` the parameter at fault (None when it is the combination)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.field = field
 
 
-def parse_since(value: str, now: dt.datetime | None = None) -> dt.datetime:
-    """`30m`, `24h`, `7d`, `2w` back from now, or an ISO 8601 instant (UTC when no zone)."""
+def _since_error(message: str) -> RolloutRequestError:
+    return RolloutRequestError(f"since: {message}", field="since")
+
+
+def parse_since(value: str, now: dt.datetime | None = None, max_days: int = 30) -> dt.datetime:
+    """`30m`, `24h`, `7d`, `2w` back from now (a window of at most `max_days`, the raw
+    retention: older reports are not kept), or an ISO 8601 instant (UTC when no zone) within
+    ClickHouse's DateTime64 range and not in the future."""
     now = now or dt.datetime.now(dt.UTC)
     text = value.strip()
     match = _DURATION.match(text)
     if match:
-        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        digits, unit = match.group(1).lstrip("0"), match.group(2)
+        longest = max_days * 86400 // _UNIT_SECONDS[unit]
+        # Compared as digits first: int() refuses thousands of them.
+        if len(digits) > len(str(longest)) or int(digits or 0) > longest:
+            raise _since_error(
+                f"a window of at most {longest}{unit} ({max_days} days, retention_days: older "
+                "reports are not kept)"
+            )
+        seconds = int(digits or 0) * _UNIT_SECONDS[unit]
         if seconds <= 0:
-            raise RolloutRequestError("since: the duration must be positive")
+            raise _since_error("the duration must be positive")
         return now - dt.timedelta(seconds=seconds)
     try:
         since = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise RolloutRequestError(
-            f"since: {value!r} is neither a duration (30m, 24h, 7d) nor an ISO 8601 time"
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=dt.UTC)
+        since = since.astimezone(dt.UTC)
+    except (ValueError, OverflowError):  # not a time; a year 1 or 9999 shifted by its zone
+        raise _since_error(
+            f"{value[:64]!r} is neither a duration (30m, 24h, 7d) nor an ISO 8601 time "
+            f"between {ENGINE_FIRST:%Y-%m-%d} and now"
         ) from None
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=dt.UTC)
     if since >= now:
-        raise RolloutRequestError(f"since: {value!r} is not in the past")
-    return since.astimezone(dt.UTC)
+        raise _since_error(f"{value[:64]!r} is not in the past")
+    if since < ENGINE_FIRST:
+        raise _since_error(f"{value[:64]!r} is before {ENGINE_FIRST:%Y-%m-%d} (ClickHouse's range)")
+    return since
 
 
 @dataclass(frozen=True)
@@ -94,10 +116,13 @@ def _pins_by_hand(values: list[str]) -> PinSet:
         if not sep:
             role, digest = ("primary" if i == 0 else "backup"), value.strip()
         if role not in (PinRole.PRIMARY, PinRole.BACKUP):
-            raise RolloutRequestError(f"pin: role {role!r} must be primary or backup")
+            raise RolloutRequestError(
+                f"pin: role {role[:64]!r} must be primary or backup", field="pin"
+            )
         if not is_spki_pin(digest):
             raise RolloutRequestError(
-                f"pin: {digest!r} is not a base64 SHA-256 SPKI pin (32 bytes once decoded)"
+                f"pin: {digest[:64]!r} is not a base64 SHA-256 SPKI pin (32 bytes once decoded)",
+                field="pin",
             )
         pins.append(CandidatePin(digest, role))
     return PinSet("custom", tuple(pins))
@@ -116,14 +141,18 @@ def resolve_pin_set(
         return _pins_by_hand(pins)
     if host_policy is None:
         raise RolloutRequestError(
-            f"host {host!r} is not in the pin policy: name candidate pins with pin=", status=404
+            f"host {host!r} is not in the pin policy: name candidate pins with pin=",
+            status=404,
+            field="host",
         )
     if pin_set in (None, "", CURRENT_PIN_SET):
         return _from_policy(CURRENT_PIN_SET, host_policy.pins)
     candidates = host_policy.candidate_pin_sets
     if pin_set not in candidates:
         known = ", ".join([CURRENT_PIN_SET, *sorted(candidates)])
-        raise RolloutRequestError(f"pin_set: {pin_set!r} is not a pin set of {host}: {known}")
+        raise RolloutRequestError(
+            f"pin_set: {pin_set[:64]!r} is not a pin set of {host}: {known}", field="pin_set"
+        )
     return _from_policy(pin_set, candidates[pin_set])
 
 
@@ -138,18 +167,27 @@ def build_request(
     app_version: str | None = None,
     platform: str | None = None,
     now: dt.datetime | None = None,
+    max_days: int = 30,
 ) -> RolloutRequest:
     now = now or dt.datetime.now(dt.UTC)
     name = host.strip().lower().rstrip(".")
-    if not name or len(name) > 253:
-        raise RolloutRequestError("host: must be a host name")
+    if not name or len(name) > 253 or not name.isprintable() or " " in name:
+        raise RolloutRequestError(
+            "host: must be a host name (1 to 253 characters, no space or control character)",
+            field="host",
+        )
+    if platform and platform not in PLATFORMS:
+        raise RolloutRequestError(
+            f"platform: {platform[:64]!r} is none of {', '.join(sorted(PLATFORMS))}",
+            field="platform",
+        )
     host_policy = policy.host(name)
     filters = {
         k: v for k, v in (("app", app), ("app_version", app_version), ("platform", platform)) if v
     }
     return RolloutRequest(
         host=name,
-        since=parse_since(since, now),
+        since=parse_since(since, now, max_days),
         until=now,
         pin_set=resolve_pin_set(host_policy, name, pins or [], pin_set),
         app=app or None,

@@ -204,3 +204,71 @@ async def test_kill_between_insert_and_commit_then_restart_counts_everything_onc
     }
     committed = await _committed(settings)
     assert sum(v or 0 for v in committed.values()) == total_batches
+
+
+async def _stored_reports(consumer: ConsumerProcess, settings: Settings) -> int:
+    """Reports stored for TEST_HOST (sum of their counts) as the rollout API answers: ClickHouse
+    read through the process that holds it."""
+    async with httpx.AsyncClient(base_url=consumer.url, timeout=30) as client:
+        answer = await client.get(
+            f"/v1/rollout/{TEST_HOST}",
+            params={"since": "1h"},
+            headers={"Authorization": f"Bearer {settings.admin_token}"},
+        )
+    answer.raise_for_status()
+    return int(answer.json()["reports"])
+
+
+async def test_a_replay_through_a_message_of_retries_only_keeps_the_counters_exact(
+    make_settings: Callable[..., Settings], ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """The issue's reproduction: on one partition, batch A, then A again (a client retry: same
+    report ids), then batch B; all inserted, none committed, SIGKILL, restart. The replay meets
+    A's retry, a message no row carries the offset of, between messages that are stored."""
+    settings = make_settings(kafka_partitions=1, batch_max_seconds=0.2)
+    dsn = f"chdb:///{tmp_path / 'replay-chdb'}"
+    log = tmp_path / "consumers.log"
+    rotated = ca.chain("rotated")
+    a = native_batch(
+        [pin_validation(TEST_HOST, rotated, result="pin_mismatch", count=1)],
+        app=TEST_APP,
+        device="device-a",
+    )
+    b = native_batch(
+        [
+            pin_validation(TEST_HOST, rotated, result="pin_mismatch", count=2),
+            pin_validation(TEST_HOST, ca.chain("primary"), count=4),
+        ],
+        app=TEST_APP,
+        device="device-b",
+    )
+    async with run_pipeline(settings, consumer=False) as ingest:
+        doomed = ConsumerProcess(settings, log, clickhouse_dsn=dsn, commit_interval_seconds=3600)
+        try:
+            await doomed.wait_up()
+            for body in (a, a, b):
+                await ingest.post(body)
+            deadline = time.monotonic() + 60
+            while await _stored_reports(doomed, settings) < 1 + 2 + 4:
+                assert time.monotonic() < deadline, "the first consumer never stored A and B"
+                await asyncio.sleep(0.2)
+            assert await doomed.metric("pinwatch_consumer_inserted_reports_total") == 0
+        finally:
+            doomed.kill()
+        assert all(v is None for v in (await _committed(settings)).values())
+
+        survivor = ConsumerProcess(settings, log, clickhouse_dsn=dsn)
+        try:
+            await survivor.wait_up()
+            await survivor.wait_metric("pinwatch_consumer_consumed_records_total", 3)
+            assert await _stored_reports(survivor, settings) == 1 + 2 + 4
+            metric = survivor.metric
+            assert await metric("pinwatch_consumer_inserted_reports_total") == 3
+            assert await metric("pinwatch_consumer_duplicate_reports_total") == 1
+            assert await metric("pinwatch_pin_validations_total") == 1 + 2 + 4
+            assert await metric("pinwatch_pin_validations_total", result="pin_mismatch") == 3
+        finally:
+            assert survivor.stop() == 0
+    counts = _clickhouse_counts(dsn, settings.clickhouse_database)
+    assert counts["rows"] == counts["ids"] == 3
+    assert counts["reports_sum"] == counts["rollup_sum"] == 1 + 2 + 4

@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.api import create_api
 from consumers.consumer import Consumer
+from consumers.steps import Batch, DeadLetters
 from consumers.store import Store
 from pinwatch.settings import Settings
 from pinwatch.topics import ensure_topics
@@ -116,6 +119,93 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
+
+
+async def produce(settings: Settings, values: list[bytes]) -> None:
+    """Put message values on the test's topic straight (as a hostile producer, or an ingest
+    before a fix, would), one acknowledged message each, in order."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(settings.kafka_topic, value)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(settings: Settings, topic: str, n: int, wait_seconds: float = 30) -> list[Any]:
+    """The first messages of `topic`, until `n` are read or `wait_seconds` passed."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while len(found) < n and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                found.extend(batch)
+    finally:
+        await consumer.stop()
+    return found
+
+
+@contextlib.asynccontextmanager
+async def migrated_store(settings: Settings) -> AsyncIterator[Store]:
+    """A Store on the settings' database, migrated; the database is dropped on the way out."""
+    store = Store.from_settings(settings)
+    await store.migrate(settings)
+    try:
+        yield store
+    finally:
+        await store.command("DROP DATABASE IF EXISTS {db}")
+        await store.close()
+
+
+@dataclass
+class KafkaMessage:
+    """What the consumer reads of a Kafka message (aiokafka's ConsumerRecord)."""
+
+    offset: int
+    value: bytes
+    timestamp: int = 0
+
+
+class HandDriven:
+    """A Consumer that is never started: a test drives its steps by hand, without Kafka. Dead
+    letters are collected in `dead` as (value, headers); a failing insert returns False at once
+    instead of retrying (and pausing) until it succeeds."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.consumer = Consumer(settings, store)
+        self.dead: list[tuple[bytes, dict[str, bytes]]] = []
+        self.consumer.dead_letters = DeadLetters(self._dead_letter, settings, self.consumer.metrics)
+        self.consumer.writer.stopping = True
+
+    async def _dead_letter(self, topic: str, value: bytes, headers: list[Any]) -> None:
+        self.dead.append((value, dict(headers)))
+
+    @property
+    def batch(self) -> Batch:
+        """The open batch (what `handle` added to since the last `write`)."""
+        return self.consumer._batch  # noqa: SLF001
+
+    async def handle(self, topic: str, partition: int, message: KafkaMessage) -> None:
+        await self.consumer._handle(TopicPartition(topic, partition), message)  # noqa: SLF001
+
+    def discard(self) -> None:
+        """Drop the open batch unwritten (as a crash would)."""
+        self.consumer._batch = Batch()  # noqa: SLF001
+
+    async def write(self) -> Batch:
+        """Insert the open batch (raises if the insert fails) and start a new one."""
+        batch, self.consumer._batch = self.batch, Batch()  # noqa: SLF001
+        assert await self.consumer.writer.write(batch), "the insert failed"
+        return batch
+
+    def commit(self, batch: Batch) -> None:
+        """What committing a written batch does to /metrics (consumers.steps.Committer)."""
+        self.consumer.metrics.apply(batch.tally)
 
 
 @contextlib.asynccontextmanager

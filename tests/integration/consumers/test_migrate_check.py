@@ -17,20 +17,25 @@ from consumers import cmd_migrate
 from consumers.migrations import MIGRATIONS
 from pinwatch.settings import Settings
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def settings(chdb_dsn: str) -> Settings:
     return Settings(clickhouse_dsn=chdb_dsn, clickhouse_database=f"mig_{uuid.uuid4().hex[:8]}")
 
 
+def command(settings: Settings, *argv: str) -> int:
+    """`pinwatch migrate ARGV` as the CLI parses it, in this process (chDB is one per process)."""
+    parser = argparse.ArgumentParser()
+    cmd_migrate.add_arguments(parser)
+    return cmd_migrate.run(parser.parse_args(argv), settings)
+
+
 def check(settings: Settings, wait: float = 0.0) -> int:
-    return cmd_migrate.run(argparse.Namespace(check=True, wait=wait), settings)
+    return command(settings, "--check", "--wait", str(wait))
 
 
 def migrate(settings: Settings) -> int:
-    return cmd_migrate.run(argparse.Namespace(check=False, wait=0.0), settings)
+    return command(settings)
 
 
 def test_check_tells_pending_from_current(
@@ -83,5 +88,5 @@ def test_check_with_wait_gives_up_at_its_deadline(
 def test_wait_without_check_is_refused(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cmd_migrate.run(argparse.Namespace(check=False, wait=5.0), settings) == 2
+    assert command(settings, "--wait", "5") == 2
     assert "--wait goes with --check" in capsys.readouterr().err

@@ -11,15 +11,16 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.consumer import Consumer
 from devstack.certs import CertificateAuthority, Chain
 from pinwatch.record import Record, encode_batch
 from pinwatch.settings import Settings
+from pinwatch.topics import ensure_topics
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from tests.support.payloads import kafka_record, native_batch, network_error, pin_validation
-from tests.support.pipeline import Pipeline, run_pipeline
+from tests.support.pipeline import Pipeline, produce, read_topic, run_pipeline
 
 SUBDOMAIN = f"eu.{TEST_HOST}"  # covered by TEST_HOST's include_subdomains
 UNPINNED = "unpinned.example.org"  # in no policy entry
@@ -203,34 +204,6 @@ async def test_reports_are_classified_stored_rolled_up_and_counted(
     assert await metric("pinwatch_consumer_lag") == 0
 
 
-async def _produce(settings: Settings, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for value in values:
-            await producer.send_and_wait(settings.kafka_topic, value)
-    finally:
-        await producer.stop()
-
-
-async def _read_topic(
-    settings: Settings, topic: str, n: int, wait_seconds: float = 30
-) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        deadline = time.monotonic() + wait_seconds
-        while len(found) < n and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                found.extend(batch)
-    finally:
-        await consumer.stop()
-    return found
-
-
 def _record(ca: CertificateAuthority, **overrides: Any) -> Record:
     """An enforced pin mismatch from one device, serving the rotated (public) chain."""
     values: dict[str, Any] = dict(
@@ -254,11 +227,11 @@ async def test_undecodable_records_go_to_the_dead_letter_topic_and_the_rest_flow
         encode_batch([good[2]]),
     ]
     async with run_pipeline(settings, ingest=False) as p:
-        await _produce(settings, values)
+        await produce(settings, values)
         await p.wait_inserted(3)
         ids = {r[0] for r in await p.store.query("SELECT id FROM {db}.reports")}
         assert ids == {r.id for r in good}
-        dead = await _read_topic(settings, settings.kafka_dead_letter_topic, 3)
+        dead = await read_topic(settings, settings.kafka_dead_letter_topic, 3)
         reasons = sorted(dict(m.headers)["pinwatch-reason"].decode() for m in dead)
         assert reasons == ["invalid_record", "unclassifiable_record", "undecodable_message"]
         for message in dead:
@@ -279,7 +252,7 @@ async def test_consumer_stops_and_says_why_when_dead_letters_pass_the_limit(
 ) -> None:
     settings = make_settings(dead_letter_min_records=3, dead_letter_max_ratio=0.5)
     async with run_pipeline(settings, ingest=False) as p:
-        await _produce(settings, [b"garbage %d" % i for i in range(4)])
+        await produce(settings, [b"garbage %d" % i for i in range(4)])
         assert p.consumer is not None
         await p.wait_consumer_stopped(30)
         assert p.consumer.fatal is not None
@@ -414,3 +387,51 @@ async def test_progress_left_by_an_older_topic_of_the_same_name_does_not_skip_re
         await p.wait_inserted(3)
         assert await p.store.scalar("SELECT count() FROM {db}.reports") == 3
         assert await p.metric("pinwatch_pin_validations_total") == 3
+
+
+async def _recreate_topic(settings: Settings, seconds: float = 60) -> None:
+    """Delete the test's topic and create it again, empty (offsets from 0)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([settings.kafka_topic])
+        deadline = time.monotonic() + seconds
+        while settings.kafka_topic in await admin.list_topics():
+            assert time.monotonic() < deadline, "the topic was not deleted"
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    await ensure_topics(settings)
+
+
+async def test_a_recreated_topic_starting_with_a_retry_still_stores_what_follows(
+    make_settings: Callable[..., Settings], ca: CertificateAuthority
+) -> None:
+    """A message whose reports are all retries of stored ids has no row at its offset, and does
+    not prove the stored progress stale; the next message without rows at its offset does."""
+    settings = make_settings(kafka_partitions=1, batch_max_seconds=0.2)
+
+    def batch(count: int) -> dict[str, Any]:
+        return native_batch(
+            [pin_validation(TEST_HOST, ca.chain("rotated"), result="pin_mismatch", count=count)],
+            app=TEST_APP,
+        )
+
+    w, x, n = batch(1), batch(2), batch(4)
+    async with run_pipeline(settings) as p:
+        await p.post(w)
+        await p.post(x)  # offset 1 of the old topic
+        await p.wait_inserted(2)
+    await _recreate_topic(settings)  # Kafka's data gone, ClickHouse's progress (offset 1) kept
+    async with run_pipeline(settings) as p:
+        await p.post(x)  # the client retries x: offset 0, no row there
+        await p.post(n)  # offset 1: no row there, and new
+        deadline = time.monotonic() + 60
+        while await p.metric("pinwatch_consumer_consumed_records_total") < 2:
+            assert time.monotonic() < deadline, "the new topic's messages were never committed"
+            await asyncio.sleep(0.1)
+        assert await p.metric("pinwatch_consumer_inserted_reports_total") == 1
+        assert await p.metric("pinwatch_consumer_duplicate_reports_total") == 1
+        assert await p.metric("pinwatch_pin_validations_total") == 4
+        assert await p.store.scalar("SELECT count() FROM {db}.reports") == 3
+        assert await p.store.scalar("SELECT sum(count) FROM {db}.rollup_minute") == 1 + 2 + 4

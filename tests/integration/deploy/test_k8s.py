@@ -32,8 +32,6 @@ from pinwatch.policy import PolicyError, load_policy
 from pinwatch.resources import EXAMPLE_POLICY
 from tests.support.paths import REPO
 
-pytestmark = pytest.mark.integration
-
 ROOT = REPO
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("local", "production")

@@ -184,12 +184,16 @@ def test_a_version_pushed_out_of_the_labels_is_counted_as_other(classifier: Clas
     assert [key[3] for key in batch.keys] == ["5.1.0", "5.2.0", "other"]
 
 
-def test_insert_token_is_the_offset_ranges() -> None:
+def test_insert_token_is_the_offset_ranges_and_their_timestamps() -> None:
     a, b = Batch(), Batch()
     for batch in (a, b):
         batch.first = {("t", 0): 10, ("t", 1): 3}
         batch.last = {("t", 0): 19, ("t", 1): 3}
-    assert a.token() == b.token()
+        batch.stamps = {("t", 0): (1000, 1900), ("t", 1): (1300, 1300)}
+    assert a.token() == b.token()  # a replay of the same messages
     b.last[("t", 0)] = 20
     assert a.token() != b.token()
     assert a.commit_offsets() == {("t", 0): 20, ("t", 1): 4}
+    b.last[("t", 0)] = 19
+    b.stamps[("t", 1)] = (5300, 5300)  # the same offsets of a topic created again
+    assert a.token() != b.token()
