@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import Receive, Scope, Send
 
+from ingest.errors import use_error_shape
 from ingest.metrics import IngestMetrics
 from ingest.ops import ops_router
 from ingest.producer import KafkaSink
@@ -69,6 +70,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
+    use_error_shape(app)
     app.state.settings = settings
     app.state.policy = policy
     app.state.sink = sink

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ingest.metrics import Reason
 
 
 class ErrorBody(BaseModel):
@@ -13,7 +19,9 @@ class ErrorBody(BaseModel):
 
     error: str = Field(
         description="Machine-readable code: unauthorized, unsupported_media_type, too_large, "
-        "bad_json, bad_report, rate_limited, unavailable, not_ready.",
+        "bad_json, bad_report, bad_request (not HTTP ingest serves: malformed, or asking for a "
+        "protocol upgrade), timeout, not_found, method_not_allowed, rate_limited, unavailable, "
+        "not_ready, internal.",
         examples=["bad_report"],
     )
     field: str | None = Field(
@@ -62,7 +70,48 @@ class ApiError(Exception):
         self.reason = reason  # pinwatch_ingest_rejected_total's label
 
     def body(self) -> bytes:
-        return orjson.dumps({"error": self.error, "field": self.field, "detail": self.detail})
+        return error_body(self.error, self.detail, self.field)
+
+
+def error_body(error: str, detail: str, field: str | None = None) -> bytes:
+    """An `ErrorBody` as JSON bytes."""
+    return orjson.dumps({"error": error, "field": field, "detail": detail})
+
+
+class ClientGone(ApiError):
+    """The client closed the connection (or ingest closed it, having answered already, e.g.
+    408) before its body arrived: nobody is left to answer, so nothing is counted."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "bad_json", "the client went away before the body ended")
+
+
+def read_timeout(seconds: float) -> ApiError:
+    """408: a request's headers and body did not arrive in time (ingest/protocol.py)."""
+    return ApiError(
+        408,
+        "timeout",
+        f"the request's headers and body did not arrive within {seconds:g} s",
+        reason=Reason.TIMEOUT,
+    )
+
+
+UPGRADE_REFUSED = ApiError(
+    400,
+    "bad_request",
+    "ingest serves no protocol upgrade or tunnel (Upgrade/CONNECT); send the request as plain "
+    "HTTP/1.1, without an Upgrade header",
+    reason=Reason.BAD_REQUEST,
+)
+MALFORMED = ApiError(
+    400, "bad_request", "not a valid HTTP/1.1 request (request line, headers or chunked body)"
+)
+INTERNAL = ApiError(
+    500,
+    "internal",
+    "ingest failed to answer; nothing of the request is known "
+    "to be accepted, retry (report ids make retries safe)",
+)
 
 
 def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
@@ -79,8 +128,15 @@ def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
 
 REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": AcceptedBody, "description": "Every report is on Kafka (acknowledged)."},
-    400: _error("Not JSON, or a field is missing, of the wrong type or invalid; `field` names it."),
+    400: _error(
+        "Not JSON, or a field is missing, of the wrong type or invalid (`field` names it); or "
+        "not HTTP ingest serves (`bad_request`: malformed, or asking for a protocol upgrade)."
+    ),
     401: _error("Missing or unknown ingest key (header X-Pinwatch-Key or ?key=)."),
+    408: _error(
+        "The request's headers and body did not arrive within ingest_read_timeout_seconds of its "
+        "first byte; the connection is closed."
+    ),
     413: _error(
         "Body larger than max_body_bytes (as sent) or max_decompressed_bytes (after gzip), or a "
         "count/length limit exceeded (reports, pins, certificates, certificate size, strings)."
@@ -93,3 +149,37 @@ REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
         retry_after=True,
     ),
 }
+
+
+def use_error_shape(app: FastAPI) -> None:
+    """Every answer FastAPI or Starlette makes itself (404, 405, a validation error, an
+    exception) in the one error shape, not `{"detail": ...}` or plain text."""
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        path = request.url.path[:200]
+        if status == 404:
+            error, detail = "not_found", f"no route {path}"
+        elif status == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            error, detail = "method_not_allowed", f"{request.method} is not served on {path}"
+            detail += f"; allowed: {allowed}" if allowed else ""
+        else:
+            error = HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+            detail = str(exc.detail)
+        return Response(error_body(error, detail), status, exc.headers, "application/json")
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        body = error_body("bad_request", str(first.get("msg", "invalid request")), field)
+        return Response(body, 400, media_type="application/json")
+
+    async def failed(request: Request, exc: Exception) -> Response:
+        return Response(INTERNAL.body(), 500, media_type="application/json")
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, failed)
