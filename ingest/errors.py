@@ -104,7 +104,10 @@ UPGRADE_REFUSED = ApiError(
     reason=Reason.BAD_REQUEST,
 )
 MALFORMED = ApiError(
-    400, "bad_request", "not a valid HTTP/1.1 request (request line, headers or chunked body)"
+    400,
+    "bad_request",
+    "not a valid HTTP/1.1 request (request line, headers or chunked body)",
+    reason=Reason.BAD_REQUEST,
 )
 INTERNAL = ApiError(
     500,

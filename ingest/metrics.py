@@ -37,7 +37,7 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"  # Kafka down, slow or backlogged
     TIMEOUT = "timeout"  # headers and body not sent within ingest_read_timeout_seconds
-    BAD_REQUEST = "bad_request"  # asked for a protocol upgrade ingest does not serve
+    BAD_REQUEST = "bad_request"  # malformed HTTP, or asked for a protocol upgrade
 
 
 class Tally:
