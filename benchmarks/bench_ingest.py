@@ -1,14 +1,19 @@
 """Ingest throughput against the real broker, next to two baselines run in the same script.
 
 Three servers, each a separate uvicorn process on loopback (uvloop + httptools), all producing
-to the real Kafka broker with acks=all and the idempotent producer:
+to the real Kafka broker with acks=all and the idempotent producer, in the production
+configuration: behind a load balancer. The load generator stands for it: it is the proxy named
+in PINWATCH_INGEST_FORWARDED_ALLOW_IPS, and every request carries `X-Forwarded-For` with one of
+64 client addresses (`--direct`: no proxy named, no header, clients connecting themselves).
 
 - pinwatch: the real ingest app (`ingest.app.create_app`) served as `pinwatch ingest` serves it
             (`ingest.cli.server_options`: its report protocol, which answers report POSTs
-            without ASGI, and the proxy options), coalescing records into messages, with the
-            garbage-collector tuning `pinwatch ingest` applies (`ingest.cli.tune_gc`).
+            without ASGI and reads X-Forwarded-For itself, and the proxy options), coalescing
+            records into messages, with the garbage-collector tuning `pinwatch ingest` applies
+            (`ingest.cli.tune_gc`).
 - naive:    FastAPI + a pydantic body model + `send_and_wait` per report (one message each),
-            with uvicorn's defaults, as a FastAPI app usually is served.
+            with uvicorn's defaults, as a FastAPI app usually is served (those believe
+            X-Forwarded-For from 127.0.0.1, i.e. from the load generator, too).
 - bare:     an ASGI app that only reads the body and answers 202, with pinwatch's proxy
             options: the ceiling of any ASGI app (pinwatch's report path is no longer one).
 
@@ -156,7 +161,11 @@ async def _bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b'{"accepted":1}'})
 
 
-def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path) -> None:
+# The load balancer in front of ingest: the load generator connects from here.
+PROXY = "127.0.0.1"
+
+
+def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path, direct: bool) -> None:
     import uvicorn
 
     from pinwatch.settings import Settings
@@ -167,6 +176,7 @@ def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path) -> Non
         kafka_dead_letter_topic=f"{topic}.dead-letter",
         policy_file=policy,
         ingest_rate_limit_per_second=0,
+        ingest_forwarded_allow_ips="" if direct else PROXY,
         log_level="WARNING",
     )
     from ingest.cli import proxy_options, server_options, tune_gc
@@ -201,12 +211,14 @@ def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path) -> Non
 # --- the load generator ------------------------------------------------------------------------
 
 
-def _bodies(reports_per_request: int, variants: int = 64) -> list[bytes]:
+def _bodies(reports_per_request: int, direct: bool, variants: int = 64) -> list[bytes]:
     from tests.support.payloads import native_batch  # type: ignore[import-not-found]
 
     pins = [base64.b64encode(os.urandom(32)).decode() for _ in range(3)]
     out = []
-    for _ in range(variants):
+    for variant in range(variants):
+        # the proxy says which client it forwards for: one of `variants` networks
+        forwarded = "" if direct else f"X-Forwarded-For: 203.0.{variant}.{variant * 3 + 1}\r\n"
         reports = [
             {
                 "id": str(uuid.uuid4()),
@@ -224,7 +236,7 @@ def _bodies(reports_per_request: int, variants: int = 64) -> list[bytes]:
         body = orjson.dumps(native_batch(reports, app=APP))
         out.append(
             b"POST /v1/reports HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            + f"X-Pinwatch-Key: {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + f"X-Pinwatch-Key: {KEY}\r\n{forwarded}Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
     return out
@@ -276,15 +288,9 @@ async def _connection(
 
 
 async def load(
-    port: int,
-    per_request: int,
-    connections: int,
-    seconds: float,
-    max_requests: int,
-    requests: list[bytes] | None = None,
+    port: int, per_request: int, connections: int, seconds: float, max_requests: int, direct: bool
 ) -> Result:
-    """`requests` (raw HTTP requests, sent round-robin) default to 64 variants of `_bodies`."""
-    requests = requests or _bodies(per_request)
+    requests = _bodies(per_request, direct)
     result = Result()
     budget = [max_requests]
     started = time.monotonic()
@@ -328,10 +334,11 @@ def _measure(
     connections: int,
     seconds: float,
     max_requests: int,
+    direct: bool,
 ) -> Result:
     port, server = process
     cpu_before = _cpu_seconds(server.pid)
-    result = asyncio.run(load(port, per_request, connections, seconds, max_requests))
+    result = asyncio.run(load(port, per_request, connections, seconds, max_requests, direct))
     result.server_cpu = _cpu_seconds(server.pid) - cpu_before
     return result
 
@@ -354,7 +361,12 @@ def sweep(
             for kind, process in processes.items():
                 results[kind].append(
                     _measure(
-                        process, per_request, connections, args.sweep_seconds, args.max_requests
+                        process,
+                        per_request,
+                        connections,
+                        args.sweep_seconds,
+                        args.max_requests,
+                        args.direct,
                     )
                 )
         print(f"\nsweep, {label}, reports/s by connections ({args.sweep_seconds:g}s each):")
@@ -393,7 +405,7 @@ def paired_rounds(
             for kind, process in order:
                 connections = best[kind, per_request]
                 result = _measure(
-                    process, per_request, connections, args.seconds, args.max_requests
+                    process, per_request, connections, args.seconds, args.max_requests, args.direct
                 )
                 this_round[kind] = result
                 print(
@@ -443,12 +455,12 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Best, Rounds]:
                 topic = f"bench-ingest-{kind}-{uuid.uuid4().hex[:8]}"
                 command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
                 command += ["--topic", topic, "--bootstrap", args.bootstrap]
-                command += ["--policy", str(policy)]
+                command += ["--policy", str(policy)] + (["--direct"] if args.direct else [])
                 processes[kind] = (port, subprocess.Popen(command, cwd=REPO))
             for port, process in processes.values():
                 _wait_ready(port, process)
                 for per_request in (1, 50):  # warm-up
-                    asyncio.run(load(port, per_request, 8, 0.5, 500))
+                    asyncio.run(load(port, per_request, 8, 0.5, 500, args.direct))
             best = sweep(processes, args)
             print()
             return best, paired_rounds(processes, best, args)
@@ -554,16 +566,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="which servers to run"
     )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="clients connect themselves: no proxy named, no X-Forwarded-For (default: behind "
+        "a load balancer, as production runs)",
+    )
     parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--policy", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port, args.bootstrap, args.topic, args.policy)
+        serve(args.serve, args.port, args.bootstrap, args.topic, args.policy, args.direct)
         return 0
     print(
-        f"bench_ingest: real Kafka at {args.bootstrap}; connections swept "
+        f"bench_ingest: real Kafka at {args.bootstrap}; "
+        + (
+            "clients connecting directly"
+            if args.direct
+            else f"behind a proxy ({PROXY}) sending X-Forwarded-For"
+        )
+        + "; connections swept "
         f"{','.join(map(str, args.connections))} (single) and "
         f"{','.join(map(str, args.batch_connections))} (batches), then {args.rounds} paired "
         f"rounds of {args.seconds:g}s",

@@ -15,6 +15,7 @@ from ingest.metrics import IngestMetrics
 from ingest.ops import ops_router
 from ingest.producer import KafkaSink
 from ingest.reports import ReportPath, post_endpoints, report_router, request_schemas
+from pinwatch.errors import install_error_handlers
 from pinwatch.logs import event
 from pinwatch.policy import Policy, load_policy
 from pinwatch.settings import Settings
@@ -69,6 +70,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
+    install_error_handlers(app)
     app.state.settings = settings
     app.state.policy = policy
     app.state.sink = sink

@@ -50,15 +50,19 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
 
 
 def server_options(settings: Settings, app: Any) -> dict[str, Any]:
-    """uvicorn's options for serving the ingest `app`: the proxy options, and the HTTP
-    protocol that answers report POSTs without ASGI (ingest/protocol.py). That short way
-    reads the peer's address itself, so with proxies to believe it stays off and uvicorn's
-    proxy middleware sees every request."""
+    """uvicorn's options for serving the ingest `app`: the proxy options (for requests that go
+    uvicorn's way), no websockets (ingest serves none), and the HTTP protocol that answers
+    report POSTs without ASGI, reads X-Forwarded-For from the same proxies itself and bounds
+    how long a request may take to arrive (ingest/protocol.py)."""
     from ingest.protocol import report_protocol
 
     options = proxy_options(settings)
-    short_way = not options["proxy_headers"]
-    options["http"] = report_protocol(app.post_endpoints) if short_way else "httptools"
+    options["ws"] = "none"
+    options["http"] = report_protocol(
+        app.post_endpoints,
+        forwarded_allow_ips=settings.ingest_forwarded_allow_ips,
+        read_timeout=settings.ingest_read_timeout_seconds,
+    )
     return options
 
 

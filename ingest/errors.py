@@ -1,13 +1,14 @@
-"""The one error shape every ingest answer uses, and the statuses each report route documents."""
+"""Ingest's errors in the one error shape (pinwatch/errors.py): what the request path raises, and
+the statuses each report route documents."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, Field
 
-from pinwatch.errors import ErrorBody as ErrorBody  # the shape every pinwatch API shares
+from ingest.metrics import Reason
+from pinwatch.errors import ErrorBody, error_body
 
 
 class RejectedItem(BaseModel):
@@ -45,7 +46,46 @@ class ApiError(Exception):
         self.reason = reason  # pinwatch_ingest_rejected_total's label
 
     def body(self) -> bytes:
-        return orjson.dumps({"error": self.error, "field": self.field, "detail": self.detail})
+        return error_body(self.error, self.detail, self.field)
+
+
+class ClientGone(ApiError):
+    """The client closed the connection (or ingest closed it, having answered already, e.g.
+    408) before its body arrived: nobody is left to answer, so nothing is counted."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "bad_json", "the client went away before the body ended")
+
+
+def read_timeout(seconds: float) -> ApiError:
+    """408: a request's headers and body did not arrive in time (ingest/protocol.py)."""
+    return ApiError(
+        408,
+        "timeout",
+        f"the request's headers and body did not arrive within {seconds:g} s",
+        reason=Reason.TIMEOUT,
+    )
+
+
+UPGRADE_REFUSED = ApiError(
+    400,
+    "bad_request",
+    "ingest serves no protocol upgrade or tunnel (Upgrade/CONNECT); send the request as plain "
+    "HTTP/1.1, without an Upgrade header",
+    reason=Reason.BAD_REQUEST,
+)
+MALFORMED = ApiError(
+    400,
+    "bad_request",
+    "not a valid HTTP/1.1 request (request line, headers or chunked body)",
+    reason=Reason.BAD_REQUEST,
+)
+INTERNAL = ApiError(
+    500,
+    "internal",
+    "ingest failed to answer; nothing of the request is known "
+    "to be accepted, retry (report ids make retries safe)",
+)
 
 
 def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
@@ -62,8 +102,15 @@ def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
 
 REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": AcceptedBody, "description": "Every report is on Kafka (acknowledged)."},
-    400: _error("Not JSON, or a field is missing, of the wrong type or invalid; `field` names it."),
+    400: _error(
+        "Not JSON, or a field is missing, of the wrong type or invalid (`field` names it); or "
+        "not HTTP ingest serves (`bad_request`: malformed, or asking for a protocol upgrade)."
+    ),
     401: _error("Missing or unknown ingest key (header X-Pinwatch-Key or ?key=)."),
+    408: _error(
+        "The request's headers and body did not arrive within ingest_read_timeout_seconds of its "
+        "first byte; the connection is closed."
+    ),
     413: _error(
         "Body larger than max_body_bytes (as sent) or max_decompressed_bytes (after gzip), or a "
         "count/length limit exceeded (reports, pins, certificates, certificate size, strings)."

@@ -36,6 +36,8 @@ class Reason(StrEnum):
     BAD_ITEM = "bad_item"  # one item of a batch format that accepts the rest (NEL)
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"  # Kafka down, slow or backlogged
+    TIMEOUT = "timeout"  # headers and body not sent within ingest_read_timeout_seconds
+    BAD_REQUEST = "bad_request"  # malformed HTTP, or asked for a protocol upgrade
 
 
 class Tally:

@@ -6,9 +6,9 @@ import orjson
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ingest.errors import ErrorBody
 from ingest.metrics import IngestMetrics
 from ingest.producer import KafkaSink
+from pinwatch.errors import ErrorBody
 from pinwatch.settings import Settings
 
 

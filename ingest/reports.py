@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.types import Receive, Scope, Send
 
 from ingest.body import read_body
-from ingest.errors import REPORT_RESPONSES, ApiError
+from ingest.errors import REPORT_RESPONSES, ApiError, ClientGone
 from ingest.formats import FORMATS
 from ingest.formats.base import BadReport, FormatSpec, IngestContext, NotJson, Parsed
 from ingest.metrics import IngestMetrics, Reason
@@ -126,7 +126,7 @@ class Incoming:
             raise RuntimeError("Incoming without a body source")  # a bug here, not input
         message = await self.receive()
         if message["type"] == "http.disconnect":
-            raise ApiError(400, "bad_json", "the client went away before the body ended")
+            raise ClientGone
         return message
 
 
@@ -159,18 +159,26 @@ class ReportPath:
         """(status, JSON body, extra headers) of the answer to one report request."""
         try:
             accepted, rejected = await self._accept(spec, request)
+        except ClientGone as exc:
+            return exc.status, exc.body(), []  # nobody to answer: not counted
         except ApiError as exc:
-            self.metrics.requests.add((spec.name, exc.status))
-            if exc.reason:
-                self.metrics.rejected.add((spec.name, exc.reason))
-            extra = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after else []
-            return exc.status, exc.body(), extra
+            return self.refused(spec, exc)
         metrics = self.metrics
         metrics.requests.add((spec.name, 202))
         metrics.reports.add((spec.name,), accepted)
         if rejected:
             metrics.rejected.add((spec.name, Reason.BAD_ITEM), len(rejected))
         return 202, orjson.dumps({"accepted": accepted, "rejected": rejected}), []
+
+    def refused(
+        self, spec: FormatSpec, error: ApiError
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """The answer to a request refused with `error`, counted."""
+        self.metrics.requests.add((spec.name, error.status))
+        if error.reason:
+            self.metrics.rejected.add((spec.name, error.reason))
+        extra = [(b"retry-after", str(error.retry_after).encode())] if error.retry_after else []
+        return error.status, error.body(), extra
 
     async def _accept(self, spec: FormatSpec, request: Incoming) -> tuple[int, list[Any]]:
         settings = self.settings
@@ -271,6 +279,11 @@ class ReportEndpoint:
 
     def answer(self, request: Incoming) -> Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]:
         return self.path.handle(self.spec, request)
+
+    def refuse(self, error: ApiError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """The answer to a request of this route that `ingest.protocol` refuses itself (it
+        timed out, or asked for an upgrade), counted like any other refusal."""
+        return self.path.refused(self.spec, error)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body, extra = await self.answer(Incoming.from_scope(scope, receive))

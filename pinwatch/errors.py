@@ -21,9 +21,10 @@ class ErrorBody(BaseModel):
 
     error: str = Field(
         description="Machine-readable code. Ingest: unauthorized, unsupported_media_type, "
-        "too_large, bad_json, bad_report, rate_limited, unavailable, not_ready. Query API: "
-        "bad_request, unauthorized, forbidden, not_found, method_not_allowed, unavailable, "
-        "not_ready.",
+        "too_large, bad_json, bad_report, bad_request (not HTTP ingest serves: malformed, or "
+        "asking for a protocol upgrade), timeout, rate_limited, unavailable, not_ready. Query "
+        "API: bad_request, unauthorized, forbidden, unavailable, not_ready. Both: not_found, "
+        "method_not_allowed, internal.",
         examples=["bad_report"],
     )
     field: str | None = Field(
@@ -69,6 +70,11 @@ class HTTPError(HTTPException):
         self.field = field
 
 
+def error_body(error: str, detail: str, field: str | None = None) -> bytes:
+    """An `ErrorBody` as JSON bytes."""
+    return orjson.dumps({"error": error, "field": field, "detail": detail})
+
+
 def error_response(
     status: int,
     error: str,
@@ -76,8 +82,7 @@ def error_response(
     field: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = orjson.dumps({"error": error, "field": field, "detail": detail})
-    return Response(body, status, headers=headers, media_type=JSON)
+    return Response(error_body(error, detail, field), status, headers=headers, media_type=JSON)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -114,11 +119,23 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     return error_response(400, "bad_request", f"{field}: {message}" if field else message, field)
 
 
+async def _failed(request: Request, exc: Exception) -> Response:
+    # A bug, not input: the traceback goes to the log (Starlette's ServerErrorMiddleware logs it
+    # as it calls this), the client gets the shape, not Starlette's plain text.
+    return error_response(
+        500,
+        "internal",
+        "the server failed to answer; nothing of the request is known to be done, retry",
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Every HTTPException (those FastAPI raises for 404 and 405 included) and every failed
-    request validation (FastAPI's 422) answer in the error shape; validation is a 400."""
+    """Every HTTPException (those FastAPI raises for 404 and 405 included), every failed
+    request validation (FastAPI's 422, a 400 here) and any unexpected exception (500) answer in
+    the error shape."""
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(Exception, _failed)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -91,7 +91,14 @@ class Settings(BaseSettings):
         "",
         description="Reverse proxies whose X-Forwarded-For/-Proto ingest believes (comma-separated "
         "IPs or CIDRs, `*` for any). Empty: none, the connecting address is the client's. "
-        "Naming one turns off the report protocol's short way (ingest/protocol.py).",
+        "The client is the right-most X-Forwarded-For address that is not a named proxy.",
+    )
+    ingest_read_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a request's headers and body may take to arrive, from its first "
+        "byte (from connecting, for a connection's first request); slower ones are answered "
+        "408 and the connection closed.",
     )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body as sent (compressed or not)."

@@ -4,7 +4,8 @@ The msgspec Structs below are the one definition of the wire format: they valida
 (in C, with the limits from settings) and they are the JSON schema the OpenAPI document shows.
 They replaced pydantic models, which cost most of a 50-report batch's time
 (benchmarks/bench_ingest.py). What msgspec cannot check in C is checked after decoding: pins
-against `PIN_PATTERN`, certificates by loading them.
+against `PIN_PATTERN`, certificates by loading them and hashing their keys (a certificate whose
+key cannot be hashed pins nothing, and the consumer would fail on it).
 Every violation becomes a `BadReport` naming the field as a path into the body, e.g.
 `reports[3].observed_pins[0]`; a limit exceeded answers 413, anything else 400.
 """
@@ -26,6 +27,7 @@ from msgspec import Meta, Struct
 
 from ingest.formats import register
 from ingest.formats.base import BadReport, FormatSpec, IngestContext, NotJson, Parsed
+from ingest.formats.pem import UNUSABLE_KEY, key_pin
 from pinwatch.record import SCHEMA_VERSION, Record
 from pinwatch.settings import Settings
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result, platform_label
@@ -226,9 +228,11 @@ def _certificate_problem(value: str, max_bytes: int) -> tuple[str, int] | None:
     if len(der) > max_bytes:
         return f"certificate larger than {max_bytes} bytes", 413
     try:
-        x509.load_der_x509_certificate(der)
+        cert = x509.load_der_x509_certificate(der)
     except ValueError:
         return "is not a DER-encoded X.509 certificate", 400
+    if key_pin(cert) is None:
+        return UNUSABLE_KEY, 400
     return None
 
 

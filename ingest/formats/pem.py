@@ -29,6 +29,7 @@ from pinwatch.policy import is_spki_pin
 _ARMOR = re.compile(
     r"^\s*-----BEGIN CERTIFICATE-----(?P<body>[A-Za-z0-9+/=\s]*)-----END CERTIFICATE-----\s*$"
 )
+UNUSABLE_KEY = "not an X.509 certificate with a usable public key"
 _PIN = re.compile(r"""^\s*pin-sha256\s*=\s*(?P<q>["']?)(?P<value>[^"']*)(?P=q)\s*$""", re.I)
 
 
@@ -74,10 +75,20 @@ def _parse_pem(text: str) -> ParsedCert | str:
         return "PEM body is not valid base64"
     try:
         cert = x509.load_der_x509_certificate(der)
-        pin = spki_pin(cert)
+    except ValueError:
+        return UNUSABLE_KEY
+    pin = key_pin(cert)
+    return UNUSABLE_KEY if pin is None else ParsedCert(der, pin)
+
+
+def key_pin(cert: x509.Certificate) -> str | None:
+    """The certificate's SPKI pin, or None when its key cannot be loaded (an unknown algorithm,
+    an EC point off the curve): such a key pins nothing, and the consumer's classifier would
+    fail on it, so ingest refuses the certificate (cryptography parses the key lazily)."""
+    try:
+        return spki_pin(cert)
     except (ValueError, UnsupportedAlgorithm):
-        return "not an X.509 certificate with a usable public key"
-    return ParsedCert(der, pin)
+        return None
 
 
 def parse_known_pins(values: list[Any], field: str) -> list[str]:

@@ -18,7 +18,7 @@ The HPKP fields (see hpkp.py) plus the app's identity: `app-bundle-id`, `app-ver
   of category `other` (detail `trustkit.invalid_parameters` / `trustkit.spki_hash_failed`):
   visible, but never moving the pin-failure ratio that pages for a rotation.
 - `app-vendor-id` (identifierForVendor / a per-install UUID) is the device id; only its keyed
-  hash is kept.
+  hash is kept, as the record's `device` and in place of the id in the kept raw payload.
 - The app identity is the ingest key's. `app-bundle-id` is self-declared by whoever holds the
   key, so checking it adds no authentication; rejecting a mismatch would only drop real failure
   reports from apps whose iOS bundle id and Android package name differ, or from beta builds
@@ -57,6 +57,7 @@ _PIN_RESULTS = {
     2: Result.CHAIN_INVALID,
     4: Result.PIN_MISMATCH,
 }
+VENDOR_ID = "app-vendor-id"  # the device id: identifierForVendor / a per-install UUID
 _CLIENT_ERRORS = {3: "trustkit.invalid_parameters", 5: "trustkit.spki_hash_failed"}
 
 _MISMATCHES_LOGGED: set[tuple[str, str]] = set()
@@ -73,7 +74,7 @@ def parse(document: Any, ctx: IngestContext) -> Parsed:
     _note_bundle_mismatch(ctx.app_id, bundle_id)
     platform_name = doc.string("app-platform")
     platform = _PLATFORMS.get(platform_name.upper(), OTHER) if platform_name else None
-    vendor_id = doc.string("app-vendor-id")
+    vendor_id = doc.string(VENDOR_ID)
     # iOS retries the very same file; the vendor id and date-time keep two devices (or two
     # failures a second apart) distinct.
     record = failure.record(Format.TRUSTKIT, content_id(Format.TRUSTKIT, ctx.app_id, document), ctx)
@@ -81,7 +82,10 @@ def parse(document: Any, ctx: IngestContext) -> Parsed:
     record.platform = platform or _PLATFORM_WHEN_MISSING
     record.os_version = doc.string("app-platform-version")
     record.device = ctx.hash_device(vendor_id)
-    record.raw = bounded_raw(document, ctx.settings.max_raw_payload_bytes)
+    # The payload kept as evidence reaches Kafka and ClickHouse: it carries the device id as
+    # `device` does, keyed-hashed (pinwatch.privacy), never as sent.
+    kept = {**document, VENDOR_ID: record.device} if vendor_id else document
+    record.raw = bounded_raw(kept, ctx.settings.max_raw_payload_bytes)
     if outcome in _CLIENT_ERRORS:
         # not a statement about the server's keys: no pins, no chain, no result
         record.kind = Kind.NETWORK_ERROR

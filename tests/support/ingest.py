@@ -1,12 +1,14 @@
 """Helpers for ingest tests and the ingest benchmark: serve fresh ingest apps (tests/serve.py)
-with a client, and read records back from a real topic."""
+with a client, read records back from a real topic, and speak raw HTTP/1.1."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -96,3 +98,82 @@ async def read_records(
 ) -> list[Record]:
     messages = await read_messages(settings, min_records=min_records, within=within)
     return [record for _, value in messages for record in decode_batch(value)]
+
+
+# --- raw HTTP/1.1, for what an HTTP client library would not send ----------------------------
+
+Answer = tuple[int, dict[str, str], bytes]  # status, headers (names lower-case), body
+
+
+def http_post(
+    body: bytes,
+    key: str,
+    *,
+    path: str = "/v1/reports",
+    extra: str = "",
+    version: str = "1.1",
+    length: int | None = None,
+) -> bytes:
+    """A report POST with a Content-Length (of `body`, unless `length` says otherwise)."""
+    size = len(body) if length is None else length
+    head = (
+        f"POST {path} HTTP/{version}\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"X-Pinwatch-Key: {key}\r\nContent-Length: {size}\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+def http_chunked_post(
+    chunks: list[bytes], key: str, *, path: str = "/v1/reports", extra: str = "", end: bool = True
+) -> bytes:
+    """A report POST with a chunked body (`end`: with the last, empty chunk)."""
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"X-Pinwatch-Key: {key}\r\nTransfer-Encoding: chunked\r\n{extra}\r\n".encode()
+        + body
+        + (b"0\r\n\r\n" if end else b"")
+    )
+
+
+async def read_answer(reader: asyncio.StreamReader, seconds: float = 20) -> Answer:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), seconds)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+class RawConnection:
+    """One raw HTTP connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, url: str, local_address: str | None = None) -> RawConnection:
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(
+            parts.hostname, parts.port, local_addr=(local_address, 0) if local_address else None
+        )
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answers(self, n: int, seconds: float = 20) -> list[Answer]:
+        return [await read_answer(self.reader, seconds) for _ in range(n)]
+
+    async def closed_by_server(self, seconds: float = 2) -> bool:
+        """Closed within `seconds` (at once, not by uvicorn's idle timeout, 5 s, later)."""
+        return await asyncio.wait_for(self.reader.read(1), seconds) == b""
+
+    def close(self) -> None:
+        self.writer.close()

@@ -12,6 +12,9 @@ import time
 import uuid
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from devstack.certs import Chain
 from pinwatch.record import Record
 from pinwatch.vocabulary import Format, Kind, Result
@@ -279,3 +282,27 @@ def trustkit_json(report: dict[str, Any]) -> bytes:
 
     # a `/` only ever occurs inside JSON strings, so escaping every one is exact
     return orjson.dumps(report).replace(b"/", b"\\/")
+
+
+# --- certificates that parse as X.509 but whose public key cannot be used -------------------
+
+# DER of the OID id-ecPublicKey (1.2.840.10045.2.1) and of an unassigned sibling (...2.9).
+EC_PUBLIC_KEY_OID = bytes.fromhex("06072a8648ce3d0201")
+UNKNOWN_KEY_OID = bytes.fromhex("06072a8648ce3d0209")
+
+
+def unusable_key_certificates(leaf: x509.Certificate) -> dict[str, bytes]:
+    """DER variants of a real P-256 leaf that still parse as certificates (same lengths, so
+    every ASN.1 header stays right) but whose SubjectPublicKeyInfo cannot be loaded: the key
+    algorithm OID changed to an unknown one, and the EC point moved off the curve. Their
+    signatures no longer verify, which is what a client sending junk would not care about."""
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    point = leaf.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    assert der.count(EC_PUBLIC_KEY_OID) == 1 and der.count(point) == 1, "not a P-256 leaf"
+    off_curve = point[:-1] + bytes([point[-1] ^ 0x01])  # y+-1 of a point on P-256 is not on it
+    return {
+        "unknown_key_algorithm": der.replace(EC_PUBLIC_KEY_OID, UNKNOWN_KEY_OID),
+        "point_off_curve": der.replace(point, off_curve),
+    }

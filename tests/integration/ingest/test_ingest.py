@@ -3,6 +3,7 @@ answered precisely and puts nothing on the topic."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,12 @@ from pinwatch.settings import Settings
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 from tests.support.ingest import RunningIngest, ingest_apps, read_messages, read_records
 from tests.support.names import OTHER_APP, OTHER_KEY, TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import native_batch, network_error, pin_validation
+from tests.support.payloads import (
+    native_batch,
+    network_error,
+    pin_validation,
+    unusable_key_certificates,
+)
 
 KEY = {"X-Pinwatch-Key": TEST_KEY}
 JSON = {"Content-Type": "application/json"}
@@ -229,6 +235,19 @@ BAD_INPUT = [
         400,
         "bad_report",
         "reports[0].served_chain[0]",
+    ),
+    *(
+        (
+            variant,
+            lambda ca, variant=variant: _set(
+                "reports.0.served_chain.0",
+                base64.b64encode(unusable_key_certificates(ca.chain().certs[0])[variant]).decode(),
+            )(_bad(lambda b: b)(ca)),
+            400,
+            "bad_report",
+            "reports[0].served_chain[0]",
+        )
+        for variant in ("unknown_key_algorithm", "point_off_curve")
     ),
     ("bad_port", _bad(_set("reports.1.port", 70000)), 400, "bad_report", "reports[1].port"),
     ("zero_count", _bad(_set("reports.1.count", 0)), 400, "bad_report", "reports[1].count"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -20,7 +19,13 @@ from ingest.producer import KafkaSink
 from ingest.protocol import ReportProtocol
 from pinwatch.record import Record
 from pinwatch.settings import Settings
-from tests.support.ingest import read_records
+from tests.support.ingest import (
+    RawConnection,
+    http_chunked_post,
+    http_post,
+    read_answer,
+    read_records,
+)
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
 from tests.support.payloads import native_batch, network_error
 from tests.support.serve import Served, start_ingest, start_server
@@ -34,57 +39,12 @@ def _report(report_id: str | None = None) -> tuple[str, bytes]:
 
 
 def _post(body: bytes, *, extra: str = "", version: str = "1.1", key: str = TEST_KEY) -> bytes:
-    head = (
-        f"POST /v1/reports HTTP/{version}\r\nHost: t\r\nContent-Type: application/json\r\n"
-        f"X-Pinwatch-Key: {key}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-    )
-    return head.encode() + body
+    return http_post(body, key, extra=extra, version=version)
 
 
 def _chunked_post(body: bytes, *, key: str = TEST_KEY) -> bytes:
     half = len(body) // 2
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:half], body[half:]))
-    return (
-        b"POST /v1/reports HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        + f"X-Pinwatch-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
-        + chunks
-        + b"0\r\n\r\n"
-    )
-
-
-Answer = tuple[int, dict[str, str], bytes]
-
-
-async def _read_answer(reader: asyncio.StreamReader) -> Answer:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        if line:
-            name, value = line.split(":", 1)
-            headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers, body
-
-
-class Conn:
-    """One raw HTTP connection."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def answers(self, n: int) -> list[Answer]:
-        return [await _read_answer(self.reader) for _ in range(n)]
-
-    async def closed_by_server(self) -> bool:
-        """Closed at once, not by uvicorn's idle timeout (5 s) later."""
-        return await asyncio.wait_for(self.reader.read(1), 2) == b""
+    return http_chunked_post([body[:half], body[half:]], key)
 
 
 @pytest.fixture
@@ -101,17 +61,15 @@ async def ingest(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[
 async def connect(
     ingest: tuple[Served, Settings],
 ) -> AsyncIterator[Callable[[], Any]]:
-    url = urlsplit(ingest[0].url)
-    opened: list[asyncio.StreamWriter] = []
+    opened: list[RawConnection] = []
 
-    async def open_one() -> Conn:
-        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-        opened.append(writer)
-        return Conn(reader, writer)
+    async def open_one() -> RawConnection:
+        opened.append(await RawConnection.open(ingest[0].url))
+        return opened[-1]
 
     yield open_one
-    for writer in opened:
-        writer.close()
+    for conn in opened:
+        conn.close()
 
 
 def _ids(records: list[Record]) -> list[str]:
@@ -175,7 +133,7 @@ async def test_expect_100_continue(ingest: tuple[Served, Settings], connect: Any
     report_id, body = _report()
     request = _post(body, extra="Expect: 100-continue\r\n")
     await conn.send(request[: -len(body)])
-    status, _, _ = await _read_answer(conn.reader)
+    status, _, _ = await read_answer(conn.reader)
     assert status == 100
     await conn.send(body)
     assert (await conn.answers(1))[0][0] == 202
@@ -205,9 +163,7 @@ async def test_body_limits_either_way(make_settings: Callable[..., Settings], co
     settings = make_settings(max_body_bytes=2_000)
     served = await start_ingest(settings)
     try:
-        url = urlsplit(served.url)
-        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-        conn = Conn(reader, writer)
+        conn = await RawConnection.open(served.url)
         big = orjson.dumps(
             native_batch([network_error(TEST_HOST, "timeout") for _ in range(20)], app=TEST_APP)
         )
@@ -215,7 +171,7 @@ async def test_body_limits_either_way(make_settings: Callable[..., Settings], co
         await conn.send(_post(big))
         ((status, _, body),) = await conn.answers(1)
         assert (status, orjson.loads(body)["error"]) == (413, "too_large")
-        writer.close()
+        conn.close()
     finally:
         await served.stop(30)
 
@@ -259,9 +215,7 @@ async def test_graceful_shutdown_answers_what_is_in_flight(
     app = create_app(settings, producer=sink)
     served = await start_server(app, options=server_options(settings, app))
     try:
-        url = urlsplit(served.url)
-        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-        conn = Conn(reader, writer)
+        conn = await RawConnection.open(served.url)
         report_id, body = _report()
         await conn.send(_post(body))
         await asyncio.sleep(0.2)
@@ -278,10 +232,15 @@ async def test_graceful_shutdown_answers_what_is_in_flight(
     assert _ids(await read_records(settings, min_records=1)) == [report_id]
 
 
-def test_proxy_headers_keep_uvicorns_way(make_settings: Callable[..., Settings]) -> None:
-    """With a proxy to believe, the forwarded address is uvicorn's middleware's to read, so
-    report POSTs go uvicorn's way (tests/test_ingest_cli.py checks the address itself)."""
+def test_the_short_way_serves_behind_a_proxy_too(make_settings: Callable[..., Settings]) -> None:
+    """Production names its load balancer: the report protocol (its short way included) stays,
+    believing that proxy as uvicorn's middleware does on the other way, and no websockets
+    (tests/test_ingest_edge.py checks the stored addresses, both ways)."""
     app = create_app(make_settings())
-    assert issubclass(server_options(make_settings(), app)["http"], ReportProtocol)
-    trusting = make_settings(ingest_forwarded_allow_ips="10.0.0.1")
-    assert server_options(trusting, app)["http"] == "httptools"
+    options = server_options(make_settings(ingest_forwarded_allow_ips="10.0.0.1"), app)
+    assert issubclass(options["http"], ReportProtocol)
+    assert (options["proxy_headers"], options["forwarded_allow_ips"]) == (True, "10.0.0.1")
+    assert options["ws"] == "none"
+    trusted = options["http"].trusted
+    assert "10.0.0.1" in trusted and "10.0.0.2" not in trusted
+    assert server_options(make_settings(), app)["http"].trusted is None
