@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import certifi
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DATA_DIR = Path(".pinwatch")
@@ -184,7 +184,10 @@ class Settings(BaseSettings):
         5, ge=0, description="Full chains kept per host, observed leaf pin and hour (sampled)."
     )
     failing_refresh_seconds: float = Field(
-        10.0, gt=0, description="How often pinwatch_failing_devices/networks are read back."
+        5.0,
+        gt=0,
+        description="How often the pinwatch_failing_* gauges are read back from ClickHouse "
+        "(a term of time to page, docs/alerting.md).",
     )
 
     # --- rollout analysis ---------------------------------------------------------------------
@@ -244,6 +247,11 @@ class Settings(BaseSettings):
     )
     alert_webhook_url: str = Field(
         "", description="Webhook for ticket and info alerts; empty: they stay in Alertmanager."
+    )
+    alert_heartbeat_url: SecretStr = Field(
+        SecretStr(""),
+        description="Dead man's switch: URL the always-firing PinwatchWatchdog is posted to "
+        "every minute (a heartbeat service that alarms when it stops); empty: none. Secret.",
     )
 
     # --- simulator and demo -------------------------------------------------------------------

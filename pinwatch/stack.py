@@ -167,6 +167,9 @@ def alertmanager_config(settings: Settings, receiver_url: str, *, local_only: bo
         opsgenie_api_key_file="" if local_only else settings.alert_opsgenie_api_key_file,
         oncall_webhook_url=f"{receiver_url}/page",
         webhook_url=(not local_only and settings.alert_webhook_url) or f"{receiver_url}/notify",
+        # The Watchdog's heartbeat goes only to a real heartbeat service: printed locally, it
+        # would be a line a minute of noise.
+        heartbeat_url="" if local_only else settings.alert_heartbeat_url.get_secret_value(),
     )
     return json.dumps(config, indent=2)  # JSON is YAML
 
@@ -374,12 +377,17 @@ class Stack:
             ),
         )
         self._step_monitor(self.alertmanager, f"Alertmanager on {self.alertmanager_url}")
+        from alerts.config import CONFIG as alert_config
+
         self.prometheus = LocalPrometheus(
             cfg.data_dir / "prometheus",
             port=cfg.prometheus_port,
             jobs={
                 INGEST_JOB: [f"{cfg.ingest_host}:{cfg.ingest_port}"],
                 CONSUMER_JOB: [f"{cfg.consumer_host}:{cfg.consumer_port}"],
+                # Meta-monitoring: Prometheus itself and Alertmanager (alerts/config.py).
+                alert_config.prometheus_job: [self.prometheus_url.removeprefix("http://")],
+                alert_config.alertmanager_job: [self.alertmanager_url.removeprefix("http://")],
             },
             scrape_interval=opts.scrape_interval,
             evaluation_interval=opts.evaluation_interval,

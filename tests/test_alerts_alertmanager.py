@@ -4,16 +4,17 @@ notifications a webhook receives, and which alerts it holds back as inhibited.""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from polling import wait_until
 
 from alerts import generate
 from alerts.alertmanager import alertmanager_config
+from alerts.rules import WATCHDOG
 from pinwatch.localkafka import free_port
 from pinwatch.monitoring import CONSUMER_JOB, LocalAlertmanager
 from pinwatch.stack import PageReceiver
@@ -34,7 +35,9 @@ def receiver() -> Iterator[PageReceiver]:
 @pytest.fixture
 def alertmanager(tmp_path: Path, receiver: PageReceiver) -> Iterator[LocalAlertmanager]:
     config = alertmanager_config(
-        oncall_webhook_url=f"{receiver.url}/page", webhook_url=f"{receiver.url}/notify"
+        oncall_webhook_url=f"{receiver.url}/page",
+        webhook_url=f"{receiver.url}/notify",
+        heartbeat_url=f"{receiver.url}/heartbeat",
     )
     with LocalAlertmanager(tmp_path / "am", config=generate.dump(config)) as am:
         yield am
@@ -64,15 +67,6 @@ def states(am: LocalAlertmanager) -> dict[tuple[str, str], str]:
         assert state != "suppressed" or item["status"]["inhibitedBy"], item
         out[key] = state
     return out
-
-
-def wait_until(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def test_rotation_silences_the_generic_pages_for_its_host_only(
@@ -147,3 +141,36 @@ def test_a_pipeline_outage_silences_what_depends_on_it(alertmanager: LocalAlertm
         ("PinwatchIngestProduceFailing", "pinwatch-ingest"): "active",
     }
     assert wait_until(lambda: states(alertmanager) == expected), states(alertmanager)
+
+
+def test_the_watchdog_reaches_only_the_heartbeat_and_is_never_inhibited(
+    alertmanager: LocalAlertmanager, receiver: PageReceiver
+) -> None:
+    app = {"app": "com.example.pinned"}
+    post(
+        alertmanager,
+        alert(WATCHDOG, "info", "monitoring"),
+        # A pipeline outage inhibits every pinning alert; it must not touch the heartbeat.
+        alert("PinwatchScrapeTargetDown", "page", "pipeline", job=CONSUMER_JOB, instance="c:1"),
+        alert("PinwatchRotationBreakage", "page", "pinning", host="api.a.test", **app),
+    )
+    expected = {
+        (WATCHDOG, ""): "active",
+        ("PinwatchScrapeTargetDown", CONSUMER_JOB): "active",
+        ("PinwatchRotationBreakage", "api.a.test"): "suppressed",
+    }
+    assert wait_until(lambda: states(alertmanager) == expected), states(alertmanager)
+
+    def names(path: str) -> list[str]:
+        return [
+            item["labels"]["alertname"]
+            for got in list(receiver.received)
+            if got.path == path
+            for item in got.alerts
+        ]
+
+    # group_wait 0s: the heartbeat leaves at once; the page waits its 10 s group_wait.
+    assert wait_until(lambda: names("/heartbeat") and names("/page"), timeout=60)
+    assert set(names("/heartbeat")) == {WATCHDOG}
+    assert names("/page") == ["PinwatchScrapeTargetDown"]
+    assert WATCHDOG not in names("/notify")

@@ -32,9 +32,13 @@ from conftest import REPORT_ONLY_HOST, TEST_APP, TEST_HOST, settings_factory
 from payloads import native_batch, network_error, pin_validation
 from pipeline import run_pipeline
 
+from alerts.alertmanager import alertmanager_config
+from alerts.config import CONFIG as ALERT_CONFIG
+from alerts.generate import dump
 from dashboards.interpolate import Selection, clickhouse_sql, grafana_interval, prometheus_expr
 from pinwatch.certs import CertificateAuthority
-from pinwatch.monitoring import CONSUMER_JOB, INGEST_JOB, LocalPrometheus
+from pinwatch.localkafka import free_port
+from pinwatch.monitoring import CONSUMER_JOB, INGEST_JOB, LocalAlertmanager, LocalPrometheus
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +54,10 @@ EMPTY_WHEN_HEALTHY = {
 
 # Alert rules for the test Prometheus: one pinwatch-prefixed alert that always fires, so the
 # alert panels and annotations are shown to select it, and one foreign alert they must ignore.
+# The group is named like pinwatch's own, which the rule-evaluation panel follows.
 PROBE_RULES = """\
 groups:
-  - name: dashboard-probe
+  - name: pinwatch.dashboard-probe
     rules:
       - alert: PinwatchDashboardProbe
         expr: vector(1)
@@ -164,36 +169,48 @@ async def seeded(
     settings = make(failing_refresh_seconds=0.5)
     rules = tmp / "probe-rules.yml"
     rules.write_text(PROBE_RULES)
-    async with run_pipeline(settings) as p:
-        prometheus = LocalPrometheus(
-            tmp / "prometheus",
-            jobs={
-                INGEST_JOB: [p.ingest_url.removeprefix("http://")],
-                CONSUMER_JOB: [p.consumer_url.removeprefix("http://")],
-            },
-            scrape_interval=SCRAPE_SECONDS,
-            evaluation_interval=SCRAPE_SECONDS,
-            rule_files=[rules],
-        )
-        await asyncio.to_thread(prometheus.start)
-        try:
-            start = datetime.now(UTC)
-            sent = 0
-            # Waves a few scrapes apart, so counters rise between scrapes and rates are non-zero.
-            for wave in range(WAVES):
-                for body, key in _batches(ca, wave):
-                    await p.post(body, **({"key": key} if key else {}))
-                    sent += len(body["reports"])
-                # one refused request per wave, for the rejections panel
-                await p.post({"app": {"id": TEST_APP}}, expect=400)
+    # Alertmanager and Prometheus itself are scraped too: the meta-monitoring panels read them.
+    alertmanager = LocalAlertmanager(tmp / "alertmanager", config=dump(alertmanager_config()))
+    await asyncio.to_thread(alertmanager.start)
+    prometheus_port = free_port()
+    try:
+        async with run_pipeline(settings) as p:
+            prometheus = LocalPrometheus(
+                tmp / "prometheus",
+                port=prometheus_port,
+                jobs={
+                    INGEST_JOB: [p.ingest_url.removeprefix("http://")],
+                    CONSUMER_JOB: [p.consumer_url.removeprefix("http://")],
+                    ALERT_CONFIG.prometheus_job: [f"127.0.0.1:{prometheus_port}"],
+                    ALERT_CONFIG.alertmanager_job: [alertmanager.url.removeprefix("http://")],
+                },
+                scrape_interval=SCRAPE_SECONDS,
+                evaluation_interval=SCRAPE_SECONDS,
+                rule_files=[rules],
+                alertmanager_url=alertmanager.url,
+            )
+            try:
+                await asyncio.to_thread(prometheus.start)
+                start = datetime.now(UTC)
+                sent = 0
+                # Waves a few scrapes apart, so counters rise between scrapes and rates are
+                # non-zero.
+                for wave in range(WAVES):
+                    for body, key in _batches(ca, wave):
+                        await p.post(body, **({"key": key} if key else {}))
+                        sent += len(body["reports"])
+                    # one refused request per wave, for the rejections panel
+                    await p.post({"app": {"id": TEST_APP}}, expect=400)
+                    await asyncio.sleep(3 * SCRAPE_SECONDS)
+                await p.wait_inserted(sent, timeout=60)
+                # the failing-devices gauge is read back from ClickHouse, then scraped
+                await _wait_for_series(prometheus.url, "pinwatch_failing_devices", timeout=30)
                 await asyncio.sleep(3 * SCRAPE_SECONDS)
-            await p.wait_inserted(sent, timeout=60)
-            # the failing-devices gauge is read back from ClickHouse, then scraped
-            await _wait_for_series(prometheus.url, "pinwatch_failing_devices", timeout=30)
-            await asyncio.sleep(3 * SCRAPE_SECONDS)
-            yield Seeded(p, prometheus.url, settings.clickhouse_database, start, _now())
-        finally:
-            await asyncio.to_thread(prometheus.stop)
+                yield Seeded(p, prometheus.url, settings.clickhouse_database, start, _now())
+            finally:
+                await asyncio.to_thread(prometheus.stop)
+    finally:
+        await asyncio.to_thread(alertmanager.stop)
 
 
 def _now() -> datetime:
