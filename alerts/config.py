@@ -4,8 +4,10 @@
 fails when the committed files differ from what this produces. Change a number here, regenerate,
 and update the `promtool test rules` cases in alerts/tests/ that pin it down.
 
-Time to page is the sum of several of these (see docs/alerting.md): the page-path values are
-chosen so a rotation that breaks pinning pages within two minutes at one failing device a second.
+Time to page is the sum of several of these (the budget, term by term, is in docs/alerting.md):
+the page-path values are chosen so a rotation that breaks pinning pages within 90 s of the first
+failing report at one new failing device a second, at the production 15 s scrape and evaluation
+intervals, whatever traffic the host served before.
 """
 
 from __future__ import annotations
@@ -25,17 +27,37 @@ class AlertConfig:
     # smooths daily traffic swings.
     ticket_window: str = "10m"
 
+    # --- breadth: every page-severity pinning alert -------------------------------------------
+    # Distinct devices AND distinct client networks with enforced failures in the last 5
+    # minutes (the consumer's ClickHouse-backed pinwatch_failing_* gauges), never a share of
+    # reports alone: one device (a debugging proxy, a spoofed client) can send any number of
+    # reports, and one network seeing an odd chain (a captive portal, a proxy) is that network's
+    # problem. Ten devices are reached in ten seconds at one new failing device a second.
+    # The gauges are read back every `failing_refresh_seconds` (pinwatch/settings.py): 5 s, down
+    # from 10 s, since that wait is a term of time to page and the query is small.
+    page_min_devices: int = 10
+    page_min_networks: int = 3
+
     # --- rotation breakage (page) -------------------------------------------------------------
-    # Distinct devices (last 5 minutes) failing with a publicly trusted chain whose key the
-    # policy does not pin. Ten is reached in ten seconds at one failing device a second.
-    rotation_min_devices: int = 10
-    # ... on several client networks: one network seeing an odd chain is that network's
-    # problem (a captive portal, a proxy), a rotation is seen everywhere.
-    rotation_min_networks: int = 3
-    # Share of the host's enforced validations failing that way: rules out a handful of odd
-    # clients on a busy host.
+    # Besides breadth, failures with a publicly trusted chain whose keys the policy does not pin
+    # must be a real part of the host's enforced validations, in either of two ways:
+    # - a share over page_window: a steady part of the clients fails (one CDN edge of several
+    #   rotated). Rules out a handful of odd clients on a busy host: 4 % of a busy host's
+    #   clients seeing an odd public key while the rest succeed is not an outage.
     rotation_min_share: float = 0.05
-    rotation_for: str = "30s"
+    # - or most validations fail right now. A rotation stops the host's successes at once, so
+    #   failures dominate the last rotation_now_window whatever the traffic before; over
+    #   page_window the old successes hide them until they age out (134 s for a host that
+    #   served 100 validations a second). 30 s holds two samples at a 15 s scrape interval
+    #   (Prometheus aligns scrape timestamps), the fewest rate() takes, so the share is there
+    #   one scrape after the successes stopped. A partial problem, where the rest succeed,
+    #   never gets near half.
+    rotation_now_window: str = "30s"
+    rotation_now_min_share: float = 0.5
+    # Two evaluations in a row at 15 s: breadth is a 5-minute count and the share is measured
+    # over at least two scrapes, so a longer `for` only adds to time to page (docs/alerting.md:
+    # with 30 s and a 5 s gauge refresh the worst case was 89 s of the 90 allowed).
+    rotation_for: str = "15s"
 
     # --- pinning failure rate high (page) -----------------------------------------------------
     failure_min_share: float = 0.10  # normal is well under 1 %
@@ -99,6 +121,26 @@ class AlertConfig:
     # A CT log that cannot be read (unreachable, bad signature, bad data) for this long.
     ct_log_failing_for: str = "30m"
 
+    # --- meta-monitoring: Prometheus and Alertmanager themselves --------------------------------
+    # Job names of Prometheus scraping itself and Alertmanager (the local stack uses these).
+    prometheus_job: str = "prometheus"
+    alertmanager_job: str = "alertmanager"
+    # Failure counters alert when failures keep coming: some in every `window` for `for`. One
+    # failed evaluation (a query timeout under load) or one notification retried successfully
+    # holds the condition for one window, shorter than `for`, so it never fires.
+    rule_failures_window: str = "5m"  # rules are evaluated every 15 s: a broken one fails each
+    rule_failures_for: str = "10m"
+    # Prometheus sends firing alerts at least every minute (its resend delay, and the Watchdog
+    # always fires), so a broken path to Alertmanager fails at least once a minute.
+    prometheus_notify_window: str = "5m"
+    prometheus_notify_for: str = "10m"
+    # Alertmanager retries a failed notification at each group_interval of its route, 10m at
+    # most here (info): a 10m window always holds a failure while one keeps failing.
+    alertmanager_notify_window: str = "10m"
+    alertmanager_notify_for: str = "15m"
+    # Prometheus knows no Alertmanager at all: no alert can leave it (the heartbeat stops too).
+    alertmanager_discovery_for: str = "5m"
+
     # --- Alertmanager timing ------------------------------------------------------------------
     # Pages: 10 s lets the alerts of one incident (rotation and failure rate for one host)
     # land in one group, so inhibition drops the generic one before anything is sent.
@@ -111,6 +153,13 @@ class AlertConfig:
     info_group_wait: str = "1m"
     info_group_interval: str = "10m"
     info_repeat_interval: str = "24h"
+    # The Watchdog's heartbeat: sent at once, then again every 1-2 minutes (Alertmanager
+    # repeats at a group_interval tick once repeat_interval has passed since the last send), so
+    # a heartbeat service set to alarm after 5 minutes of silence notices a dead Prometheus,
+    # Alertmanager or path between them within minutes.
+    heartbeat_group_wait: str = "0s"
+    heartbeat_group_interval: str = "1m"
+    heartbeat_repeat_interval: str = "1m"
 
     # Where runbook links point (alert annotations, dashboards, the Kubernetes objects): the
     # PINWATCH_RUNBOOK_URL setting, which `python -m alerts.generate` and
@@ -129,6 +178,10 @@ DEPLOYMENT_EXAMPLE: dict[str, str] = {
     "opsgenie_api_key_file": "/etc/alertmanager/secrets/opsgenie-api-key",
     "oncall_webhook_url": "",
     "webhook_url": "http://pinwatch-alerts.example.com/alertmanager",
+    # None here: a heartbeat URL carries its service's token, and Alertmanager 0.25 reads
+    # webhook URLs only from its configuration file. Render your own with
+    # PINWATCH_ALERT_HEARTBEAT_URL set (`python -m alerts.generate --alertmanager-out FILE`).
+    "heartbeat_url": "",
 }
 
 # The AlertmanagerConfig (deploy/k8s/base/monitoring, alerts/kubernetes.py) is rendered with

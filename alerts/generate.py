@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.alertmanager_out is not None:
         config = alertmanager_config_from_settings(Settings())
-        args.alertmanager_out.write_text(dump(config))
+        # Owner-only: the file may hold the heartbeat URL's token (Alertmanager 0.25 reads
+        # webhook URLs only from its configuration).
+        fd = os.open(args.alertmanager_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(dump(config))
         print(f"wrote {args.alertmanager_out}")
         return 0
     if args.check:

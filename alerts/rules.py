@@ -3,9 +3,11 @@ by `python -m alerts.generate`).
 
 Recording rules follow `level:metric:operations`: numerators and denominators are aggregated
 separately and divided afterwards, so a ratio over several series is the ratio of sums, never an
-average of ratios. Every alert carries `severity` (page, ticket, info), a `component` (pinning or
-pipeline, which the inhibit rules use), a summary, a description with the app, host and numbers
-that matter, and a `runbook_url` to its section of docs/runbook.md.
+average of ratios. Counters are per consumer replica and summed; the failing-devices gauges are
+global (every replica exports the same figure) and taken with `max`. Every alert carries
+`severity` (page, ticket, info), a `component` (pinning, pipeline or monitoring, which the
+inhibit rules use), a summary, a description with the app, host and numbers that matter, and a
+`runbook_url` to its section of docs/runbook.md.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from pinwatch.vocabulary import would_fail_promql
 
 PV = "pinwatch_pin_validations_total"
 ENFORCED_FAILURE = 'enforced="true",result!="ok"'
+ROTATION_FAILURE = f'{ENFORCED_FAILURE},cause="rotation_suspected",pin_match="none"'
+
+
+def _seconds(duration: str) -> float:
+    """Seconds in a Prometheus duration of alerts/config.py ("30s", "5m", "1h")."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(duration[:-1]) * units[duration[-1]]
 
 
 def _anchor(alertname: str) -> str:
@@ -24,17 +33,17 @@ def _anchor(alertname: str) -> str:
     return alertname.lower()
 
 
-def _q(expr: str, fmt: str = "humanize") -> str:
-    """A template fragment that reads one number for this alert's app and host: `expr` has
-    `%s` for app and host, in that order."""
+def _q(expr: str, fmt: str = "humanize", args: str = "$labels.app $labels.host") -> str:
+    """A template fragment that reads one number for this alert's labels: `expr` has a `%s`
+    for each of `args` (app and host), in that order."""
     return (
-        f"{{{{ with printf `{expr}` $labels.app $labels.host | query }}}}"
+        f"{{{{ with printf `{expr}` {args} | query }}}}"
         f"{{{{ . | first | value | {fmt} }}}}{{{{ end }}}}"
     )
 
 
 def pinning_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
-    w, tw = c.page_window, c.ticket_window
+    w, tw, nw = c.page_window, c.ticket_window, c.rotation_now_window
 
     def rate(level: str, name: str, selector: str, window: str, by: str) -> dict[str, str]:
         series = f"{PV}{{{selector}}}" if selector else PV
@@ -62,18 +71,21 @@ def pinning_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
         ),
         # Rotation: a public chain (cause) whose keys the policy does not pin (pin_match). A
         # client failing on a pinned key is a client pin-set problem, not a rotation.
-        rate(
-            "app_host",
-            "pinwatch_rotation_failures",
-            f'{ENFORCED_FAILURE},cause="rotation_suspected",pin_match="none"',
-            w,
-            ah,
-        ),
+        rate("app_host", "pinwatch_rotation_failures", ROTATION_FAILURE, w, ah),
         ratio(
             "app_host",
             "pinwatch_rotation_failures",
             f"app_host:pinwatch_enforced_validations:rate{w}",
             w,
+        ),
+        # The same share over the short window a rotation dominates at once (alerts/config.py).
+        rate("app_host", "pinwatch_enforced_validations", 'enforced="true"', nw, ah),
+        rate("app_host", "pinwatch_rotation_failures", ROTATION_FAILURE, nw, ah),
+        ratio(
+            "app_host",
+            "pinwatch_rotation_failures",
+            f"app_host:pinwatch_enforced_validations:rate{nw}",
+            nw,
         ),
         rate("app_host_version", "pinwatch_enforced_validations", 'enforced="true"', w, ahv),
         rate("app_host_version", "pinwatch_enforced_failures", ENFORCED_FAILURE, w, ahv),
@@ -109,23 +121,50 @@ def pinning_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
             f"app_host:pinwatch_report_only_validations:rate{tw}",
             tw,
         ),
-        {
-            "record": "app_host_cause:pinwatch_failing_devices:sum",
-            "expr": "sum by (app, host, cause) (pinwatch_failing_devices)",
-        },
-        {
-            "record": "app_host_cause:pinwatch_failing_networks:sum",
-            "expr": "sum by (app, host, cause) (pinwatch_failing_networks)",
-        },
+        # Breadth: distinct counts read from ClickHouse, the same on every consumer replica,
+        # so `max` across replicas (a sum would count each device once per replica).
+        *(
+            {
+                "record": f"{level}:{metric}:max",
+                "expr": f"max by ({by}) ({metric})",
+            }
+            for level, by, metrics in (
+                (
+                    "app_host_cause",
+                    "app, host, cause",
+                    ("pinwatch_failing_devices", "pinwatch_failing_networks"),
+                ),
+                (
+                    "app_host",
+                    "app, host",
+                    (
+                        "pinwatch_failing_devices_all_causes",
+                        "pinwatch_failing_networks_all_causes",
+                    ),
+                ),
+                (
+                    "app_host_version",
+                    "app, host, app_version",
+                    (
+                        "pinwatch_failing_devices_by_version",
+                        "pinwatch_failing_networks_by_version",
+                    ),
+                ),
+            )
+            for metric in metrics
+        ),
     ]
 
 
 def pipeline_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
     w = c.page_window
     return [
+        # Lag is per partition, exported by the replica that owns it; `max` per partition first
+        # so a partition two replicas report for a moment (a rebalance, a replica hung with its
+        # last values) is counted once.
         {
             "record": "job:pinwatch_consumer_lag:sum",
-            "expr": "sum by (job) (pinwatch_consumer_lag)",
+            "expr": "sum by (job) (max by (job, topic, partition) (pinwatch_consumer_lag))",
         },
         {
             "record": "job:pinwatch_ingest_reports:rate" + c.ingest_silence_window,
@@ -161,7 +200,7 @@ def _alert(
     return {
         "alert": name,
         "expr": expr,
-        "for": for_,
+        **({"for": for_} if for_ else {}),
         "labels": {"severity": severity, "component": component},
         "annotations": {
             "summary": summary,
@@ -171,57 +210,84 @@ def _alert(
     }
 
 
+def _breadth(level: str, metric: str, on: str, c: AlertConfig, selector: str = "") -> str:
+    """`and` clauses requiring page breadth: distinct failing devices and networks."""
+    return (
+        f"and on ({on})\n{level}:pinwatch_failing_devices{metric}:max{selector}"
+        f" >= {c.page_min_devices}\n"
+        f"and on ({on})\n{level}:pinwatch_failing_networks{metric}:max{selector}"
+        f" >= {c.page_min_networks}"
+    )
+
+
 def pinning_alerts(c: AlertConfig) -> list[dict[str, Any]]:
-    w, tw = c.page_window, c.ticket_window
+    w, tw, nw = c.page_window, c.ticket_window, c.rotation_now_window
     at = "{{ $labels.app }} on {{ $labels.host }}"
     rotation_share = _q(
-        f'app_host:pinwatch_rotation_failures:ratio_rate{w}{{app="%s",host="%s"}}',
+        f'app_host:pinwatch_rotation_failures:ratio_rate{nw}{{app="%s",host="%s"}}',
         "humanizePercentage",
     )
     rotation_networks = _q(
-        'app_host_cause:pinwatch_failing_networks:sum{app="%s",host="%s",'
+        'app_host_cause:pinwatch_failing_networks:max{app="%s",host="%s",'
         'cause="rotation_suspected"}'
     )
     failure_rate = _q(f'app_host:pinwatch_enforced_failures:rate{w}{{app="%s",host="%s"}}')
+    failure_devices = _q('app_host:pinwatch_failing_devices_all_causes:max{app="%s",host="%s"}')
+    failure_networks = _q('app_host:pinwatch_failing_networks_all_causes:max{app="%s",host="%s"}')
     interception_networks = _q(
-        'app_host_cause:pinwatch_failing_networks:sum{app="%s",host="%s",'
+        'app_host_cause:pinwatch_failing_networks:max{app="%s",host="%s",'
         'cause="interception_suspected"}'
     )
     backup_rate = _q(f'app_host:pinwatch_backup_matches:rate{tw}{{app="%s",host="%s"}}')
     would_fail_rate = _q(f'app_host:pinwatch_report_only_would_fail:rate{tw}{{app="%s",host="%s"}}')
+    version_devices, version_networks = (
+        _q(
+            f"app_host_version:pinwatch_failing_{what}_by_version:max"
+            '{app="%s",host="%s",app_version="%s"}',
+            args="$labels.app $labels.host $labels.app_version",
+        )
+        for what in ("devices", "networks")
+    )
+    rotation = '{cause="rotation_suspected"}'
     return [
         _alert(
             "PinwatchRotationBreakage",
-            f'app_host_cause:pinwatch_failing_devices:sum{{cause="rotation_suspected"}}\n'
-            f"  >= {c.rotation_min_devices}\n"
+            f"app_host_cause:pinwatch_failing_devices:max{rotation} >= {c.page_min_devices}\n"
             "and on (app, host, cause)\n"
-            'app_host_cause:pinwatch_failing_networks:sum{cause="rotation_suspected"}\n'
-            f"  >= {c.rotation_min_networks}\n"
+            f"app_host_cause:pinwatch_failing_networks:max{rotation} >= {c.page_min_networks}\n"
             "and on (app, host)\n"
-            f"app_host:pinwatch_rotation_failures:ratio_rate{w} >= {c.rotation_min_share}",
+            "(\n"
+            f"    app_host:pinwatch_rotation_failures:ratio_rate{w} >= {c.rotation_min_share}\n"
+            "  or\n"
+            f"    app_host:pinwatch_rotation_failures:ratio_rate{nw}"
+            f" >= {c.rotation_now_min_share}\n"
+            ")",
             c.rotation_for,
             "page",
             "pinning",
             f"{at}: the server presents a key the app does not pin",
             f"{{{{ $value | humanize }}}} devices on {rotation_networks} networks failed pinning "
             f"for {at} in the last 5 minutes with a publicly trusted chain whose keys are not "
-            f"in the pin set; {rotation_share} of enforced validations fail this way. A "
-            "certificate rotated to an unpinned key: users of the app cannot reach the host.",
+            f"in the pin set; {rotation_share} of enforced validations over the last {nw} fail "
+            "this way. A certificate rotated to an unpinned key: users of the app cannot reach "
+            "the host.",
             c,
         ),
         _alert(
             "PinwatchPinFailureRateHigh",
             f"app_host:pinwatch_enforced_failures:ratio_rate{w} >= {c.failure_min_share}\n"
             "and on (app, host)\n"
-            f"app_host:pinwatch_enforced_failures:rate{w} >= {c.failure_min_rate}",
+            f"app_host:pinwatch_enforced_failures:rate{w} >= {c.failure_min_rate}\n"
+            + _breadth("app_host", "_all_causes", "app, host", c),
             c.failure_for,
             "page",
             "pinning",
             f"{at}: {{{{ $value | humanizePercentage }}}} of pin validations fail",
             f"{{{{ $value | humanizePercentage }}}} of enforced pin validations for {at} "
-            f"failed over the last {w} ({failure_rate} failures/s), whatever the cause "
-            f"(normal is well under {c.failure_min_share:.0%}). Users with enforced pinning "
-            "cannot reach the host.",
+            f"failed over the last {w} ({failure_rate} failures/s, {failure_devices} devices on "
+            f"{failure_networks} networks in the last 5 minutes), whatever the cause (normal is "
+            f"well under {c.failure_min_share:.0%}). Users with enforced pinning cannot reach "
+            "the host.",
             c,
         ),
         _alert(
@@ -236,24 +302,29 @@ def pinning_alerts(c: AlertConfig) -> list[dict[str, Any]]:
             f"    (app_host:pinwatch_enforced_validations:rate{w}"
             " - on (app, host) group_right"
             f" app_host_version:pinwatch_enforced_validations:rate{w})\n"
-            f") < {c.version_others_max_share}",
+            f") < {c.version_others_max_share}\n"
+            + _breadth("app_host_version", "_by_version", "app, host, app_version", c),
             c.version_for,
             "page",
             "pinning",
             "{{ $labels.app }} {{ $labels.app_version }} fails pinning on {{ $labels.host }}",
             "{{ $value | humanizePercentage }} of enforced pin validations from "
             "{{ $labels.app }} version {{ $labels.app_version }} on {{ $labels.host }} "
-            f"failed over the last {w}, while the host's other versions stay under "
+            f"failed over the last {w} ("
+            + version_devices
+            + " devices on "
+            + version_networks
+            + " networks in the last 5 minutes), while the host's other versions stay under "
             f"{c.version_others_max_share:.0%}: that release most likely shipped a wrong pin "
             "set.",
             c,
         ),
         _alert(
             "PinwatchInterceptionSuspected",
-            'app_host_cause:pinwatch_failing_devices:sum{cause="interception_suspected"}\n'
+            'app_host_cause:pinwatch_failing_devices:max{cause="interception_suspected"}\n'
             f"  >= {c.interception_min_devices}\n"
             "and on (app, host)\n"
-            'app_host_cause:pinwatch_failing_networks:sum{cause="interception_suspected"}\n'
+            'app_host_cause:pinwatch_failing_networks:max{cause="interception_suspected"}\n'
             f"  <= {c.interception_max_networks}\n"
             "and on (app, host)\n"
             f"app_host:pinwatch_interception_failures:rate{tw} > 0",
@@ -302,9 +373,13 @@ def pinning_alerts(c: AlertConfig) -> list[dict[str, Any]]:
 def pipeline_alerts(c: AlertConfig) -> list[dict[str, Any]]:
     w = c.page_window
     jobs = f"{c.ingest_job}|{c.consumer_job}"
+    # Per replica: each inserts what its own partitions carry, so one that stopped while its
+    # partitions lag is stuck even when the others insert (a `max` over replicas hid it).
     stale = (
-        "time() - max by (job) (pinwatch_consumer_last_insert_timestamp_seconds)\n"
-        f"  > {c.insert_stale_seconds}"
+        "time() - pinwatch_consumer_last_insert_timestamp_seconds"
+        f" > {c.insert_stale_seconds}\n"
+        "and on (job, instance)\n"
+        "sum by (job, instance) (pinwatch_consumer_lag) > 0"
     )
     return [
         _alert(
@@ -350,14 +425,15 @@ def pipeline_alerts(c: AlertConfig) -> list[dict[str, Any]]:
         ),
         _alert(
             "PinwatchConsumerNotInserting",
-            f"{stale}\nand on (job)\njob:pinwatch_consumer_lag:sum > 0",
+            stale,
             c.insert_stale_for,
             "page",
             "pipeline",
-            "pinwatch consumers stopped writing to ClickHouse",
-            "The last ClickHouse insert was {{ $value | humanizeDuration }} ago while reports "
-            "wait in Kafka: inserts fail or the consumer is stuck. Metrics and the failing-"
-            "devices gauges stop moving.",
+            "pinwatch consumer {{ $labels.instance }} stopped writing to ClickHouse",
+            "The last ClickHouse insert of consumer {{ $labels.instance }} was "
+            "{{ $value | humanizeDuration }} ago while reports of its partitions wait in "
+            "Kafka: inserts fail or the consumer is stuck. Metrics and the failing-devices "
+            "gauges stop moving.",
             c,
         ),
         _alert(
@@ -514,6 +590,125 @@ def ct_alerts(c: AlertConfig) -> list[dict[str, Any]]:
     ]
 
 
+WATCHDOG = "PinwatchWatchdog"
+# Prometheus labels a rule group "file;group"; pinwatch's group names start with pinwatch. Only
+# they count: another team's broken rule is theirs to fix.
+PINWATCH_RULE_GROUPS = 'rule_group=~".+;pinwatch.*"'
+
+
+def monitoring_alerts(c: AlertConfig) -> list[dict[str, Any]]:
+    """Prometheus and Alertmanager watching themselves: the Watchdog heartbeat, and alerts on
+    what keeps every other alert from arriving. Metric names as Prometheus 2.42 and
+    Alertmanager 0.25 expose them (tests/test_alerts_meta.py reads both)."""
+    prom, am = f'job="{c.prometheus_job}"', f'job="{c.alertmanager_job}"'
+    ours = PINWATCH_RULE_GROUPS
+    return [
+        _alert(
+            WATCHDOG,
+            "vector(1)",
+            "",
+            "info",
+            "monitoring",
+            "pinwatch alerting is alive (dead man's switch)",
+            "Always firing. Alertmanager sends it to the heartbeat receiver every minute or "
+            "two; the heartbeat service alarms when it stops arriving: Prometheus, Alertmanager "
+            "or the path between them is down, and no other alert could reach anyone.",
+            c,
+        ),
+        _alert(
+            "PinwatchRuleEvaluationsFailing",
+            "sum by (job, instance, rule_group) (\n"
+            f"  increase(prometheus_rule_evaluation_failures_total{{{prom},{ours}}}"
+            f"[{c.rule_failures_window}])\n"
+            ") > 0",
+            c.rule_failures_for,
+            "page",
+            "monitoring",
+            "Prometheus {{ $labels.instance }} fails to evaluate pinwatch rules",
+            "{{ $value | humanize }} evaluations of rule group {{ $labels.rule_group }} failed "
+            f"in the last {c.rule_failures_window}, and failures have kept coming for "
+            f"{c.rule_failures_for}: the alerts of that group cannot fire. Prometheus' log and "
+            "its /rules page name the rule and the error.",
+            c,
+        ),
+        _alert(
+            "PinwatchPrometheusNotificationsFailing",
+            # Sends that failed (per Alertmanager) or alerts dropped (no Alertmanager took
+            # them): either way alerts may never be notified. One alert per Prometheus.
+            "sum by (job, instance) (\n"
+            f"  increase(prometheus_notifications_errors_total{{{prom}}}"
+            f"[{c.prometheus_notify_window}])\n"
+            ") > 0\n"
+            "or\n"
+            "(\n"
+            "    sum by (job, instance) (\n"
+            f"      increase(prometheus_notifications_dropped_total{{{prom}}}"
+            f"[{c.prometheus_notify_window}])\n"
+            "    ) > 0\n"
+            # The alerts of the evaluations before Prometheus found its Alertmanager are
+            # dropped at every start: only drops after the first window count.
+            "  and on (job, instance)\n"
+            f"    time() - max by (job, instance) (process_start_time_seconds{{{prom}}})"
+            f" > {_seconds(c.prometheus_notify_window):g}\n"
+            ")",
+            c.prometheus_notify_for,
+            "page",
+            "monitoring",
+            "Prometheus {{ $labels.instance }} cannot send alerts to Alertmanager",
+            "{{ $value | humanize }} sends of alerts from Prometheus {{ $labels.instance }} to "
+            f"Alertmanager failed (or alerts were dropped) in the last "
+            f"{c.prometheus_notify_window}, and failures have kept coming for "
+            f"{c.prometheus_notify_for}: firing alerts may never be notified. Alertmanager is "
+            "down, unreachable or refuses them; Prometheus' log names it.",
+            c,
+        ),
+        _alert(
+            "PinwatchAlertmanagerNotificationsFailing",
+            "sum by (job, instance, integration) (\n"
+            f"  increase(alertmanager_notifications_failed_total{{{am}}}"
+            f"[{c.alertmanager_notify_window}])\n"
+            ") > 0",
+            c.alertmanager_notify_for,
+            "page",
+            "monitoring",
+            "Alertmanager {{ $labels.instance }} fails to deliver {{ $labels.integration }} "
+            "notifications",
+            "{{ $value | humanize }} notifications through {{ $labels.integration }} failed "
+            f"in the last {c.alertmanager_notify_window}, retries included, and failures have "
+            f"kept coming for {c.alertmanager_notify_for}: pages, tickets or the heartbeat sent "
+            "that way are lost. Alertmanager's log names the receiver and the error (a revoked "
+            "key, an unreachable webhook).",
+            c,
+        ),
+        _alert(
+            "PinwatchAlertmanagerNotConnected",
+            f"max by (job, instance) (prometheus_notifications_alertmanagers_discovered{{{prom}}})"
+            " < 1",
+            c.alertmanager_discovery_for,
+            "page",
+            "monitoring",
+            "Prometheus {{ $labels.instance }} knows no Alertmanager",
+            "Prometheus {{ $labels.instance }} has had no Alertmanager to send alerts to for "
+            f"{c.alertmanager_discovery_for}: its `alerting` configuration or Alertmanager "
+            "discovery is broken, so no alert leaves it (this one neither: the stopped "
+            "heartbeat is what tells).",
+            c,
+        ),
+        _alert(
+            "PinwatchMonitoringTargetAbsent",
+            f"absent(up{{{prom}}})\nor\nabsent(up{{{am}}})",
+            c.target_down_for,
+            "ticket",
+            "monitoring",
+            "Prometheus does not scrape {{ $labels.job }}",
+            "Prometheus has no scrape target for job {{ $labels.job }}: the alerts on failed "
+            "rule evaluations and failed notifications cannot see it. Add the job "
+            "(alerts/config.py names it) to the Prometheus configuration.",
+            c,
+        ),
+    ]
+
+
 def rules(c: AlertConfig = CONFIG) -> dict[str, Any]:
     return {
         "groups": [
@@ -531,6 +726,7 @@ def rules(c: AlertConfig = CONFIG) -> dict[str, Any]:
             },
             {"name": "pinwatch.probe", "rules": prober_alerts(c)},
             {"name": "pinwatch.ct", "rules": ct_alerts(c)},
+            {"name": "pinwatch.monitoring", "rules": monitoring_alerts(c)},
         ]
     }
 

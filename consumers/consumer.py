@@ -29,6 +29,7 @@ from consumers.decode import (
     decode,
     single_record_message,
 )
+from consumers.failing import read_failing
 from consumers.metrics import ConsumerMetrics
 from consumers.steps import (
     Batch,
@@ -387,17 +388,8 @@ class Consumer:
         self.metrics.versions.seed((str(a), str(v)) for a, v in rows)
 
     async def refresh_failing(self) -> None:
-        rows = await self.store.query(
-            "SELECT app_id, policy_host, cause, uniqMerge(devices), uniqMerge(client_networks) "
-            "FROM {db}.rollup_minute "
-            "WHERE minute >= now() - INTERVAL 5 MINUTE AND kind = 'pin_validation' "
-            "AND result != 'ok' AND enforced = 1 "
-            "GROUP BY app_id, policy_host, cause"
-        )
-        self.metrics.set_failing(
-            ((str(a), str(h), str(c), int(d), int(n)) for a, h, c, d, n in rows),
-            frozenset(self.policy.app_ids),
-        )
+        rows = await read_failing(self.store, frozenset(self.policy.app_ids), self.metrics.versions)
+        self.metrics.set_failing(rows)
 
     async def _refresh_failing(self) -> None:
         while True:

@@ -21,10 +21,14 @@ from __future__ import annotations
 import re
 from collections import Counter as Tally
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pinwatch.vocabulary import OTHER, PLATFORMS
+
+if TYPE_CHECKING:
+    from consumers.failing import FailingRow
 
 PinKey = tuple[str, str, str, str, str, str, str, str]  # app,host,platform,version,result,...
 NetKey = tuple[str, str, str, str]  # app, host, platform, category
@@ -78,6 +82,10 @@ class VersionLabels:
         for app, version in pairs:
             self.label(app, version)
 
+    def labelled(self) -> list[tuple[str, str]]:
+        """Every (app, version) pair that has its own label now (at most `limit` per app)."""
+        return [(app, version) for app, top in self._top.items() for version in top]
+
     def label(self, app: str, version: str) -> str:
         try:
             return self._memo[(app, version)]
@@ -118,6 +126,8 @@ class ConsumerMetrics:
             ["app", "host", "platform", "category"],
             registry=r,
         )
+        # Distinct counts from ClickHouse (consumers/failing.py), the same on every replica.
+        # Each view is its own metric: distinct counts do not add up across label values.
         self.failing_devices = Gauge(
             "pinwatch_failing_devices",
             "Distinct devices with enforced pin failures in the last 5 minutes (ClickHouse).",
@@ -128,6 +138,32 @@ class ConsumerMetrics:
             "pinwatch_failing_networks",
             "Distinct client network prefixes with enforced pin failures, last 5 minutes.",
             ["app", "host", "cause"],
+            registry=r,
+        )
+        self.failing_devices_all_causes = Gauge(
+            "pinwatch_failing_devices_all_causes",
+            "Distinct devices with enforced pin failures of any cause, last 5 minutes.",
+            ["app", "host"],
+            registry=r,
+        )
+        self.failing_networks_all_causes = Gauge(
+            "pinwatch_failing_networks_all_causes",
+            "Distinct client networks with enforced pin failures of any cause, last 5 minutes.",
+            ["app", "host"],
+            registry=r,
+        )
+        self.failing_devices_by_version = Gauge(
+            "pinwatch_failing_devices_by_version",
+            "Distinct devices with enforced pin failures, by app version label (folded as "
+            "pinwatch_pin_validations_total's), last 5 minutes.",
+            ["app", "host", "app_version"],
+            registry=r,
+        )
+        self.failing_networks_by_version = Gauge(
+            "pinwatch_failing_networks_by_version",
+            "Distinct client networks with enforced pin failures, by app version label, last "
+            "5 minutes.",
+            ["app", "host", "app_version"],
             registry=r,
         )
         self.consumed = Counter(
@@ -195,21 +231,21 @@ class ConsumerMetrics:
         if tally.messages:
             self.consumed.inc(tally.messages)
 
-    def set_failing(
-        self, rows: Iterable[tuple[str, str, str, int, int]], known_apps: frozenset[str]
-    ) -> None:
-        """Replace both gauges with fresh (app, host, cause, devices, networks) rows."""
-        devices: Tally[tuple[str, str, str]] = Tally()
-        networks: Tally[tuple[str, str, str]] = Tally()
-        for app, host, cause, n_devices, n_networks in rows:
-            app_label, host_label, _ = fold_labels(app, host, "", known_apps)
-            key = (app_label, host_label, cause)
-            devices[key] += n_devices
-            networks[key] += n_networks
-        for gauge, counts in ((self.failing_devices, devices), (self.failing_networks, networks)):
-            gauge.clear()
-            for key, n in counts.items():
-                gauge.labels(*key).set(n)
+    def set_failing(self, rows: Iterable[FailingRow]) -> None:
+        """Replace every failing gauge with fresh rows (labels already folded by the query)."""
+        gauges = {
+            "cause": (self.failing_devices, self.failing_networks),
+            "all": (self.failing_devices_all_causes, self.failing_networks_all_causes),
+            "version": (self.failing_devices_by_version, self.failing_networks_by_version),
+        }
+        for pair in gauges.values():
+            for gauge in pair:
+                gauge.clear()
+        for row in rows:
+            devices, networks = gauges[row.view]
+            labels = (row.app, row.host) + ((row.key,) if row.view != "all" else ())
+            devices.labels(*labels).set(row.devices)
+            networks.labels(*labels).set(row.networks)
 
 
 class BatchTally:

@@ -33,6 +33,7 @@ from grafana_foundation_sdk.models.common import (
 )
 
 from alerts.config import CONFIG as ALERT_CONFIG
+from alerts.rules import WATCHDOG
 
 # Provisioned datasource uids (deploy/grafana); the variables default to them.
 PROMETHEUS_UID = "pinwatch-prometheus"
@@ -50,9 +51,10 @@ CLICKHOUSE = dm.DataSourceRef(type_val=CLICKHOUSE_PLUGIN, uid="${clickhouse}")
 DEFAULT_RUNBOOK_URL = ALERT_CONFIG.runbook
 
 # Alerts pinwatch ships (alerts/) are CamelCase with this prefix; the annotation and the
-# active-alerts panel show only them, not every alert the user's Prometheus evaluates.
+# active-alerts panel show only them, not every alert the user's Prometheus evaluates, and not
+# the Watchdog, which fires always (it is the heartbeat, not news).
 ALERT_NAME_REGEX = "Pinwatch.*"
-ALERTS_SELECTOR = f'alertname=~"{ALERT_NAME_REGEX}"'
+ALERTS_SELECTOR = f'alertname=~"{ALERT_NAME_REGEX}", alertname!="{WATCHDOG}"'
 
 # Label matchers shared by every query over the per-app, per-host metrics.
 APP_HOST = 'app=~"$app", host=~"$host"'

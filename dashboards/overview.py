@@ -35,6 +35,14 @@ def _rate(selector: str, by: str) -> str:
     return f"{total} (rate({VALIDATIONS}{{{selector}}}{RATE}))"
 
 
+def _global_sum(metric: str, per: str, by: str = "") -> str:
+    """A failing-devices gauge added over the selected apps and hosts. It is global (read from
+    ClickHouse, the same on every consumer replica), so `max` per label set first: a plain sum
+    would count each device once per replica."""
+    total = f"sum by ({by})" if by else "sum"
+    return f"{total} (max by ({per}) ({metric}{{{APP_HOST}}}))"
+
+
 def failure_share(by: str, extra: str = "") -> str:
     """Share of pin validations that failed (pin_mismatch or chain_invalid). Numerator and
     denominator are aggregated separately and then divided, so a ratio is never averaged."""
@@ -72,10 +80,12 @@ def build(runbook_url: str) -> dashboard.Dashboard:
             single_stat(
                 2,
                 "Devices failing pins (5m)",
-                "Distinct devices with a pin failure in the last 5 minutes, all causes "
-                "(pinwatch_failing_devices, counted in ClickHouse by the consumer).",
+                "Distinct devices with an enforced pin failure in the last 5 minutes, all "
+                "causes, per app and host, added over the selected ones "
+                "(pinwatch_failing_devices_all_causes, counted in ClickHouse by the consumer; "
+                "every consumer replica exports the same figure, hence max across them).",
                 "short",
-                [promql(f"sum(pinwatch_failing_devices{{{APP_HOST}}})")],
+                [promql(_global_sum("pinwatch_failing_devices_all_causes", "app, host"))],
                 thresholds=[(None, "green"), (1, "orange"), (50, "red")],
             )
         )
@@ -83,10 +93,11 @@ def build(runbook_url: str) -> dashboard.Dashboard:
             single_stat(
                 3,
                 "Networks failing pins (5m)",
-                "Distinct client network prefixes with a pin failure in the last 5 minutes. "
-                "Many networks point to a rotation; one or two to interception.",
+                "Distinct client network prefixes with an enforced pin failure in the last 5 "
+                "minutes, all causes, per app and host, added over the selected ones. Many "
+                "networks point to a rotation; one or two to interception.",
                 "short",
-                [promql(f"sum(pinwatch_failing_networks{{{APP_HOST}}})")],
+                [promql(_global_sum("pinwatch_failing_networks_all_causes", "app, host"))],
                 thresholds=[(None, "green"), (1, "orange"), (10, "red")],
             )
         )
@@ -152,7 +163,7 @@ def build(runbook_url: str) -> dashboard.Dashboard:
                 "short",
                 [
                     promql(
-                        f"sum by (host, cause) (pinwatch_failing_devices{{{APP_HOST}}})",
+                        _global_sum("pinwatch_failing_devices", "app, host, cause", "host, cause"),
                         "{{host}} {{cause}}",
                     )
                 ],

@@ -6,8 +6,9 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard
 from grafana_foundation_sdk.models import dashboard as dm
 
+from alerts.config import CONFIG as ALERT_CONFIG
+from alerts.rules import PINWATCH_RULE_GROUPS
 from dashboards.common import (
-    ALERT_CONFIG,
     APP_HOST,
     alert_links,
     graph,
@@ -22,6 +23,9 @@ PIPELINE_JOBS = f"{ALERT_CONFIG.ingest_job}|{ALERT_CONFIG.consumer_job}"
 UID = "pinwatch-pipeline"
 TITLE = "pinwatch / Pipeline health"
 RATE = "[$__rate_interval]"
+PROM = f'job="{ALERT_CONFIG.prometheus_job}"'
+AM = f'job="{ALERT_CONFIG.alertmanager_job}"'
+META_JOBS = f"{ALERT_CONFIG.prometheus_job}|{ALERT_CONFIG.alertmanager_job}"
 
 
 def _quantile(q: float, histogram: str) -> str:
@@ -43,7 +47,8 @@ def build(runbook_url: str) -> dashboard.Dashboard:
         UID,
         TITLE,
         "Ingest, Kafka and consumer health: requests, rejections, produce latency and errors, "
-        "consumer lag, insert latency, dead letters, time since the last insert.",
+        "consumer lag, insert latency, dead letters, time since the last insert, and whether "
+        "alerts get out (meta-monitoring).",
         rb,
     )
 
@@ -53,10 +58,18 @@ def build(runbook_url: str) -> dashboard.Dashboard:
             single_stat(
                 1,
                 "Time since last insert",
-                "Seconds since the consumer last wrote a batch to ClickHouse. Grows without "
-                "bound when the consumer or ClickHouse is down, or no report arrives at all.",
+                "Seconds since each consumer replica last wrote a batch to ClickHouse. Grows "
+                "without bound when that consumer or ClickHouse is down, or no report reaches "
+                "its partitions. Each replica writes only its own partitions, so one growing "
+                "while the others stay low is stuck.",
                 "s",
-                [promql("time() - max(pinwatch_consumer_last_insert_timestamp_seconds)")],
+                [
+                    promql(
+                        "time() - max by (instance) "
+                        "(pinwatch_consumer_last_insert_timestamp_seconds)",
+                        "{{instance}}",
+                    )
+                ],
                 thresholds=[(None, "green"), (120, "orange"), (600, "red")],
                 links=alert_links(rb, "PinwatchConsumerNotInserting"),
             )
@@ -65,9 +78,10 @@ def build(runbook_url: str) -> dashboard.Dashboard:
             single_stat(
                 2,
                 "Consumer lag",
-                "Records on Kafka not yet consumed, summed over partitions.",
+                "Records on Kafka not yet consumed, summed over partitions (each counted once, "
+                "also while two replicas report it during a rebalance).",
                 "short",
-                [promql("sum(pinwatch_consumer_lag)")],
+                [promql("sum(max by (topic, partition) (pinwatch_consumer_lag))")],
                 thresholds=[(None, "green"), (10000, "orange"), (100000, "red")],
                 links=alert_links(rb, "PinwatchConsumerLagGrowing"),
             )
@@ -76,10 +90,10 @@ def build(runbook_url: str) -> dashboard.Dashboard:
             single_stat(
                 3,
                 "Consumer state",
-                "Whether the consumer is paused: it pauses its partitions while ClickHouse "
-                "inserts back up, instead of buffering without bound.",
+                "Whether each consumer replica is paused: it pauses its partitions while "
+                "ClickHouse inserts back up, instead of buffering without bound.",
                 "none",
-                [promql("max(pinwatch_consumer_paused)")],
+                [promql("max by (instance) (pinwatch_consumer_paused)", "{{instance}}")],
                 mappings=[_paused_mapping()],
             )
         )
@@ -98,11 +112,16 @@ def build(runbook_url: str) -> dashboard.Dashboard:
             graph(
                 14,
                 "Scrape targets up",
-                "Whether Prometheus can scrape each pinwatch process (1 up, 0 down), per job. "
-                "A job missing here has no target at all: its pipeline metrics and pinning "
-                "alerts are blind.",
+                "Whether Prometheus can scrape each pinwatch process (1 up, 0 down), per job "
+                "and instance (each replica). A job missing here has no target at all: its "
+                "pipeline metrics and pinning alerts are blind.",
                 "none",
-                [promql(f'sum by (job) (up{{job=~"{PIPELINE_JOBS}"}})', "{{job}}")],
+                [
+                    promql(
+                        f'max by (job, instance) (up{{job=~"{PIPELINE_JOBS}"}})',
+                        "{{job}} {{instance}}",
+                    )
+                ],
                 width=24,
                 height=5,
                 links=alert_links(rb, "PinwatchScrapeTargetDown", "PinwatchScrapeTargetAbsent"),
@@ -178,7 +197,8 @@ def build(runbook_url: str) -> dashboard.Dashboard:
                 "short",
                 [
                     promql(
-                        "sum by (topic, partition) (pinwatch_consumer_lag)",
+                        # One owner per partition; max, not sum, while two report it.
+                        "max by (topic, partition) (pinwatch_consumer_lag)",
                         "{{topic}}/{{partition}}",
                     )
                 ],
@@ -239,6 +259,97 @@ def build(runbook_url: str) -> dashboard.Dashboard:
                     ),
                 ],
                 links=alert_links(rb, "PinwatchConsumerNotInserting"),
+            )
+        )
+        .with_row(row(104, "Alerting (meta-monitoring)"))
+        .with_panel(
+            graph(
+                15,
+                "Alert delivery",
+                "Prometheus to Alertmanager: alert sends per second, failed sends and dropped "
+                "alerts; Alertmanager to receivers: notifications per second and failed ones "
+                "by integration (after retries). Sends never stop in a live stack: "
+                "PinwatchWatchdog always fires and goes to the heartbeat receiver.",
+                "cps",
+                [
+                    promql(
+                        f"sum(rate(prometheus_notifications_sent_total{{{PROM}}}{RATE}))",
+                        "Prometheus sent",
+                        "A",
+                    ),
+                    promql(
+                        f"sum(rate(prometheus_notifications_errors_total{{{PROM}}}{RATE}))",
+                        "Prometheus send errors",
+                        "B",
+                    ),
+                    promql(
+                        f"sum(rate(prometheus_notifications_dropped_total{{{PROM}}}{RATE}))",
+                        "Prometheus dropped",
+                        "C",
+                    ),
+                    promql(
+                        f"sum(rate(alertmanager_notifications_total{{{AM}}}{RATE}))",
+                        "Alertmanager notified",
+                        "D",
+                    ),
+                    promql(
+                        "sum by (integration) "
+                        f"(rate(alertmanager_notifications_failed_total{{{AM}}}{RATE}))",
+                        "Alertmanager failed {{integration}}",
+                        "E",
+                    ),
+                ],
+                links=alert_links(
+                    rb,
+                    "PinwatchWatchdog",
+                    "PinwatchPrometheusNotificationsFailing",
+                    "PinwatchAlertmanagerNotificationsFailing",
+                ),
+            )
+        )
+        .with_panel(
+            graph(
+                16,
+                "Rule evaluation failures",
+                "Failed evaluations per second of pinwatch's rule groups. Any at all means the "
+                "alerts of that group may not fire; Prometheus' /rules page names the error.",
+                "cps",
+                [
+                    promql(
+                        "sum by (rule_group) (rate(prometheus_rule_evaluation_failures_total"
+                        f"{{{PROM}, {PINWATCH_RULE_GROUPS}}}{RATE}))",
+                        "{{rule_group}}",
+                    )
+                ],
+                links=alert_links(rb, "PinwatchRuleEvaluationsFailing"),
+            )
+        )
+        .with_panel(
+            graph(
+                17,
+                "Monitoring targets",
+                "Whether Prometheus scrapes itself and Alertmanager (1 up, 0 down; a job "
+                "missing here is not scraped at all), and how many Alertmanagers each "
+                "Prometheus sends alerts to (0: no alert leaves it).",
+                "none",
+                [
+                    promql(
+                        f'max by (job, instance) (up{{job=~"{META_JOBS}"}})',
+                        "{{job}} {{instance}} up",
+                        "A",
+                    ),
+                    promql(
+                        "max by (instance) "
+                        f"(prometheus_notifications_alertmanagers_discovered{{{PROM}}})",
+                        "Alertmanagers known to {{instance}}",
+                        "B",
+                    ),
+                ],
+                width=24,
+                height=6,
+                links=alert_links(
+                    rb, "PinwatchMonitoringTargetAbsent", "PinwatchAlertmanagerNotConnected"
+                ),
             )
         )
         .with_row(row(103, "Traffic by app"))

@@ -336,6 +336,9 @@ class LocalAlertmanager(_ChildProcess):
         return self.data_dir / "alertmanager.yml"
 
     def _write_config(self) -> None:
+        # Owner-only before anything is written: webhook URLs (the heartbeat's) carry tokens.
+        self.config_path.touch(mode=0o600)
+        self.config_path.chmod(0o600)
         self.config_path.write_text(self.config_text)
 
     def _command(self) -> list[str]:

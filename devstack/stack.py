@@ -169,6 +169,9 @@ def alertmanager_config(settings: Settings, receiver_url: str, *, local_only: bo
         oncall_webhook_url=f"{receiver_url}/page",
         webhook_url=(not local_only and settings.alert_webhook_url.get_secret_value())
         or f"{receiver_url}/notify",
+        # The Watchdog's heartbeat goes only to a real heartbeat service: printed locally, it
+        # would be a line a minute of noise.
+        heartbeat_url="" if local_only else settings.alert_heartbeat_url.get_secret_value(),
     )
     return json.dumps(config, indent=2)  # JSON is YAML
 
@@ -376,6 +379,9 @@ class Stack:
                 INGEST_JOB: [f"{cfg.ingest_host}:{cfg.ingest_port}"],
                 CONSUMER_JOB: [f"{cfg.consumer_host}:{cfg.consumer_port}"],
                 ALERT_CONFIG.probe_job: [f"{cfg.probe_host}:{cfg.probe_port}"],
+                # Meta-monitoring: Prometheus itself and Alertmanager (alerts/config.py).
+                ALERT_CONFIG.prometheus_job: [self.prometheus_url.removeprefix("http://")],
+                ALERT_CONFIG.alertmanager_job: [self.alertmanager_url.removeprefix("http://")],
             },
             scrape_interval=opts.scrape_interval,
             evaluation_interval=opts.evaluation_interval,

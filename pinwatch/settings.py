@@ -225,7 +225,10 @@ class Settings(BaseSettings):
         5, ge=0, description="Full chains kept per host, observed leaf pin and hour (sampled)."
     )
     failing_refresh_seconds: float = Field(
-        10.0, gt=0, description="How often pinwatch_failing_devices/networks are read back."
+        5.0,
+        gt=0,
+        description="How often the pinwatch_failing_* gauges are read back from ClickHouse "
+        "(a term of time to page, docs/alerting.md).",
     )
 
     # --- rollout analysis ---------------------------------------------------------------------
@@ -362,6 +365,11 @@ class Settings(BaseSettings):
         "dashboard links and the Kubernetes monitoring objects point here. Read by "
         "`python -m alerts.generate` and `python -m dashboards.generate`: regenerate after "
         "changing it.",
+    )
+    alert_heartbeat_url: SecretStr = Field(
+        SecretStr(""),
+        description="Dead man's switch: URL the always-firing PinwatchWatchdog is posted to "
+        "every minute (a heartbeat service that alarms when it stops); empty: none. Secret.",
     )
 
     # --- simulator and demo -------------------------------------------------------------------

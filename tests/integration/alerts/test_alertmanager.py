@@ -4,7 +4,6 @@ notifications a webhook receives, and which alerts it holds back as inhibited.""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,11 @@ import pytest
 
 from alerts import generate
 from alerts.alertmanager import alertmanager_config
+from alerts.rules import WATCHDOG
 from devstack.localkafka import free_port
 from devstack.monitoring import CONSUMER_JOB, LocalAlertmanager
 from devstack.stack import PageReceiver
+from tests.support.polling import wait_until
 
 
 @pytest.fixture
@@ -32,7 +33,9 @@ def receiver() -> Iterator[PageReceiver]:
 @pytest.fixture
 def alertmanager(tmp_path: Path, receiver: PageReceiver) -> Iterator[LocalAlertmanager]:
     config = alertmanager_config(
-        oncall_webhook_url=f"{receiver.url}/page", webhook_url=f"{receiver.url}/notify"
+        oncall_webhook_url=f"{receiver.url}/page",
+        webhook_url=f"{receiver.url}/notify",
+        heartbeat_url=f"{receiver.url}/heartbeat",
     )
     with LocalAlertmanager(tmp_path / "am", config=generate.dump(config)) as am:
         yield am
@@ -62,15 +65,6 @@ def states(am: LocalAlertmanager) -> dict[tuple[str, str], str]:
         assert state != "suppressed" or item["status"]["inhibitedBy"], item
         out[key] = state
     return out
-
-
-def wait_until(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def test_rotation_silences_the_generic_pages_for_its_host_only(
@@ -185,3 +179,36 @@ def test_probe_page_and_client_rotation_page_are_one_notification(
     assert pages_for("api.a.test") == [["PinwatchProbeUnpinnedKey"]]
     (page,) = [p for p in receiver.pages() if p.payload["groupLabels"].get("host")]
     assert page.payload["groupLabels"] == {"app": "com.example.pinned", "host": "api.a.test"}
+
+
+def test_the_watchdog_reaches_only_the_heartbeat_and_is_never_inhibited(
+    alertmanager: LocalAlertmanager, receiver: PageReceiver
+) -> None:
+    app = {"app": "com.example.pinned"}
+    post(
+        alertmanager,
+        alert(WATCHDOG, "info", "monitoring"),
+        # A pipeline outage inhibits every pinning alert; it must not touch the heartbeat.
+        alert("PinwatchScrapeTargetDown", "page", "pipeline", job=CONSUMER_JOB, instance="c:1"),
+        alert("PinwatchRotationBreakage", "page", "pinning", host="api.a.test", **app),
+    )
+    expected = {
+        (WATCHDOG, ""): "active",
+        ("PinwatchScrapeTargetDown", CONSUMER_JOB): "active",
+        ("PinwatchRotationBreakage", "api.a.test"): "suppressed",
+    }
+    assert wait_until(lambda: states(alertmanager) == expected), states(alertmanager)
+
+    def names(path: str) -> list[str]:
+        return [
+            item["labels"]["alertname"]
+            for got in list(receiver.received)
+            if got.path == path
+            for item in got.alerts
+        ]
+
+    # group_wait 0s: the heartbeat leaves at once; the page waits its 10 s group_wait.
+    assert wait_until(lambda: names("/heartbeat") and names("/page"), timeout=60)
+    assert set(names("/heartbeat")) == {WATCHDOG}
+    assert names("/page") == ["PinwatchScrapeTargetDown"]
+    assert WATCHDOG not in names("/notify")

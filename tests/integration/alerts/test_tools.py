@@ -35,7 +35,7 @@ def test_promtool_unit_tests(unit_test: Path) -> None:
 def test_amtool_check_config_committed_and_rendered(tmp_path: Path) -> None:
     result = run("amtool", "check-config", generate.ALERTMANAGER_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 inhibit rules" in result.stdout and "3 receivers" in result.stdout
+    assert "5 inhibit rules" in result.stdout and "4 receivers" in result.stdout
     # The smallest rendering (no PagerDuty, Opsgenie or webhooks) is valid too.
     bare = tmp_path / "bare.yml"
     bare.write_text(generate.dump(alertmanager_config()))
@@ -53,6 +53,10 @@ def test_pages_go_to_oncall_with_pagerduty_and_opsgenie() -> None:
         ("severity=page alertname=PinwatchScrapeTargetDown", "oncall"),
         ("severity=page alertname=PinwatchProbeUnpinnedKey", "oncall"),
         ("severity=ticket alertname=PinwatchCertificateUnpinnedKey", "tickets"),
+        ("severity=page alertname=PinwatchAlertmanagerNotificationsFailing", "oncall"),
+        # The dead man's switch goes to the heartbeat, whatever its severity, never to on-call.
+        ("severity=info component=monitoring alertname=PinwatchWatchdog", "heartbeat"),
+        ("severity=page alertname=PinwatchWatchdog", "heartbeat"),
         ("severity=ticket alertname=PinwatchInterceptionSuspected", "tickets"),
         ("severity=info alertname=PinwatchBackupPinServed", "info"),
         ("alertname=SomethingWithoutSeverity", "tickets"),
@@ -74,6 +78,8 @@ def test_alertmanager_rendered_from_environment(
 ) -> None:
     monkeypatch.setenv("PINWATCH_ALERT_OPSGENIE_API_KEY_FILE", "/run/secrets/opsgenie")
     monkeypatch.setenv("PINWATCH_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+    heartbeat = "https://hb.example.test/ping/0123-secret-token"
+    monkeypatch.setenv("PINWATCH_ALERT_HEARTBEAT_URL", heartbeat)
     out = tmp_path / "am.yml"
     assert generate.main(["--alertmanager-out", str(out)]) == 0
     result = run("amtool", "check-config", out)
@@ -82,3 +88,7 @@ def test_alertmanager_rendered_from_environment(
     assert receivers["oncall"]["opsgenie_configs"][0]["api_key_file"] == "/run/secrets/opsgenie"
     assert "pagerduty_configs" not in receivers["oncall"]
     assert receivers["info"]["webhook_configs"][0]["url"] == "http://127.0.0.1:9/hook"
+    # Alertmanager 0.25 takes webhook URLs only inline: the file holds the heartbeat's token,
+    # so only its owner may read it.
+    assert receivers["heartbeat"]["webhook_configs"] == [{"url": heartbeat, "send_resolved": False}]
+    assert out.stat().st_mode & 0o777 == 0o600

@@ -30,10 +30,13 @@ import pytest
 import pytest_asyncio
 from prometheus_client import start_http_server
 
+from alerts.alertmanager import alertmanager_config
 from alerts.config import CONFIG as ALERT_CONFIG
+from alerts.generate import dump
 from dashboards.interpolate import Selection, clickhouse_sql, grafana_interval, prometheus_expr
 from devstack.certs import CertificateAuthority
-from devstack.monitoring import CONSUMER_JOB, INGEST_JOB, LocalPrometheus
+from devstack.localkafka import free_port
+from devstack.monitoring import CONSUMER_JOB, INGEST_JOB, LocalAlertmanager, LocalPrometheus
 from pinwatch.policy import load_policy
 from pinwatch.roots import PublicRoots
 from pinwatch.settings import Settings
@@ -61,9 +64,10 @@ PROBER_EDGE, DEAD_EDGE = "127.0.0.2", "127.0.0.3"
 
 # Alert rules for the test Prometheus: one pinwatch-prefixed alert that always fires, so the
 # alert panels and annotations are shown to select it, and one foreign alert they must ignore.
+# The group is named like pinwatch's own, which the rule-evaluation panel follows.
 PROBE_RULES = """\
 groups:
-  - name: dashboard-probe
+  - name: pinwatch.dashboard-probe
     rules:
       - alert: PinwatchDashboardProbe
         expr: vector(1)
@@ -208,43 +212,56 @@ async def seeded(
     ct_metrics, _ = start_http_server(0, "127.0.0.1", registry=watcher.metrics.registry)
     edge = TlsEdge(PROBER_EDGE, edge_port, ca, tmp / "edge").start()
     edge.serve("primary")
-    async with run_pipeline(settings) as p:
-        prometheus = LocalPrometheus(
-            tmp / "prometheus",
-            jobs={
-                INGEST_JOB: [p.ingest_url.removeprefix("http://")],
-                CONSUMER_JOB: [p.consumer_url.removeprefix("http://")],
-                ALERT_CONFIG.probe_job: [f"127.0.0.1:{probe_metrics.server_port}"],
-                ALERT_CONFIG.ct_job: [f"127.0.0.1:{ct_metrics.server_port}"],
-            },
-            scrape_interval=SCRAPE_SECONDS,
-            evaluation_interval=SCRAPE_SECONDS,
-            rule_files=[rules],
-        )
-        await asyncio.to_thread(prometheus.start)
-        try:
-            start = datetime.now(UTC)
-            sent = 0
-            # Waves a few scrapes apart, so counters rise between scrapes and rates are non-zero.
-            for wave in range(WAVES):
-                for body, key in _batches(ca, wave):
-                    await p.post(body, **({"key": key} if key else {}))
-                    sent += len(body["reports"])
-                # one refused request per wave, for the rejections panel
-                await p.post({"app": {"id": TEST_APP}}, expect=400)
-                await prober.round()
-                await asyncio.sleep(3 * SCRAPE_SECONDS)
-            await p.wait_inserted(sent, timeout=60)
-            # the failing-devices gauge is read back from ClickHouse, then scraped
-            await _wait_for_series(prometheus.url, "pinwatch_failing_devices", timeout=30)
-            await asyncio.sleep(3 * SCRAPE_SECONDS)
-            yield Seeded(p, prometheus.url, settings.clickhouse_database, start, _now())
-        finally:
-            await asyncio.to_thread(prometheus.stop)
-            edge.stop()
-            probe_metrics.shutdown()
-            ct_metrics.shutdown()
-            ct_log.stop()
+    # Alertmanager and Prometheus itself are scraped too: the meta-monitoring panels read them.
+    alertmanager = LocalAlertmanager(tmp / "alertmanager", config=dump(alertmanager_config()))
+    await asyncio.to_thread(alertmanager.start)
+    prometheus_port = free_port()
+    try:
+        async with run_pipeline(settings) as p:
+            prometheus = LocalPrometheus(
+                tmp / "prometheus",
+                port=prometheus_port,
+                jobs={
+                    INGEST_JOB: [p.ingest_url.removeprefix("http://")],
+                    CONSUMER_JOB: [p.consumer_url.removeprefix("http://")],
+                    ALERT_CONFIG.probe_job: [f"127.0.0.1:{probe_metrics.server_port}"],
+                    ALERT_CONFIG.ct_job: [f"127.0.0.1:{ct_metrics.server_port}"],
+                    ALERT_CONFIG.prometheus_job: [f"127.0.0.1:{prometheus_port}"],
+                    ALERT_CONFIG.alertmanager_job: [alertmanager.url.removeprefix("http://")],
+                },
+                scrape_interval=SCRAPE_SECONDS,
+                evaluation_interval=SCRAPE_SECONDS,
+                rule_files=[rules],
+                alertmanager_url=alertmanager.url,
+            )
+            await asyncio.to_thread(prometheus.start)
+            try:
+                start = datetime.now(UTC)
+                sent = 0
+                # Waves a few scrapes apart, so counters rise between scrapes and rates are
+                # non-zero.
+                for wave in range(WAVES):
+                    for body, key in _batches(ca, wave):
+                        await p.post(body, **({"key": key} if key else {}))
+                        sent += len(body["reports"])
+                    # one refused request per wave, for the rejections panel
+                    await p.post({"app": {"id": TEST_APP}}, expect=400)
+                    await prober.round()
+                    await _wait_for_scrapes(prometheus.url, 3)
+                await p.wait_inserted(sent, timeout=60)
+                # the failing-devices gauge is read back from ClickHouse, then scraped
+                await _wait_for_series(prometheus.url, "pinwatch_failing_devices", timeout=30)
+                # what the consumer counted last is in the samples every panel reads
+                await _wait_for_scrapes(prometheus.url, 3)
+                yield Seeded(p, prometheus.url, settings.clickhouse_database, start, _now())
+            finally:
+                await asyncio.to_thread(prometheus.stop)
+    finally:
+        await asyncio.to_thread(alertmanager.stop)
+        edge.stop()
+        probe_metrics.shutdown()
+        ct_metrics.shutdown()
+        ct_log.stop()
 
 
 def _now() -> datetime:
@@ -258,6 +275,22 @@ async def _prometheus(url: str, path: str, params: dict[str, Any]) -> Any:
     if response.status_code != 200 or body.get("status") != "success":
         raise AssertionError(f"{path} {params}: {response.status_code} {body}")
     return body["data"]
+
+
+async def _wait_for_scrapes(url: str, scrapes: int, timeout: float = 60.0) -> None:  # noqa: ASYNC109
+    """Until Prometheus has scraped the consumer `scrapes` more times (its `up` sample's
+    timestamp moved on that often): counters sent before are in at least that many samples."""
+    expr = f'timestamp(up{{job="{CONSUMER_JOB}"}})'
+    seen: set[float] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = (await _prometheus(url, "/api/v1/query", {"query": expr}))["result"]
+        if result:
+            seen.add(float(result[0]["value"][1]))
+            if len(seen) > scrapes:
+                return
+        await asyncio.sleep(SCRAPE_SECONDS / 4)
+    raise AssertionError(f"Prometheus scraped the consumer {len(seen)} times in {timeout}s")
 
 
 async def _wait_for_series(url: str, expr: str, timeout: float) -> None:  # noqa: ASYNC109
