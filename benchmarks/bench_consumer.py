@@ -17,8 +17,8 @@
 Measured on the shared 2-core machine (runs taking turns): at commit f0cb38e 15,200-17,600
 reports/s (100k reports, cold engine; ratio 0.12-0.17); at 3c1704c 37,000-46,800 (100k, cold
 engine), 42,300-56,000 with this script's warm engine and 300k reports; with 50,000-row batches
-48,700-62,300 (ceiling 124,000-141,000, ratio 0.37-0.50). The README's consumer section says
-what bounds it.
+48,700-62,300 (ceiling 124,000-141,000, ratio 0.37-0.50). benchmarks/README.md says what
+bounds it.
 """
 
 from __future__ import annotations
