@@ -599,7 +599,7 @@ PINWATCH_RULE_GROUPS = 'rule_group=~".+;pinwatch.*"'
 def monitoring_alerts(c: AlertConfig) -> list[dict[str, Any]]:
     """Prometheus and Alertmanager watching themselves: the Watchdog heartbeat, and alerts on
     what keeps every other alert from arriving. Metric names as Prometheus 2.42 and
-    Alertmanager 0.25 expose them (tests/test_alerts_meta.py reads both)."""
+    Alertmanager 0.25 expose them (tests/integration/alerts/test_meta.py reads both)."""
     prom, am = f'job="{c.prometheus_job}"', f'job="{c.alertmanager_job}"'
     ours = PINWATCH_RULE_GROUPS
     return [

@@ -17,11 +17,8 @@
 Measured on the shared 2-core machine (runs taking turns): at commit f0cb38e 15,200-17,600
 reports/s (100k reports, cold engine; ratio 0.12-0.17); at 3c1704c 37,000-46,800 (100k, cold
 engine), 42,300-56,000 with this script's warm engine and 300k reports; with 50,000-row batches
-48,700-62,300 (ceiling 124,000-141,000, ratio 0.37-0.50). Issue #17's guards (a received-time
-window per message, chain verdicts cached, the replay rule), run interleaved with 42a0c45 on a
-loaded machine (load average 4.5): 77,400 and 81,000 reports/s, 74,600 and 74,400 per
-CPU-second, against 51,600 and 66,800, 71,600 and 70,400: no slower. The README's consumer
-section says what bounds it.
+48,700-62,300 (ceiling 124,000-141,000, ratio 0.37-0.50). benchmarks/README.md says what
+bounds it.
 """
 
 from __future__ import annotations

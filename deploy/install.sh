@@ -15,7 +15,7 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v amtool >/dev/null || need+=(prometheus-alertmanager)
-# kubectl renders deploy/k8s in tests/test_k8s.py (`kubectl kustomize`). Debian names the
+# kubectl renders deploy/k8s in tests/integration/deploy/test_k8s.py (`kubectl kustomize`). Debian names the
 # package kubernetes-client; a kubectl from elsewhere (a cloud SDK) is left alone.
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 if ((${#need[@]})); then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's second command: install what the tests need, then run every test (unit and
-# integration against real Kafka, chDB, Prometheus and Alertmanager) and the linter.
+# The README's second command: install what the tests need, then run every test (the unit,
+# integration and e2e tiers, against real Kafka, chDB, Prometheus and Alertmanager) and the linter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install.sh

@@ -36,8 +36,9 @@ pipelined behind it is queued (and reading paused) until it is answered, a grace
 marks it not to keep the connection alive and waits for its task, a lost connection marks it
 disconnected. All of this leans on uvicorn internals: `UVICORN_SURFACE` names every one,
 `surface_problems()` checks them when the protocol is built (so a changed uvicorn fails at
-start, loudly), pyproject.toml pins uvicorn's minor version, and tests/test_ingest_protocol.py
-and tests/test_ingest_edge.py cover each path.
+start, loudly), pyproject.toml pins uvicorn's minor version, and
+tests/integration/ingest/test_protocol.py and tests/integration/ingest/test_edge.py cover each
+path.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pinwatch.ingest")
 
 # Every name of uvicorn's this module reads, writes, calls or overrides (uvicorn 0.54). The
-# module-level names are imported above; tests/test_ingest_edge.py checks that ReportProtocol
-# touches nothing of its base class that is not listed here.
+# module-level names are imported above; tests/unit/ingest/test_protocol_surface.py checks that
+# ReportProtocol touches nothing of its base class that is not listed here.
 UVICORN_SURFACE: dict[str, tuple[str, ...]] = {
     # per-connection state set in HttpToolsProtocol.__init__ / connection_made
     "HttpToolsProtocol": (

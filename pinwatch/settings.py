@@ -497,18 +497,19 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+CONFIGURATION_DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 _BEGIN, _END = "<!-- settings:begin -->\n", "<!-- settings:end -->"
 
 
-def write_readme_table(readme: Path = README) -> bool:
-    """Replace the table between the README's settings markers; True when it changed."""
-    text = readme.read_text()
+def write_docs_table(doc: Path = CONFIGURATION_DOC) -> bool:
+    """Replace the table between docs/configuration.md's settings markers; True when it
+    changed."""
+    text = doc.read_text()
     head, rest = text.split(_BEGIN, 1)
     _, tail = rest.split(_END, 1)
     new = head + _BEGIN + settings_markdown() + _END + tail
     if new != text:
-        readme.write_text(new)
+        doc.write_text(new)
     return new != text
 
 
@@ -520,7 +521,8 @@ _SHOWN_DEFAULTS = {
 
 
 def settings_markdown() -> str:
-    """The README table: one row per setting, generated so it cannot drift from the code."""
+    """The settings table of docs/configuration.md: one row per setting, generated so it cannot
+    drift from the code."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default

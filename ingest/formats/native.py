@@ -42,8 +42,8 @@ if tuple(f.name for f in dataclasses.fields(Record)) != _RECORD_FIELDS:
     raise ImportError("pinwatch.record.Record changed its fields: update ingest/formats/native.py")
 
 # The base64 of 32 bytes: 42 characters, one whose low two bits are zero, one '='. The
-# pinwatch.policy.is_spki_pin test (tests/test_ingest_native.py checks they agree), restricted to
-# canonical base64.
+# pinwatch.policy.is_spki_pin test (tests/unit/ingest/test_native.py checks they agree),
+# restricted to canonical base64.
 PIN_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
 PIN_PROBLEM = "must be the base64 SHA-256 of a SubjectPublicKeyInfo (32 bytes, 44 characters)"
 _PIN = re.compile(PIN_PATTERN)

@@ -1,5 +1,5 @@
 """`pinwatch ct watch` against a Certificate Transparency log served on loopback, built from
-real certificates and precertificates of the test PKI (tests/ct_log.py: a real Merkle tree,
+real certificates and precertificates of the test PKI (tests/support/ct_log.py: a real Merkle tree,
 tree heads signed with the log's key, chosen from a v3 log list like a real log).
 
 A good run, a resumed run, bounded work per poll, a watcher starting mid-log, and a log that

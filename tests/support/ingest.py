@@ -1,5 +1,6 @@
-"""Helpers for ingest tests and the ingest benchmark: serve fresh ingest apps (tests/serve.py)
-with a client, read records back from a real topic, and speak raw HTTP/1.1."""
+"""Helpers for ingest tests and the ingest benchmark: serve fresh ingest apps
+(tests/support/serve.py) with a client, read records back from a real topic, and speak raw
+HTTP/1.1."""
 
 from __future__ import annotations
 

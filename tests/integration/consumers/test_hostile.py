@@ -323,7 +323,8 @@ class Material:
 
 @pytest.fixture(scope="module")
 async def steps(make_module_settings: Callable[..., Settings]) -> AsyncIterator[HandDriven]:
-    # The dead-letter limit is the engine's (tests/test_consumer_pipeline.py): not tested here.
+    # The dead-letter limit is the engine's (tests/integration/consumers/test_pipeline.py): not
+    # tested here.
     settings = make_module_settings(dead_letter_min_records=10**9, evidence_per_pin_hour=1000)
     async with migrated_store(settings) as store:
         yield HandDriven(settings, store)

@@ -9,7 +9,7 @@ end, how many batches are inserted before the crash and how many of those were c
 Both consumers are the real steps (`tests/pipeline.HandDriven`: decode, the replay decision,
 enrich, the Writer's retry lookup and insert) on real chDB; Kafka is left out (each consumer
 is handed the messages a broker would deliver from the committed offset on), the crash itself
-is tested with a real broker and a real SIGKILL in tests/test_consumer_crash.py.
+is tested with a real broker and a real SIGKILL in tests/e2e/test_consumer_crash.py.
 """
 
 from __future__ import annotations

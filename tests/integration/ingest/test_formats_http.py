@@ -33,7 +33,7 @@ LOOPBACK = "127.0.0.0/24"
 
 
 class Ingest:
-    """An ingest app (tests/ingest_support.py) posted to as the client formats post."""
+    """An ingest app (tests/support/ingest.py) posted to as the client formats post."""
 
     def __init__(self, running: RunningIngest) -> None:
         self.settings = running.settings

@@ -235,7 +235,7 @@ async def test_graceful_shutdown_answers_what_is_in_flight(
 def test_the_short_way_serves_behind_a_proxy_too(make_settings: Callable[..., Settings]) -> None:
     """Production names its load balancer: the report protocol (its short way included) stays,
     believing that proxy as uvicorn's middleware does on the other way, and no websockets
-    (tests/test_ingest_edge.py checks the stored addresses, both ways)."""
+    (tests/integration/ingest/test_edge.py checks the stored addresses, both ways)."""
     app = create_app(make_settings())
     options = server_options(make_settings(ingest_forwarded_allow_ips="10.0.0.1"), app)
     assert issubclass(options["http"], ReportProtocol)

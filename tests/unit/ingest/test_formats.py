@@ -1,5 +1,6 @@
 """Unit tests of the client-format parsers (TrustKit iOS/Android, HPKP, NEL): each payload is
-built by tests/payloads.py from real certificates, and the records are checked field by field."""
+built by tests/support/payloads.py from real certificates, and the records are checked field by
+field."""
 
 from __future__ import annotations
 

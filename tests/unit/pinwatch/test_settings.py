@@ -1,4 +1,5 @@
-"""Settings: env with the PINWATCH_ prefix, and every setting documented in the README."""
+"""Settings: env with the PINWATCH_ prefix, and every setting documented in
+docs/configuration.md."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ from pathlib import Path
 import pytest
 
 from pinwatch.resources import EXAMPLE_POLICY
-from pinwatch.settings import Settings, SettingsError, load_settings, settings_markdown, shown
+from pinwatch.settings import (
+    Settings,
+    SettingsError,
+    load_settings,
+    settings_markdown,
+    shown,
+    write_docs_table,
+)
 from tests.support.paths import REPO
 
-README = REPO / "README.md"
+CONFIGURATION_DOC = REPO / "docs" / "configuration.md"
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,11 +37,25 @@ def test_bad_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
-def test_readme_settings_table_is_current() -> None:
-    """`pinwatch settings --markdown` regenerates the table; the README must carry it as is."""
-    assert settings_markdown() in README.read_text(), (
-        "README settings table drifted: paste `pinwatch settings --markdown` into README.md"
+def test_docs_settings_table_is_current() -> None:
+    """`pinwatch settings --write-docs` regenerates the table; docs/configuration.md must carry it
+    as is."""
+    assert settings_markdown() in CONFIGURATION_DOC.read_text(), (
+        "docs/configuration.md's settings table drifted: run `pinwatch settings --write-docs`"
     )
+
+
+def test_write_docs_rewrites_only_between_the_markers(tmp_path: Path) -> None:
+    doc = tmp_path / "configuration.md"
+    doc.write_text("# Settings\n<!-- settings:begin -->\n| stale |\n<!-- settings:end -->\nafter\n")
+    assert write_docs_table(doc) is True
+    text = doc.read_text()
+    assert text == (
+        "# Settings\n<!-- settings:begin -->\n"
+        + settings_markdown()
+        + "<!-- settings:end -->\nafter\n"
+    )
+    assert write_docs_table(doc) is False  # already current: the file is left alone
 
 
 SECRET_VALUES = {

@@ -1,6 +1,6 @@
 """RFC 6962 Merkle hashing and proof verification (prober.ct.merkle) against the published
 reference vectors, and against proofs computed by the RFC's recursive definitions
-(tests/ct_log.py) for every pair of tree sizes up to 40; tampered proofs fail.
+(tests/support/ct_log.py) for every pair of tree sizes up to 40; tampered proofs fail.
 
 Tier: unit.
 """
