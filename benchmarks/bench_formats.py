@@ -30,13 +30,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devstack.certs import CertificateAuthority  # noqa: E402
-from ingest.formats import FORMATS  # noqa: E402
-from ingest.formats.base import FormatSpec, IngestContext  # noqa: E402
-from ingest.formats.pem import _parse_pem  # noqa: E402
-from pinwatch.policy import parse_policy  # noqa: E402
-from pinwatch.privacy import DeviceHasher  # noqa: E402
-from pinwatch.settings import Settings  # noqa: E402
-from tests.support.payloads import (  # noqa: E402
+from devstack.clients import (  # noqa: E402
     hpkp_report,
     native_batch,
     nel_report,
@@ -44,6 +38,12 @@ from tests.support.payloads import (  # noqa: E402
     trustkit_android,
     trustkit_ios,
 )
+from ingest.formats import FORMATS  # noqa: E402
+from ingest.formats.base import FormatSpec, IngestContext  # noqa: E402
+from ingest.formats.pem import _parse_pem  # noqa: E402
+from pinwatch.policy import parse_policy  # noqa: E402
+from pinwatch.privacy import DeviceHasher  # noqa: E402
+from pinwatch.settings import Settings  # noqa: E402
 
 HOST = "api.bench.test"
 APP = "com.example.bench"

@@ -212,7 +212,7 @@ def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path, direct
 
 
 def _bodies(reports_per_request: int, direct: bool, variants: int = 64) -> list[bytes]:
-    from tests.support.payloads import native_batch  # type: ignore[import-not-found]
+    from devstack.clients import native_batch  # type: ignore[import-not-found]
 
     pins = [base64.b64encode(os.urandom(32)).decode() for _ in range(3)]
     out = []

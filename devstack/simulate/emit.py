@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from devstack import clients
 from devstack.certs import CertificateAuthority, Chain
 from devstack.simulate.population import ClientFormat, Device, Population, Target
 from devstack.simulate.scenarios import Scenario, View
@@ -86,10 +86,6 @@ class Request:
     @property
     def has_pin_failure(self) -> bool:
         return any(k.startswith("pin:") and not k.startswith("pin:ok") for k in self.expected)
-
-
-def iso(ts: dt.datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
 def poisson(rng: random.Random, mean: float) -> int:
@@ -195,50 +191,44 @@ def native_requests(
 ) -> list[Request]:
     """The native batch format; a device with more to say than one batch holds sends several."""
     items: list[tuple[dict[str, Any], Counter[str]]] = []
-    at = iso(now)
     for o in outcomes:
         for category, count in sorted(o.errors.items()):
-            report = {
-                "id": str(uuid.uuid4()),
-                "type": "network_error",
-                "at": at,
-                "host": o.target.host,
-                "error": category,
-                "detail": f"simulated {category} failure",
-                "count": count,
-            }
+            report = clients.network_error(
+                o.target.host,
+                category,
+                count=count,
+                detail=f"simulated {category} failure",
+                at=now,
+            )
             items.append((report, Counter({f"error:{category}": count, "reports": 1})))
         if not o.validations or o.chain is None or o.result is None:
             continue
-        base: dict[str, Any] = {
-            "type": "pin_validation",
-            "at": at,
-            "host": o.target.host,
-            "port": 443,
-            "result": o.result,
-            "enforced": o.target.enforced,
-            "observed_pins": o.chain.pins,
-        }
-        if o.result != "ok":
-            base["served_chain"] = o.chain.b64
         counts = [o.validations] if o.result == "ok" or o.view.aggregate else [1] * o.validations
         for count in counts:
             expected: Counter[str] = Counter()
             _expect(expected, o, count, 1)
-            items.append(({**base, "id": str(uuid.uuid4()), "count": count}, expected))
+            report = clients.pin_validation(
+                o.target.host,
+                o.chain,
+                result=o.result,
+                enforced=o.target.enforced,
+                count=count,
+                with_chain=o.result != "ok",  # a success's chain says nothing new
+                at=now,
+            )
+            items.append((report, expected))
     requests = []
     for chunk in _chunks(items, max_reports):
-        body = {
-            "app": {
-                "id": device.app.id,
-                "version": version,
-                "platform": device.platform,
-                "os_version": device.os_version,
-            },
-            "device": {"id": device.id, "network": device.network.kind},
-            "sent_at": at,
-            "reports": [report for report, _ in chunk],
-        }
+        body = clients.native_batch(
+            [report for report, _ in chunk],
+            app=device.app.id,
+            version=version,
+            platform=device.platform,
+            device=device.id,
+            network=device.network.kind,
+            os_version=device.os_version,
+            sent_at=now,
+        )
         requests.append(
             Request(
                 path=NATIVE_PATH,
@@ -269,23 +259,32 @@ def trustkit_requests(
         if seen in device.trustkit_sent:
             continue
         device.trustkit_sent.add(seen)
-        body = {
-            "app-bundle-id": device.app.id,
-            "app-version": version,
-            "app-vendor-id": device.id,
-            "app-platform": device.platform.upper(),
-            "app-platform-version": device.os_version,
-            "trustkit-version": "3.0.4",
-            "hostname": o.target.host,
-            "port": 0,  # TrustKit never learns the port and always sends 0
-            "noted-hostname": o.target.host,
-            "include-subdomains": False,
-            "enforce-pinning": o.target.enforced,
-            "validated-certificate-chain": o.chain.pem,
-            "date-time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "known-pins": [f'pin-sha256="{pin}"' for pin in _pins(device, o)],
-            "validation-result": _TRUSTKIT_RESULT[o.result],
-        }
+        if device.platform == "android":
+            body = clients.trustkit_android(
+                o.target.host,
+                o.chain,
+                known_pins=list(_pins(device, o)),
+                validation_result=_TRUSTKIT_RESULT[o.result],
+                enforce_pinning=o.target.enforced,
+                package=device.app.id,
+                app_version=version,
+                vendor_id=device.id,
+                local_time=now,
+            )
+        else:
+            body = clients.trustkit_ios(
+                o.target.host,
+                o.chain,
+                known_pins=list(_pins(device, o)),
+                validation_result=_TRUSTKIT_RESULT[o.result],
+                enforce_pinning=o.target.enforced,
+                bundle_id=device.app.id,
+                app_version=version,
+                platform=device.platform.upper(),
+                platform_version=device.os_version,
+                vendor_id=device.id,
+                at=now,
+            )
         expected: Counter[str] = Counter()
         _expect(expected, o, 1, 1)
         requests.append(
@@ -309,25 +308,17 @@ def nel_requests(
     items: list[tuple[dict[str, Any], Counter[str]]] = []
 
     def nel(host: str, kind: str, phase: str, status: int) -> dict[str, Any]:
-        return {
-            "age": rng.randint(0, 2000),
-            "type": "network-error",
+        return clients.nel_report(
             # A resource id per request, as real API URLs have: ingest derives NEL report ids
             # from the content, and identical reports from one network in one minute are one.
-            "url": f"https://{host}/v1/items/{rng.getrandbits(40)}",
-            "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0 Safari/537.36",
-            "body": {
-                "sampling_fraction": 1.0,
-                "server_ip": "",
-                "protocol": "h2" if status else "",
-                "method": "GET",
-                "status_code": status,
-                "elapsed_time": rng.randint(20, 900),
-                "phase": phase,
-                "type": _NEL_TYPE[kind],
-                "referrer": "",
-            },
-        }
+            f"https://{host}/v1/items/{rng.getrandbits(40)}",
+            _NEL_TYPE[kind],
+            age_ms=rng.randint(0, 2000),
+            phase=phase,
+            status_code=status,
+            elapsed_time=rng.randint(20, 900),
+            server_ip="",
+        )
 
     for o in outcomes:
         for category, count in o.errors.items():

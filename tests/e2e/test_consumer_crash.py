@@ -24,11 +24,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from devstack.certs import CertificateAuthority
+from devstack.clients import native_batch, network_error, pin_validation
 from devstack.localkafka import free_port
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST
 from tests.support.paths import REPO
-from tests.support.payloads import native_batch, network_error, pin_validation
 from tests.support.pipeline import metric_value, run_pipeline
 from tests.support.serve import wait_ready
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import orjson
 
+from devstack.clients import native_batch, network_error
 from devstack.localkafka import free_port, port_open
 from pinwatch.settings import Settings
 from tests.support.ingest import read_records
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import native_batch, network_error
 from tests.support.serve import wait_ready
 
 PINWATCH = [sys.executable, "-m", "pinwatch.cli"]

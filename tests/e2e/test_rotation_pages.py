@@ -34,12 +34,12 @@ from alerts.alertmanager import alertmanager_config
 from alerts.config import CONFIG
 from alerts.rules import WATCHDOG
 from devstack.certs import CertificateAuthority, Chain
+from devstack.clients import native_batch, network_error, pin_validation
 from devstack.localkafka import free_port
 from devstack.monitoring import LocalAlertmanager, LocalPrometheus, pipeline_jobs
 from devstack.stack import PageReceiver
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import native_batch, network_error, pin_validation
 from tests.support.pipeline import Pipeline, run_pipeline
 
 pytestmark = pytest.mark.timeout(420)

@@ -17,17 +17,46 @@ from aiokafka import AIOKafkaConsumer
 
 from pinwatch.record import Record, decode_batch
 from pinwatch.settings import Settings
-from tests.support.serve import serve_ingest
+from tests.support.names import TEST_KEY
+from tests.support.pipeline import metric_value
+from tests.support.serve import Served, start_ingest
+
+# What a test's client sends unless told otherwise: the test app's key and JSON.
+DEFAULT_HEADERS = {"X-Pinwatch-Key": TEST_KEY, "Content-Type": "application/json"}
 
 
 class RunningIngest:
-    """An ingest app served by uvicorn, with a client that sends the default headers."""
+    """An ingest app served by uvicorn as `pinwatch ingest` serves it, with a client that sends
+    the default headers."""
 
-    def __init__(self, url: str, settings: Settings, default_headers: dict[str, str]) -> None:
-        self.url = url
+    def __init__(
+        self,
+        served: Served,
+        settings: Settings,
+        default_headers: dict[str, str] = DEFAULT_HEADERS,
+    ) -> None:
+        self.url = served.url
+        self.server = served.server  # uvicorn's: its config names the protocol serving
         self.settings = settings
         self.default_headers = default_headers
-        self.client = httpx.AsyncClient(base_url=url, timeout=30)
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=30)
+
+    async def send(
+        self, path: str, body: Any, content_type: str = "application/json", **headers: str
+    ) -> httpx.Response:
+        """POST as the HPKP-family clients do: the key in the URL (TrustKit's kTSKReportUris
+        and a Report-To endpoint carry it there), no key header."""
+        content = body if isinstance(body, bytes) else orjson.dumps(body)
+        return await self.client.post(
+            path,
+            params={"key": TEST_KEY},
+            content=content,
+            headers={"Content-Type": content_type, **headers},
+        )
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """Sum of `name`'s samples with these labels on ingest's own /metrics."""
+        return metric_value((await self.client.get("/metrics")).text, name, **labels)
 
     async def post(
         self,
@@ -44,7 +73,7 @@ class RunningIngest:
 
 @asynccontextmanager
 async def ingest_apps(
-    make_settings: Callable[..., Settings], default_headers: dict[str, str] | None = None
+    make_settings: Callable[..., Settings], default_headers: dict[str, str] = DEFAULT_HEADERS
 ) -> AsyncIterator[Callable[..., Awaitable[RunningIngest]]]:
     """Yields `start(**settings_overrides)`, which serves a fresh ingest app; all are shut
     down (producer flushed) on exit."""
@@ -52,8 +81,9 @@ async def ingest_apps(
 
         async def start(**overrides: Any) -> RunningIngest:
             settings = make_settings(**overrides)
-            url = await stack.enter_async_context(serve_ingest(settings))
-            running = RunningIngest(url, settings, default_headers or {})
+            served = await start_ingest(settings)
+            stack.push_async_callback(served.stop, 30)
+            running = RunningIngest(served, settings, default_headers)
             stack.push_async_callback(running.client.aclose)
             return running
 

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 
 from devstack.certs import CertificateAuthority
+from devstack.clients import native_batch, nel_report, pin_validation, trustkit_ios
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import native_batch, nel_report, pin_validation, trustkit_ios
 from tests.support.pipeline import Pipeline, run_pipeline
 
 PINS = "pinwatch_pin_validations_total"

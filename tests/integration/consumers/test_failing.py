@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.consumer import Consumer
 from devstack.certs import CertificateAuthority
+from devstack.clients import native_batch, pin_validation
 from pinwatch.settings import Settings
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import native_batch, pin_validation
 from tests.support.pipeline import Pipeline, run_pipeline
 
 FAILING = (

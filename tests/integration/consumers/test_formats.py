@@ -13,16 +13,10 @@ import httpx
 import orjson
 
 from devstack.certs import CertificateAuthority
+from devstack.clients import hpkp_report, nel_report, trustkit_android, trustkit_ios, trustkit_json
 from pinwatch.privacy import DeviceHasher
 from pinwatch.settings import Settings
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import (
-    hpkp_report,
-    nel_report,
-    trustkit_android,
-    trustkit_ios,
-    trustkit_json,
-)
 from tests.support.pipeline import run_pipeline
 
 COLUMNS = (

@@ -42,6 +42,7 @@ from prometheus_client import generate_latest
 from consumers.rollout.evidence import describe
 from consumers.schema import EVIDENCE_COLUMN_NAMES
 from devstack.certs import CertificateAuthority
+from devstack.clients import trustkit_ios
 from pinwatch.record import (
     ErrorCategory,
     Format,
@@ -53,7 +54,7 @@ from pinwatch.record import (
 )
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST
-from tests.support.payloads import kafka_record, trustkit_ios
+from tests.support.payloads import kafka_record
 from tests.support.pipeline import (
     HandDriven,
     KafkaMessage,

@@ -15,11 +15,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.consumer import Consumer
 from devstack.certs import CertificateAuthority, Chain
+from devstack.clients import native_batch, network_error, pin_validation
 from pinwatch.record import Record, encode_batch
 from pinwatch.settings import Settings
 from pinwatch.topics import ensure_topics
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
-from tests.support.payloads import kafka_record, native_batch, network_error, pin_validation
+from tests.support.payloads import kafka_record
 from tests.support.pipeline import Pipeline, produce, read_topic, run_pipeline
 
 SUBDOMAIN = f"eu.{TEST_HOST}"  # covered by TEST_HOST's include_subdomains

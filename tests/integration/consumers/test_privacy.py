@@ -12,11 +12,7 @@ import httpx
 import orjson
 
 from devstack.certs import CertificateAuthority
-from pinwatch.privacy import DeviceHasher
-from pinwatch.settings import Settings
-from tests.support.ingest import read_messages
-from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import (
+from devstack.clients import (
     hpkp_report,
     native_batch,
     nel_report,
@@ -25,6 +21,10 @@ from tests.support.payloads import (
     trustkit_ios,
     trustkit_json,
 )
+from pinwatch.privacy import DeviceHasher
+from pinwatch.settings import Settings
+from tests.support.ingest import read_messages
+from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
 from tests.support.pipeline import Pipeline, run_pipeline
 
 PROXY = "127.0.0.1"  # the test client connects from here, and ingest believes it as a proxy

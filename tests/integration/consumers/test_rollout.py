@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from devstack.certs import CertificateAuthority
+from devstack.clients import native_batch, nel_report, pin_validation
 from pinwatch.cli import build_parser
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST
-from tests.support.payloads import native_batch, nel_report, pin_validation
 from tests.support.pipeline import Pipeline, run_pipeline
 from tests.support.rollout_traffic import Sent, Traffic
 

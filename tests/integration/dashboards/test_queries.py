@@ -35,6 +35,7 @@ from alerts.config import CONFIG as ALERT_CONFIG
 from alerts.generate import dump
 from dashboards.interpolate import Selection, clickhouse_sql, grafana_interval, prometheus_expr
 from devstack.certs import CertificateAuthority
+from devstack.clients import native_batch, network_error, pin_validation
 from devstack.localkafka import free_port
 from devstack.monitoring import CONSUMER_JOB, INGEST_JOB, LocalAlertmanager, LocalPrometheus
 from pinwatch.policy import load_policy
@@ -46,7 +47,6 @@ from prober.probe import Prober
 from tests.support.ct_log import LoopbackLog, pre
 from tests.support.names import OTHER_APP, OTHER_KEY, REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from tests.support.paths import REPO
-from tests.support.payloads import native_batch, network_error, pin_validation
 from tests.support.pipeline import run_pipeline
 from tests.support.prober import write_policy
 from tests.support.settings import settings_factory

@@ -14,18 +14,24 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from devstack.clients import native_batch, network_error
 from ingest.errors import ErrorBody
 from pinwatch.settings import Settings
-from tests.support.ingest import RawConnection, http_chunked_post, http_post, read_records
+from tests.support.ingest import (
+    RawConnection,
+    RunningIngest,
+    http_chunked_post,
+    http_post,
+    read_records,
+)
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import native_batch, network_error
 from tests.support.pipeline import metric_value, run_pipeline
 from tests.support.serve import Served, start_ingest
 
@@ -56,13 +62,9 @@ def _error(answer: tuple[int, dict[str, str], bytes]) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def edge(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Served, Settings]]:
-    settings = make_settings(ingest_read_timeout_seconds=READ_TIMEOUT)
-    served = await start_ingest(settings)
-    try:
-        yield served, settings
-    finally:
-        await served.stop(30)
+async def edge(ingest: Callable[..., Awaitable[RunningIngest]]) -> RunningIngest:
+    """A real ingest with a short read timeout, spoken to over raw connections."""
+    return await ingest(ingest_read_timeout_seconds=READ_TIMEOUT)
 
 
 async def _ingest_metric(url: str, name: str, **labels: str) -> float:
@@ -90,7 +92,7 @@ UPGRADES = {
 async def test_upgrade_requests_are_refused_not_left_hanging(
     edge: tuple[Served, Settings],
 ) -> None:
-    served, settings = edge
+    served, settings = edge, edge.settings
     conns = [await RawConnection.open(served.url) for _ in UPGRADES]
     try:
         for conn, request in zip(conns, UPGRADES.values(), strict=True):
@@ -149,7 +151,7 @@ async def test_slow_requests_get_408_and_the_connection_closed_either_way(
 ) -> None:
     """Each slow shape on its own connection, all at once; meanwhile a good request on another
     connection is answered without waiting for them."""
-    served, settings = edge
+    served, settings = edge, edge.settings
     started = time.monotonic()
     conns = {name: await RawConnection.open(served.url) for name in SLOW}
     try:
@@ -200,7 +202,7 @@ MALFORMED = {
 
 
 async def test_malformed_http_is_a_400_in_the_error_shape(edge: tuple[Served, Settings]) -> None:
-    served, _ = edge
+    served = edge
     for name, request in MALFORMED.items():
         conn = await RawConnection.open(served.url)
         await conn.send(request)

@@ -7,66 +7,19 @@ from __future__ import annotations
 import base64
 import gzip
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
 from devstack.certs import CertificateAuthority
+from devstack.clients import hpkp_report, nel_report, trustkit_android, trustkit_ios, trustkit_json
 from pinwatch.privacy import DeviceHasher
-from pinwatch.settings import Settings
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
-from tests.support.ingest import RunningIngest, ingest_apps, read_records
+from tests.support.ingest import read_records
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import (
-    hpkp_report,
-    nel_report,
-    trustkit_android,
-    trustkit_ios,
-    trustkit_json,
-)
-from tests.support.pipeline import metric_value
 
 LOOPBACK = "127.0.0.0/24"
-
-
-class Ingest:
-    """An ingest app (tests/support/ingest.py) posted to as the client formats post."""
-
-    def __init__(self, running: RunningIngest) -> None:
-        self.settings = running.settings
-        self.client = running.client
-
-    async def post(
-        self, path: str, body: Any, content_type: str = "application/json", **headers: str
-    ) -> httpx.Response:
-        # the key in the URL, as TrustKit's kTSKReportUris and a Report-To endpoint carry it
-        content = body if isinstance(body, bytes) else orjson.dumps(body)
-        return await self.client.post(
-            path,
-            params={"key": TEST_KEY},
-            content=content,
-            headers={"Content-Type": content_type, **headers},
-        )
-
-    async def metric(self, name: str, **labels: str) -> float:
-        return metric_value((await self.client.get("/metrics")).text, name, **labels)
-
-
-@pytest.fixture
-async def ingest(
-    make_settings: Callable[..., Settings],
-) -> AsyncIterator[Callable[..., Awaitable[Ingest]]]:
-    """`await ingest(**settings_overrides)`: the real ingest (uvicorn, real Kafka), no consumer,
-    so what it accepted is read straight off the topic."""
-    async with ingest_apps(make_settings) as start:
-
-        async def start_ingest(**overrides: Any) -> Ingest:
-            return Ingest(await start(**overrides))
-
-        yield start_ingest
 
 
 async def test_trustkit_ios_and_android_reports_land_normalized(
@@ -84,7 +37,7 @@ async def test_trustkit_ios_and_android_reports_land_normalized(
         vendor_id="android-install",
     )
     for report in (ios, android):
-        response = await running.post("/v1/reports/trustkit", trustkit_json(report))
+        response = await running.send("/v1/reports/trustkit", trustkit_json(report))
         assert response.status_code == 202, response.text
         assert response.json() == {"accepted": 1, "rejected": []}
 
@@ -111,7 +64,7 @@ async def test_trustkit_ios_and_android_reports_land_normalized(
 async def test_hpkp_as_chrome_sent_it(ingest: Any, ca: CertificateAuthority) -> None:
     running = await ingest()
     report = hpkp_report(TEST_HOST, ca.intercepted_chain(), known_pins=[ca.pin("primary")])
-    response = await running.post(
+    response = await running.send(
         "/v1/reports/hpkp", report, content_type="application/json; charset=utf-8"
     )
     assert response.status_code == 202, response.text
@@ -136,7 +89,7 @@ async def test_nel_batch_accepts_good_items_and_counts_bad_ones(ingest: Any) -> 
         nel_report(url, "dns.name_not_resolved"),
         nel_report(url, "tcp.timed_out", sampling_fraction="half"),  # type: ignore[arg-type]
     ]
-    response = await running.post("/v1/reports/nel", items, "application/reports+json")
+    response = await running.send("/v1/reports/nel", items, "application/reports+json")
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["accepted"] == 3
@@ -160,7 +113,7 @@ async def test_nel_batch_accepts_good_items_and_counts_bad_ones(ingest: Any) -> 
 
 async def test_nel_with_only_bad_items_is_a_400(ingest: Any) -> None:
     running = await ingest()
-    response = await running.post(
+    response = await running.send(
         "/v1/reports/nel", [{"type": "network-error"}], "application/reports+json"
     )
     assert response.status_code == 400
@@ -213,11 +166,11 @@ async def test_bad_reports_are_refused_naming_the_field(
     ingest: Any, ca: CertificateAuthority, path: str, build: Any, status: int, field: str
 ) -> None:
     running = await ingest()
-    response = await running.post(path, build(ca))
+    response = await running.send(path, build(ca))
     assert response.status_code == status, response.text
     assert response.json()["field"] == field
     good = hpkp_report(TEST_HOST, ca.chain("rotated"), known_pins=[ca.pin("primary")])
-    assert (await running.post("/v1/reports/hpkp", good)).status_code == 202
+    assert (await running.send("/v1/reports/hpkp", good)).status_code == 202
     # only the good one reached Kafka
     assert [r.format for r in await read_records(running.settings, min_records=1)] == [Format.HPKP]
 
@@ -227,7 +180,7 @@ async def test_ten_thousand_nel_items_are_a_413_naming_the_limit(ingest: Any) ->
     running = await ingest(max_body_bytes=8_000_000, max_decompressed_bytes=16_000_000)
     items = [nel_report(f"https://{TEST_HOST}/", "ok")] * 10_000
     body = gzip.compress(orjson.dumps(items))
-    response = await running.post(
+    response = await running.send(
         "/v1/reports/nel", body, "application/reports+json", **{"Content-Encoding": "gzip"}
     )
     assert response.status_code == 413, response.text
@@ -253,7 +206,7 @@ async def test_mangled_reports_never_get_a_500(ingest: Any, ca: CertificateAutho
     for path, base in bases.items():
         for key in base:
             for value in rng.sample(weird, 4):
-                response = await running.post(path, {**base, key: value})
+                response = await running.send(path, {**base, key: value})
                 statuses.add(response.status_code)
                 assert response.status_code in (202, 400, 413), (path, key, value, response.text)
     nel_item = nel_report(f"https://{TEST_HOST}/", "tcp.reset")
@@ -264,7 +217,7 @@ async def test_mangled_reports_never_get_a_500(ingest: Any, ca: CertificateAutho
                 item["body"][key[5:]] = value
             else:
                 item[key] = value
-            response = await running.post("/v1/reports/nel", [item], "application/reports+json")
+            response = await running.send("/v1/reports/nel", [item], "application/reports+json")
             statuses.add(response.status_code)
             assert response.status_code in (202, 400, 413), (key, value, response.text)
     assert {400, 202} <= statuses

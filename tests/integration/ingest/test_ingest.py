@@ -13,28 +13,16 @@ import orjson
 import pytest
 
 from devstack.certs import CertificateAuthority
+from devstack.clients import native_batch, network_error, pin_validation
 from pinwatch.privacy import DeviceHasher
 from pinwatch.record import Record, decode_batch
-from pinwatch.settings import Settings
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
-from tests.support.ingest import RunningIngest, ingest_apps, read_messages, read_records
+from tests.support.ingest import RunningIngest, read_messages, read_records
 from tests.support.names import OTHER_APP, OTHER_KEY, TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import (
-    native_batch,
-    network_error,
-    pin_validation,
-    unusable_key_certificates,
-)
+from tests.support.payloads import unusable_key_certificates
 
 KEY = {"X-Pinwatch-Key": TEST_KEY}
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-async def ingest(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
-    """`await ingest(**settings_overrides)` -> a running ingest (real uvicorn, real Kafka)."""
-    async with ingest_apps(make_settings, default_headers={**KEY, **JSON}) as start:
-        yield start
 
 
 def _ms(iso_text: str) -> int:

@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import orjson
 
+from devstack.clients import native_batch, network_error
 from devstack.localkafka import LocalKafka, free_ports
 from pinwatch.settings import Settings
 from tests.support.ingest import read_records
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import native_batch, network_error
 from tests.support.serve import serve_ingest
 
 PRODUCE_TIMEOUT = 2.0

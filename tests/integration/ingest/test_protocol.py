@@ -7,12 +7,13 @@ uvicorn's own path does; both ways give the same answer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
 
+from devstack.clients import native_batch, network_error
 from ingest.app import create_app
 from ingest.cli import server_options
 from ingest.producer import KafkaSink
@@ -21,14 +22,14 @@ from pinwatch.record import Record
 from pinwatch.settings import Settings
 from tests.support.ingest import (
     RawConnection,
+    RunningIngest,
     http_chunked_post,
     http_post,
     read_answer,
     read_records,
 )
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import native_batch, network_error
-from tests.support.serve import Served, start_ingest, start_server
+from tests.support.serve import start_ingest, start_server
 
 
 def _report(report_id: str | None = None) -> tuple[str, bytes]:
@@ -48,23 +49,17 @@ def _chunked_post(body: bytes, *, key: str = TEST_KEY) -> bytes:
 
 
 @pytest.fixture
-async def ingest(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Served, Settings]]:
-    settings = make_settings()
-    served = await start_ingest(settings)
-    try:
-        yield served, settings
-    finally:
-        await served.stop(30)
+async def served(ingest: Callable[..., Awaitable[RunningIngest]]) -> RunningIngest:
+    """One real ingest for the test, spoken to over raw connections."""
+    return await ingest()
 
 
 @pytest.fixture
-async def connect(
-    ingest: tuple[Served, Settings],
-) -> AsyncIterator[Callable[[], Any]]:
+async def connect(served: RunningIngest) -> AsyncIterator[Callable[[], Any]]:
     opened: list[RawConnection] = []
 
     async def open_one() -> RawConnection:
-        opened.append(await RawConnection.open(ingest[0].url))
+        opened.append(await RawConnection.open(served.url))
         return opened[-1]
 
     yield open_one
@@ -76,17 +71,16 @@ def _ids(records: list[Record]) -> list[str]:
     return sorted(r.id for r in records)
 
 
-async def test_served_with_the_report_protocol(ingest: tuple[Served, Settings]) -> None:
-    served, _ = ingest
+async def test_served_with_the_report_protocol(served: RunningIngest) -> None:
     assert issubclass(served.server.config.http_protocol_class, ReportProtocol)
 
 
 async def test_keep_alive_and_pipelining_answer_in_order(
-    ingest: tuple[Served, Settings], connect: Any
+    served: RunningIngest, connect: Any
 ) -> None:
     """Short-way POSTs, a GET and a chunked POST (uvicorn's way) in one write: answered in the
     order sent, every report on the topic once."""
-    _, settings = ingest
+    settings = served.settings
     conn = await connect()
     a_id, a = _report()
     b_id, b = _report()
@@ -109,8 +103,8 @@ async def test_keep_alive_and_pipelining_answer_in_order(
     assert _ids(records) == sorted([a_id, b_id, c_id, d_id, e_id])
 
 
-async def test_connection_close_and_http_1_0(ingest: tuple[Served, Settings], connect: Any) -> None:
-    _, settings = ingest
+async def test_connection_close_and_http_1_0(served: RunningIngest, connect: Any) -> None:
+    settings = served.settings
     conn = await connect()
     a_id, a = _report()
     await conn.send(_post(a, extra="Connection: close\r\n"))
@@ -127,8 +121,8 @@ async def test_connection_close_and_http_1_0(ingest: tuple[Served, Settings], co
     assert _ids(await read_records(settings, min_records=2)) == sorted([a_id, b_id])
 
 
-async def test_expect_100_continue(ingest: tuple[Served, Settings], connect: Any) -> None:
-    _, settings = ingest
+async def test_expect_100_continue(served: RunningIngest, connect: Any) -> None:
+    settings = served.settings
     conn = await connect()
     report_id, body = _report()
     request = _post(body, extra="Expect: 100-continue\r\n")
@@ -140,7 +134,7 @@ async def test_expect_100_continue(ingest: tuple[Served, Settings], connect: Any
     assert _ids(await read_records(settings, min_records=1)) == [report_id]
 
 
-async def test_same_answer_either_way(ingest: tuple[Served, Settings], connect: Any) -> None:
+async def test_same_answer_either_way(served: RunningIngest, connect: Any) -> None:
     """The short way and uvicorn's (a chunked body) answer a refused request alike."""
     conn = await connect()
     _, body = _report()
@@ -184,10 +178,10 @@ async def test_body_limits_either_way(make_settings: Callable[..., Settings], co
     assert (status, orjson.loads(body)["accepted"]) == (202, 300)
 
 
-async def test_client_that_leaves_early(ingest: tuple[Served, Settings], connect: Any) -> None:
+async def test_client_that_leaves_early(served: RunningIngest, connect: Any) -> None:
     """A client gone before its answer harms nobody: its report still reaches Kafka (the id
     dedups its retry downstream) and the server goes on answering."""
-    _, settings = ingest
+    settings = served.settings
     gone = await connect()
     gone_id, body = _report()
     await gone.send(_post(body))

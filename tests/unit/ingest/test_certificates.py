@@ -12,6 +12,13 @@ import orjson
 import pytest
 
 from devstack.certs import CertificateAuthority
+from devstack.clients import (
+    hpkp_report,
+    native_batch,
+    pem_openssl,
+    pin_validation,
+    trustkit_android,
+)
 from ingest.formats import hpkp, trustkit
 from ingest.formats.base import BadReport, IngestContext
 from ingest.formats.native import decode_native, parse_native
@@ -19,14 +26,7 @@ from pinwatch.policy import load_policy
 from pinwatch.privacy import DeviceHasher
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST
-from tests.support.payloads import (
-    hpkp_report,
-    native_batch,
-    pem_openssl,
-    pin_validation,
-    trustkit_android,
-    unusable_key_certificates,
-)
+from tests.support.payloads import unusable_key_certificates
 
 UNUSABLE = "not an X.509 certificate with a usable public key"
 

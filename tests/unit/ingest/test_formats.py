@@ -14,6 +14,16 @@ import orjson
 import pytest
 
 from devstack.certs import CertificateAuthority
+from devstack.clients import (
+    hpkp_pin,
+    hpkp_report,
+    nel_report,
+    pem_android,
+    pem_ios,
+    trustkit_android,
+    trustkit_ios,
+)
+from devstack.clients import pem_openssl as der_to_pem
 from ingest.formats import FORMATS, hpkp, nel, trustkit
 from ingest.formats.base import BadReport, IngestContext
 from ingest.formats.pem import parse_chain
@@ -23,18 +33,6 @@ from pinwatch.record import Record
 from pinwatch.settings import Settings
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 from tests.support.names import TEST_APP, TEST_HOST
-from tests.support.payloads import (
-    hpkp_pin,
-    hpkp_report,
-    nel_report,
-    pem_android,
-    pem_ios,
-    trustkit_android,
-    trustkit_ios,
-)
-from tests.support.payloads import (
-    pem_openssl as der_to_pem,
-)
 
 RECEIVED_MS = 1_795_000_000_000
 NETWORK = "198.51.100.0/24"
