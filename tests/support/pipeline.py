@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -148,6 +149,30 @@ async def read_topic(settings: Settings, topic: str, n: int, wait_seconds: float
     finally:
         await consumer.stop()
     return found
+
+
+async def group_caught_up(settings: Settings) -> bool:
+    """Has the consumer group committed every message of the topic? Counters move only with
+    commits, so once this holds the consumers' counts are final: nothing more can be added."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    # subscribed (no group), so it knows the topic's partitions
+    reader = AIOKafkaConsumer(settings.kafka_topic, bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    await reader.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.kafka_consumer_group)
+        partitions = reader.partitions_for_topic(settings.kafka_topic) or set()
+        ends = await reader.end_offsets(
+            [TopicPartition(settings.kafka_topic, p) for p in partitions]
+        )
+        # an empty partition has nothing to commit
+        return bool(ends) and all(
+            end == 0 or (tp in committed and committed[tp].offset == end)
+            for tp, end in ends.items()
+        )
+    finally:
+        await reader.stop()
+        await admin.close()
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ from pinwatch.privacy import DeviceHasher
 from pinwatch.settings import Settings
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST, TEST_KEY
 from tests.support.pipeline import run_pipeline
+from tests.support.polling import eventually
 
 COLUMNS = (
     "id, format, kind, host, port, app_id, app_version, platform, os_version, device, "
@@ -182,9 +183,7 @@ async def test_a_retried_client_report_keeps_its_id(
     item = nel_report(f"https://{TEST_HOST}/", "tls.cert.pinned_key_not_in_cert_chain")
     async with run_pipeline(settings) as p:
         # NEL ids keep the event time to the minute: stay clear of a minute boundary
-        into_minute = time.time() % 60
-        if into_minute > 55:
-            await asyncio.sleep(60.1 - into_minute)
+        assert await eventually(lambda: time.time() % 60 <= 55, timeout=10)
         first_sent = time.monotonic()
         for retry in (False, True):
             # the browser's age of a retried report grew by the time since the first upload

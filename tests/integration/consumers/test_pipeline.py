@@ -21,7 +21,8 @@ from pinwatch.settings import Settings
 from pinwatch.topics import ensure_topics
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from tests.support.payloads import kafka_record
-from tests.support.pipeline import Pipeline, produce, read_topic, run_pipeline
+from tests.support.pipeline import Pipeline, group_caught_up, produce, read_topic, run_pipeline
+from tests.support.polling import eventually
 
 SUBDOMAIN = f"eu.{TEST_HOST}"  # covered by TEST_HOST's include_subdomains
 UNPINNED = "unpinned.example.org"  # in no policy entry
@@ -346,11 +347,9 @@ async def test_a_rebalance_between_two_consumers_counts_everything_once(
             def counted(name: str, **labels: str) -> float:
                 return sum(r.get_sample_value(name, labels) or 0 for r in registries)
 
-            for _ in range(300):
-                if counted("pinwatch_consumer_inserted_reports_total", kind="pin_validation") >= 80:
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)  # a double count would have landed by now
+            # Every message committed by one member or the other: counts are final now, so a
+            # double count would show.
+            assert await eventually(lambda: group_caught_up(settings), timeout=60)
             assert second.assignment, "the second consumer never got partitions"
             assert counted("pinwatch_consumer_inserted_reports_total", kind="pin_validation") == 80
             pins = "pinwatch_pin_validations_total"

@@ -20,6 +20,7 @@ from devstack.localkafka import LocalKafka, free_ports
 from pinwatch.settings import Settings
 from tests.support.ingest import read_records
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
+from tests.support.polling import eventually
 from tests.support.serve import serve_ingest
 
 PRODUCE_TIMEOUT = 2.0
@@ -80,7 +81,9 @@ async def test_kafka_down_answers_503_and_loses_no_202(
                     await asyncio.gather(*(post_one() for _ in range(4)))
 
             poster = asyncio.create_task(traffic())
-            await asyncio.sleep(0.3)
+            # the broker goes while requests are in flight: once traffic has got going
+            before = len(answers)
+            assert await eventually(lambda: len(answers) >= before + 8, timeout=30)
             await asyncio.to_thread(broker.stop)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(enough_503.wait(), 60)

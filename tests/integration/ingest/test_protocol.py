@@ -29,6 +29,7 @@ from tests.support.ingest import (
     read_records,
 )
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
+from tests.support.polling import eventually
 from tests.support.serve import start_ingest, start_server
 
 
@@ -193,11 +194,18 @@ async def test_client_that_leaves_early(served: RunningIngest, connect: Any) -> 
     assert _ids(await read_records(settings, min_records=2)) == sorted([gone_id, next_id])
 
 
-class _SlowSink(KafkaSink):
-    """The real sink, acknowledging half a second late: a request is in flight for sure."""
+class _HeldSink(KafkaSink):
+    """The real sink, holding each request until the test releases it: the request is in
+    flight for sure when the test acts."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
 
     async def send(self, records: list[Record]) -> None:
-        await asyncio.sleep(0.5)
+        self.entered.set()
+        await self.release.wait()
         await super().send(records)
 
 
@@ -205,15 +213,20 @@ async def test_graceful_shutdown_answers_what_is_in_flight(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings()
-    sink = _SlowSink(settings)
+    sink = _HeldSink(settings)
     app = create_app(settings, producer=sink)
     served = await start_server(app, options=server_options(settings, app))
     try:
         conn = await RawConnection.open(served.url)
         report_id, body = _report()
         await conn.send(_post(body))
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(sink.entered.wait(), 30)
         served.server.should_exit = True  # as SIGTERM does
+        # the shutdown has begun (no longer listening) while the request is still held
+        assert await eventually(
+            lambda: not any(s.is_serving() for s in served.server.servers), timeout=10
+        )
+        sink.release.set()
         ((status, headers, answer),) = await conn.answers(1)
         assert (status, orjson.loads(answer)["accepted"]) == (202, 1)
         assert headers["connection"] == "close"
