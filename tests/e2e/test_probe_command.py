@@ -15,7 +15,7 @@ import pytest
 from devstack.certs import CertificateAuthority
 from devstack.localkafka import free_port
 from tests.support.names import TEST_HOST
-from tests.support.prober import REPO, pinwatch, scrape, value, write_policy
+from tests.support.prober import REPO, pin_match, pinwatch, scrape, value, write_policy
 from tests.support.tls_servers import SilentEdge, TlsEdge, free_port_on
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,17 +72,7 @@ def test_probe_command_once_and_as_a_service(
                     pass
                 time.sleep(0.2)
             assert rounds >= 2, "the probe service never completed two rounds"
-            assert (
-                value(
-                    s,
-                    "pinwatch_probe_pin_match",
-                    host=TEST_HOST,
-                    address=EDGES[0],
-                    pin_set="policy",
-                    pin_match="none",
-                )
-                == 1
-            )
+            assert pin_match(s, TEST_HOST, EDGES[0], "none") == 1
         finally:
             proc.send_signal(signal.SIGTERM)
             _, stderr = proc.communicate(timeout=30)

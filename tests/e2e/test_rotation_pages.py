@@ -41,6 +41,7 @@ from devstack.stack import PageReceiver
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
 from tests.support.pipeline import Pipeline, run_pipeline
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -126,7 +127,7 @@ async def watched_pipeline(settings: Settings, tmp_path: Path) -> AsyncIterator[
             # Start blocks (readiness polling): off the loop, which serves what it scrapes.
             await asyncio.to_thread(prometheus.start)
             watched = Watched(pipeline, prometheus, alertmanager, receiver)
-            await wait_for(lambda: watched.query('min(up{job=~"pinwatch-.*"})'), 30)
+            await eventually(lambda: watched.query('min(up{job=~"pinwatch-.*"})'), 30, every=0.5)
             yield watched
     finally:
         if watched is not None:
@@ -136,17 +137,6 @@ async def watched_pipeline(settings: Settings, tmp_path: Path) -> AsyncIterator[
             await asyncio.to_thread(prometheus.stop)
         await asyncio.to_thread(alertmanager.stop)
         receiver.stop()
-
-
-async def wait_for(check: Callable[[], Any], timeout: float) -> Any:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.5)
 
 
 def ok_batch(ca: CertificateAuthority, device: str, count: int = COUNT) -> dict[str, Any]:
@@ -173,9 +163,10 @@ async def warm_up(w: Watched, ca: CertificateAuthority) -> None:
         await asyncio.sleep(1)
     await w.pipeline.wait_inserted(WARM_UP_SECONDS)
     expected = WARM_UP_SECONDS * COUNT
-    seen = await wait_for(
+    seen = await eventually(
         lambda: w.query(f'sum(pinwatch_pin_validations_total{{host="{TEST_HOST}"}}) >= {expected}'),
         30,
+        every=0.5,
     )
     assert seen, "Prometheus never saw the warm-up traffic"
 

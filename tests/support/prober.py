@@ -78,6 +78,18 @@ def value(samples: dict, name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
+def pin_match(samples: dict, host: str, address: str, match: str) -> float | None:
+    """`pinwatch_probe_pin_match` of one edge under the host's policy pin set."""
+    return value(
+        samples,
+        "pinwatch_probe_pin_match",
+        host=host,
+        address=address,
+        pin_set="policy",
+        pin_match=match,
+    )
+
+
 def series(samples: dict, name: str, **labels: str) -> list[dict[str, str]]:
     """Label sets of `name` whose labels include `labels`."""
     return [

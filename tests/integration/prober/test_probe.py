@@ -25,7 +25,7 @@ from pinwatch.roots import PublicRoots
 from pinwatch.settings import Settings
 from prober.probe import Prober
 from tests.support.names import TEST_HOST
-from tests.support.prober import scrape, series, value, write_policy
+from tests.support.prober import pin_match, scrape, series, value, write_policy
 from tests.support.tls_servers import SilentEdge, TlsEdge, free_port_on
 
 pytestmark = pytest.mark.timeout(120)
@@ -88,67 +88,17 @@ def test_rotation_mid_run_and_one_of_two_edges(
         probe = start({TEST_HOST: list(EDGES), "cdn.pinwatch.test": [EDGES[0]]})
         s = probe.round()
         for edge in EDGES:
-            assert (
-                value(
-                    s,
-                    "pinwatch_probe_pin_match",
-                    host=TEST_HOST,
-                    address=edge,
-                    pin_set="policy",
-                    pin_match="primary",
-                )
-                == 1
-            )
-            assert (
-                value(
-                    s,
-                    "pinwatch_probe_pin_match",
-                    host=TEST_HOST,
-                    address=edge,
-                    pin_set="policy",
-                    pin_match="none",
-                )
-                == 0
-            )
+            assert pin_match(s, TEST_HOST, edge, "primary") == 1
+            assert pin_match(s, TEST_HOST, edge, "none") == 0
         assert value(s, "pinwatch_probe_addresses", host=TEST_HOST) == 2
         assert a.server_names and set(a.server_names) == {TEST_HOST, "cdn.pinwatch.test"}
 
         # Edge b is redeployed with a new key nobody pinned; edge a still serves the old one.
         rotated = b.serve("rotated")
         s = probe.round()
-        assert (
-            value(
-                s,
-                "pinwatch_probe_pin_match",
-                host=TEST_HOST,
-                address=EDGES[0],
-                pin_set="policy",
-                pin_match="primary",
-            )
-            == 1
-        )
-        assert (
-            value(
-                s,
-                "pinwatch_probe_pin_match",
-                host=TEST_HOST,
-                address=EDGES[1],
-                pin_set="policy",
-                pin_match="none",
-            )
-            == 1
-        )
-        assert (
-            value(
-                s,
-                "pinwatch_probe_pin_match",
-                host=TEST_HOST,
-                address=EDGES[1],
-                pin_set="policy",
-                pin_match="primary",
-            )
-            == 0
-        )
+        assert pin_match(s, TEST_HOST, EDGES[0], "primary") == 1
+        assert pin_match(s, TEST_HOST, EDGES[1], "none") == 1
+        assert pin_match(s, TEST_HOST, EDGES[1], "primary") == 0
         assert series(s, "pinwatch_probe_served_leaf_info", address=EDGES[1]) == [
             {"host": TEST_HOST, "address": EDGES[1], "pin": rotated.pins[0]}
         ]
@@ -179,17 +129,7 @@ def test_rotation_mid_run_and_one_of_two_edges(
         # Then a rotation on edge a too, mid-run: the next round sees it.
         a.serve("rotated")
         s = probe.round()
-        assert (
-            value(
-                s,
-                "pinwatch_probe_pin_match",
-                host=TEST_HOST,
-                address=EDGES[0],
-                pin_set="policy",
-                pin_match="none",
-            )
-            == 1
-        )
+        assert pin_match(s, TEST_HOST, EDGES[0], "none") == 1
         assert value(s, "pinwatch_probe_rounds_total") == 3
 
     changes = [r for r in caplog.records if r.getMessage() == "probe_result"]
@@ -226,17 +166,7 @@ def test_an_edge_that_never_answers_is_an_error_not_a_pin_failure(
         assert value(s, "pinwatch_probe_success", host=TEST_HOST, address=EDGES[1]) == 0
         assert series(s, "pinwatch_probe_pin_match", address=EDGES[1]) == []
         assert value(s, "pinwatch_probe_success", host=TEST_HOST, address=EDGES[0]) == 1
-        assert (
-            value(
-                s,
-                "pinwatch_probe_pin_match",
-                host=TEST_HOST,
-                address=EDGES[0],
-                pin_set="policy",
-                pin_match="primary",
-            )
-            == 1
-        )
+        assert pin_match(s, TEST_HOST, EDGES[0], "primary") == 1
         assert (
             value(
                 s, "pinwatch_probe_last_success_timestamp_seconds", host=TEST_HOST, address=EDGES[0]
@@ -272,14 +202,4 @@ def test_an_address_that_stops_resolving_loses_its_series(
         s = probe.round()
         assert series(s, "pinwatch_probe_pin_match", host=TEST_HOST, address=EDGES[0]) == []
         assert series(s, "pinwatch_probe_served_leaf_info", host=TEST_HOST, address=EDGES[0]) == []
-        assert (
-            value(
-                s,
-                "pinwatch_probe_pin_match",
-                host=TEST_HOST,
-                address=EDGES[1],
-                pin_set="policy",
-                pin_match="backup",
-            )
-            == 1
-        )
+        assert pin_match(s, TEST_HOST, EDGES[1], "backup") == 1
