@@ -41,87 +41,76 @@ async def _schema(store: Store, db: str) -> dict[str, str]:
 
 async def test_fresh_and_upgraded_databases_are_identical(
     make_settings: Callable[..., Settings],
+    store: Store,
 ) -> None:
     fresh = make_settings()
-    store = Store.from_settings(fresh)
-    try:
-        assert await store.migrate(fresh) == list(range(1, LATEST + 1))
-        expected = await _schema(store, fresh.clickhouse_database)
-        assert {"reports", "rollup_minute", "evidence", "report_ids"} <= set(expected)
-        for start in range(1, LATEST):
-            upgraded = fresh.model_copy(
-                update={"clickhouse_database": f"{fresh.clickhouse_database}_from{start}"}
-            )
-            assert await store.migrate(upgraded, to=start) == list(range(1, start + 1))
-            assert await store.migrate(upgraded) == list(range(start + 1, LATEST + 1))
-            got = await _schema(store, upgraded.clickhouse_database)
-            assert got == expected, f"upgraded from version {start} differs from fresh"
-        assert await store.migrate(fresh) == [], "a second run applies nothing"
-    finally:
-        await store.close()
+    assert await store.migrate(fresh) == list(range(1, LATEST + 1))
+    expected = await _schema(store, fresh.clickhouse_database)
+    assert {"reports", "rollup_minute", "evidence", "report_ids"} <= set(expected)
+    for start in range(1, LATEST):
+        upgraded = fresh.model_copy(
+            update={"clickhouse_database": f"{fresh.clickhouse_database}_from{start}"}
+        )
+        assert await store.migrate(upgraded, to=start) == list(range(1, start + 1))
+        assert await store.migrate(upgraded) == list(range(start + 1, LATEST + 1))
+        got = await _schema(store, upgraded.clickhouse_database)
+        assert got == expected, f"upgraded from version {start} differs from fresh"
+    assert await store.migrate(fresh) == [], "a second run applies nothing"
 
 
 async def test_the_consumers_columns_are_the_tables_columns(
     make_settings: Callable[..., Settings],
+    store: Store,
 ) -> None:
     settings = make_settings()
-    store = Store.from_settings(settings)
-    try:
-        await store.migrate(settings)
-        for table, columns in (("reports", REPORT_COLUMNS), ("evidence", EVIDENCE_COLUMNS)):
-            rows = await store.query(
-                "SELECT name, type FROM system.columns WHERE database = {db:String} "
-                "AND table = {table:String} ORDER BY position",
-                {"db": settings.clickhouse_database, "table": table},
-            )
-            assert tuple((str(n), str(t)) for n, t in rows) == columns, table
-    finally:
-        await store.close()
+    await store.migrate(settings)
+    for table, columns in (("reports", REPORT_COLUMNS), ("evidence", EVIDENCE_COLUMNS)):
+        rows = await store.query(
+            "SELECT name, type FROM system.columns WHERE database = {db:String} "
+            "AND table = {table:String} ORDER BY position",
+            {"db": settings.clickhouse_database, "table": table},
+        )
+        assert tuple((str(n), str(t)) for n, t in rows) == columns, table
 
 
 async def test_an_edited_released_migration_is_refused(
     make_settings: Callable[..., Settings],
+    store: Store,
 ) -> None:
     settings = make_settings()
-    store = Store.from_settings(settings)
-    try:
-        await store.migrate(settings)
-        first = MIGRATIONS[0]
-        statements = tuple(s.replace("`detail` String", "`detail` Text") for s in first.statements)
-        edited = dataclasses.replace(first, statements=statements)
-        with pytest.raises(StoreError, match="migration 1 .* was applied .* new migration") as err:
-            await store.run(lambda: migrate(store._get_client(), settings, migrations=(edited,)))
-        assert isinstance(err.value.__cause__, MigrationError)
-        # Whitespace is not a change.
-        reflowed = dataclasses.replace(
-            first, statements=tuple(s.replace("\n", "\n  ") for s in first.statements)
-        )
-        await store.run(lambda: migrate(store._get_client(), settings, migrations=(reflowed,)))
-    finally:
-        await store.close()
+    await store.migrate(settings)
+    first = MIGRATIONS[0]
+    statements = tuple(s.replace("`detail` String", "`detail` Text") for s in first.statements)
+    edited = dataclasses.replace(first, statements=statements)
+    with pytest.raises(StoreError, match="migration 1 .* was applied .* new migration") as err:
+        await store.run(lambda: migrate(store._get_client(), settings, migrations=(edited,)))
+    assert isinstance(err.value.__cause__, MigrationError)
+    # Whitespace is not a change.
+    reflowed = dataclasses.replace(
+        first, statements=tuple(s.replace("\n", "\n  ") for s in first.statements)
+    )
+    await store.run(lambda: migrate(store._get_client(), settings, migrations=(reflowed,)))
 
 
 async def test_a_database_migrated_before_checksums_gets_them_recorded(
     make_settings: Callable[..., Settings],
+    store: Store,
 ) -> None:
     settings = make_settings()
     db = settings.clickhouse_database
-    store = Store.from_settings(settings)
-    try:
-        await store.migrate(settings)
-        # As an older pinwatch left it: no checksum column.
-        await store.command(f"ALTER TABLE {db}.schema_migrations DROP COLUMN checksum")
-        assert await store.migrate(settings) == []
-        rows = await store.query(
-            f"SELECT version, checksum FROM {db}.schema_migrations WHERE checksum != ''"
-        )
-        assert {int(v): c for v, c in rows} == {m.version: m.checksum for m in MIGRATIONS}
-    finally:
-        await store.close()
+    await store.migrate(settings)
+    # As an older pinwatch left it: no checksum column.
+    await store.command(f"ALTER TABLE {db}.schema_migrations DROP COLUMN checksum")
+    assert await store.migrate(settings) == []
+    rows = await store.query(
+        f"SELECT version, checksum FROM {db}.schema_migrations WHERE checksum != ''"
+    )
+    assert {int(v): c for v, c in rows} == {m.version: m.checksum for m in MIGRATIONS}
 
 
 async def test_a_held_lock_stops_a_second_migrator_naming_the_holder(
     make_settings: Callable[..., Settings],
+    store: Store,
 ) -> None:
     settings = make_settings(migrate_lock_timeout_seconds=1.0)
     store = Store.from_settings(settings)
