@@ -8,6 +8,12 @@ is the one that counts it, so a batch replayed after a crash between insert and 
 once (by the new process), never twice. `dead_lettered_total` moves when the dead-letter topic
 acknowledged the record.
 
+Two ways to count, on purpose: these are prometheus_client's Counters, moved once per committed
+batch and label set (`apply`: a few hundred increments per 50,000 reports, nothing measurable),
+while ingest counts every request with plain ints read at scrape time (ingest/metrics.py
+`PlainCounter`, whose docstring has the measurement: its increments were a tenth of a
+single-report request's work).
+
 Label bounds: `app` is an app of the policy (else `other`); `host` is the policy entry covering
 the reported host (a subdomain under `include_subdomains` is counted under its entry), `other` for
 hosts outside the policy; `platform` one of the wire platforms (else `other`); `app_version` one

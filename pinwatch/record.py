@@ -97,9 +97,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "client_network",
     "count",
 )
-PROFILE_FIELDS: tuple[str, ...] = tuple(
-    f.name for f in fields(Record) if f.name not in ROW_FIELDS
-)
+PROFILE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record) if f.name not in ROW_FIELDS)
 _LISTS = ("observed_pins", "known_pins", "served_chain")
 _SCALARS = tuple(f for f in PROFILE_FIELDS if f not in _LISTS)
 # The encoder's keys, and where each profile field is in them.
@@ -124,9 +122,11 @@ def encode_batch(records: list[Record]) -> bytes:
         codes.append(code)
     order = _PROFILE_ORDER
     profiles = [[key[i] for i in order] for key in index]
-    rows = [list(column) for column in zip(*map(_row, records), strict=True)] if records else [
-        [] for _ in ROW_FIELDS
-    ]
+    rows = (
+        [list(column) for column in zip(*map(_row, records), strict=True)]
+        if records
+        else [[] for _ in ROW_FIELDS]
+    )
     return _msgpack.encode(
         {"v": COLUMNS_VERSION, "profiles": profiles, "profile": codes, "rows": rows}
     )

@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.api import create_api
