@@ -277,7 +277,9 @@ async def warm_up(settings: Settings, records: list[Record]) -> None:
     await scratch_store.close()
 
 
-async def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
+    """Starts a broker first when none is given (its readiness probe runs its own event loop),
+    then measures."""
     work = Path(tempfile.mkdtemp(prefix="pinwatch-bench-"))
     broker: LocalKafka | None = None
     try:
@@ -299,7 +301,7 @@ async def main(args: argparse.Namespace) -> int:
             )
             broker.start()
             bootstrap = broker.bootstrap
-        await measure(args, bootstrap, work)
+        asyncio.run(measure(args, bootstrap, work))
     finally:
         if broker is not None:
             broker.stop()
@@ -415,4 +417,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse_args())))
+    sys.exit(main(parse_args()))
