@@ -1,30 +1,32 @@
 """Consumer throughput: reports/s per process from Kafka into ClickHouse, against the ceiling.
 
-1. Produces N reports (native-format records, batches of --batch reports per Kafka message,
-   a realistic mix: successes and failures with real chains, network errors) to a fresh topic.
+1. Produces N reports (native-format records in the envelope ingest writes, batches of --batch
+   reports per Kafka message, a realistic mix: successes and failures with real chains, network
+   errors) to a fresh topic. Without --bootstrap it starts a local broker of its own first
+   (devstack.localkafka, as the tests do) and says so.
 2. Runs the real consumer (one process, this one) until every report is inserted and
-   committed: reports/s. Once it has handled the last message it is asked to stop, which
-   inserts and commits at once (the batch-age and commit-interval timers are the stream end's
-   latency, not throughput).
+   committed: reports/s, and where a report's microseconds go (fetch, decode, dedup,
+   classify, columns, lookup, insert). Once it has handled the last message it is asked to
+   stop, which inserts and commits at once (the batch-age and commit-interval timers are the
+   stream end's latency, not throughput).
 3. The ceiling, in the same run: a bare clickhouse-connect insert of the very same rows (same
-   schema, views included, same batch size, Native with the column types given) with no Kafka,
-   decoding, classification or retry lookup.
-4. Prints both and their ratio.
+   schema, views included, same batch size) with no Kafka, decoding, classification or retry
+   lookup, both ways clickhouse-connect inserts: Arrow (what the consumer sends) and Native
+   (column lists, the column types given). The ratio is taken against the faster one.
+4. Prints both and their ratios, wall clock and per CPU-second of this process, and its peak
+   RSS.
 
     timeout 900 .venv/bin/python benchmarks/bench_consumer.py   # 300k reports, ~2 minutes
-    .venv/bin/python benchmarks/bench_consumer.py --reports 500000
+    .venv/bin/python benchmarks/bench_consumer.py --bootstrap 127.0.0.1:9092 --reports 500000
 
-Measured on the shared 2-core machine (runs taking turns): at commit f0cb38e 15,200-17,600
-reports/s (100k reports, cold engine; ratio 0.12-0.17); at 3c1704c 37,000-46,800 (100k, cold
-engine), 42,300-56,000 with this script's warm engine and 300k reports; with 50,000-row batches
-48,700-62,300 (ceiling 124,000-141,000, ratio 0.37-0.50). benchmarks/README.md says what
-bounds it.
+Figures and their history: benchmarks/README.md ("Consumer").
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import shutil
 import sys
 import tempfile
@@ -33,23 +35,25 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumers.classify import Classifier, report_columns  # noqa: E402
+from consumers.batch import Batch, Part  # noqa: E402
 from consumers.cli import tune_gc  # noqa: E402
 from consumers.consumer import Consumer  # noqa: E402
 from consumers.decode import decode  # noqa: E402
 from consumers.schema import REPORT_COLUMN_NAMES, REPORT_COLUMN_TYPES  # noqa: E402
 from consumers.store import Store  # noqa: E402
 from devstack.certs import CertificateAuthority  # noqa: E402
-from pinwatch.policy import load_policy  # noqa: E402
+from devstack.localkafka import LocalKafka, free_ports  # noqa: E402
 from pinwatch.record import Record, encode_batch  # noqa: E402
-from pinwatch.roots import PublicRoots  # noqa: E402
 from pinwatch.settings import Settings  # noqa: E402
 from pinwatch.topics import ensure_topics  # noqa: E402
-from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
+from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result  # noqa: E402
+
+PIECES = ("fetch", "decode", "dedup", "classify", "columns", "lookup", "insert")
 
 HOST = "api.bench.test"
 APP = "com.example.bench"
@@ -129,9 +133,7 @@ def make_records(ca: CertificateAuthority, n: int) -> list[Record]:
     return out
 
 
-async def produce(
-    settings: Settings, records: list[Record], per_message: int
-) -> dict[tuple[str, int], int]:
+async def produce(settings: Settings, values: list[bytes]) -> dict[tuple[str, int], int]:
     """Sends the records; returns the end offset of each partition written."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -141,10 +143,7 @@ async def produce(
     )
     await producer.start()
     try:
-        futures = [
-            await producer.send(settings.kafka_topic, encode_batch(records[i : i + per_message]))
-            for i in range(0, len(records), per_message)
-        ]
+        futures = [await producer.send(settings.kafka_topic, value) for value in values]
         sent = await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -157,13 +156,14 @@ async def produce(
 
 async def run_consumer(
     settings: Settings, store: Store, total: int, ends: dict[tuple[str, int], int]
-) -> tuple[float, float]:
+) -> tuple[float, float, dict[str, float]]:
     """Until every report is inserted and committed. Once the consumer has handled the last
     message of every partition it is asked to stop, which inserts its open batch and commits at
     once: otherwise the run's end would wait out `batch_max_seconds` and
     `commit_interval_seconds` (up to 2 s of a few seconds' run), a latency of the stream's end,
     not throughput."""
     consumer = Consumer(settings, store)
+    consumer.timings.enabled = True
     await consumer.start()
     tune_gc()  # as `pinwatch consume` does
     task = asyncio.create_task(consumer.run())
@@ -174,6 +174,7 @@ async def run_consumer(
             break
         await asyncio.sleep(0.01)
     started, cpu_started = time.perf_counter(), time.process_time()
+    consumer.timings.clear()
     registry = consumer.metrics.registry
 
     def committed() -> int:
@@ -204,36 +205,59 @@ async def run_consumer(
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     if committed() != total:
         raise RuntimeError(f"consumer committed {committed()} reports, sent {total}")
-    return elapsed, cpu
+    return elapsed, cpu, consumer.timings.per_report()
 
 
-async def run_ceiling(
-    settings: Settings, store: Store, records: list[Record], rows: int
-) -> tuple[float, float]:
-    """The same rows, classified beforehand (not timed), inserted bare in batches of `rows`."""
-    classifier = Classifier(
-        load_policy(settings.policy_file), PublicRoots.load(settings.public_roots_file)
-    )
-    decoded, _ = decode(encode_batch(records))
-    classes = [classifier.classify(r) for r in records]
-    batches = [
-        report_columns(
-            decoded[i : i + rows],
-            classes[i : i + rows],
-            [(settings.kafka_topic, 0, n) for n in range(i, min(i + rows, len(decoded)))],
+def ceiling_tables(settings: Settings, values: list[bytes], rows: int) -> list[pa.Table]:
+    """The consumer's own `reports` tables of these messages, batches of `rows` (not timed)."""
+    consumer = Consumer(settings, Store.from_settings(settings))
+    classify = consumer.steps.classify
+    tables, batch = [], Batch()
+    for offset, value in enumerate(values):
+        block, _ = decode(value)
+        batch.add(
+            Part(
+                (settings.kafka_topic, 0, offset),
+                block,
+                [classify.labels(p) for p in block.profiles],
+            )
         )
-        for i in range(0, len(decoded), rows)
-    ]
+        if batch.rows >= rows:
+            tables.append(batch.reports_table())
+            batch = Batch()
+    if batch.rows:
+        tables.append(batch.reports_table())
+    return tables
+
+
+def native_columns(table: pa.Table) -> list[list[Any]]:
+    """The same rows as clickhouse-connect's Native insert takes them: column lists, times as
+    integer milliseconds (DateTime64(3) takes raw ticks)."""
+    columns = []
+    for column in table.columns:
+        if pa.types.is_timestamp(column.type):
+            column = column.cast(pa.int64())
+        columns.append(column.to_pylist())
+    return columns
+
+
+async def run_ceiling(store: Store, tables: list[pa.Table], native: bool) -> tuple[float, float]:
+    """The same rows, classified beforehand (not timed), inserted bare, Arrow or Native."""
+    batches: list[Any] = [native_columns(t) for t in tables] if native else tables
     started, cpu_started = time.perf_counter(), time.process_time()
-    for n, columns in enumerate(batches):
-        await store.insert(
-            "reports",
-            columns,
-            REPORT_COLUMN_NAMES,
-            column_oriented=True,
-            column_types=REPORT_COLUMN_TYPES,
-            settings={"insert_deduplication_token": f"ceiling-{n}"},
-        )
+    for n, data in enumerate(batches):
+        token = {"insert_deduplication_token": f"ceiling-{native}-{n}"}
+        if native:
+            await store.insert(
+                "reports",
+                data,
+                REPORT_COLUMN_NAMES,
+                column_oriented=True,
+                column_types=REPORT_COLUMN_TYPES,
+                settings=token,
+            )
+        else:
+            await store.insert_arrow("reports", data, settings=token)
     return time.perf_counter() - started, time.process_time() - cpu_started
 
 
@@ -246,83 +270,127 @@ async def warm_up(settings: Settings, records: list[Record]) -> None:
     )
     scratch_store = Store.from_settings(scratch)
     await scratch_store.migrate(scratch)
-    await run_ceiling(scratch, scratch_store, records[:1000], 1000)
+    tables = ceiling_tables(scratch, [encode_batch(records[:1000])], 1000)
+    await run_ceiling(scratch_store, tables, native=False)
+    await run_ceiling(scratch_store, tables, native=True)
     await scratch_store.command("DROP DATABASE IF EXISTS {db}")
     await scratch_store.close()
 
 
-async def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
+    """Starts a broker first when none is given (its readiness probe runs its own event loop),
+    then measures."""
     work = Path(tempfile.mkdtemp(prefix="pinwatch-bench-"))
+    broker: LocalKafka | None = None
     try:
-        ca = CertificateAuthority.load(work / "pki", host=HOST)
-        policy = work / "policy.yaml"
-        write_policy(ca, policy)
-        roots = work / "roots.pem"
-        roots.write_bytes(ca.public_roots_pem())
-        suffix = uuid.uuid4().hex[:8]
-        tuning = {"batch_max_rows": args.batch_max_rows, "batch_max_bytes": args.batch_max_bytes}
-        settings = Settings(
-            kafka_bootstrap=args.bootstrap,
-            kafka_topic=f"bench-{suffix}",
-            kafka_dead_letter_topic=f"bench-dl-{suffix}",
-            kafka_consumer_group=f"bench-{suffix}",
-            kafka_partitions=args.partitions,
-            clickhouse_dsn=args.dsn or f"chdb:///{work / 'chdb'}",
-            clickhouse_database=f"bench_{suffix}",
-            policy_file=policy,
-            public_roots_file=roots,
-            data_dir=work,
-            log_level="WARNING",
-            **{k: v for k, v in tuning.items() if v is not None},
-        )
-        ceiling_settings = settings.model_copy(update={"clickhouse_database": f"ceil_{suffix}"})
-        store = Store.from_settings(settings)
-        ceiling_store = Store.from_settings(ceiling_settings)
-        await store.migrate(settings)
-        await ceiling_store.migrate(ceiling_settings)
-        await ensure_topics(settings)
-
-        print(f"generating {args.reports:,} reports ...", flush=True)
-        records = make_records(ca, args.reports)
-        print(f"producing them to Kafka ({args.batch} per message) ...", flush=True)
-        ends = await produce(settings, records, args.batch)
-        await warm_up(settings, records)
-
-        print("consumer: Kafka -> decode -> classify -> ClickHouse -> commit ...", flush=True)
-        consumer_s, consumer_cpu = await run_consumer(settings, store, args.reports, ends)
-        print("ceiling: bare clickhouse-connect insert of the same rows ...", flush=True)
-        ceiling_s, ceiling_cpu = await run_ceiling(
-            ceiling_settings, ceiling_store, records, settings.batch_max_rows
-        )
-        stored = await store.scalar("SELECT count() FROM {db}.reports")
-        assert stored == args.reports, f"consumer stored {stored} rows, sent {args.reports}"
-
-        n = args.reports
-        consumer_rate, ceiling_rate = n / consumer_s, n / ceiling_s
-        print()
-        print(f"reports                 {n:>10,}")
-        print("                        wall clock reports/s     per CPU-second (this process)")
-        print(
-            f"consumer                {consumer_rate:>10,.0f} ({consumer_s:5.2f}s)    "
-            f"{n / consumer_cpu:>10,.0f}"
-        )
-        print(
-            f"bare insert (ceiling)   {ceiling_rate:>10,.0f} ({ceiling_s:5.2f}s)    "
-            f"{n / ceiling_cpu:>10,.0f}"
-        )
-        print(
-            f"ratio consumer/ceiling  {consumer_rate / ceiling_rate:>10.2f}"
-            f"             {ceiling_cpu / consumer_cpu:>10.2f}"
-        )
-        print(f"goal 100,000/s (wall)   {'met' if consumer_rate >= 100_000 else 'NOT met':>10}")
-        print("(CPU-second rates are steadier than wall clock on a shared machine)")
-        await store.command("DROP DATABASE IF EXISTS {db}")
-        await ceiling_store.command("DROP DATABASE IF EXISTS {db}")
-        await store.close()
-        await ceiling_store.close()
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            port, controller = free_ports(2)
+            broker = LocalKafka.from_settings(
+                Settings(
+                    kafka_bootstrap=f"127.0.0.1:{port}",
+                    kafka_controller_port=controller,
+                    data_dir=work / "broker",
+                    log_level="WARNING",
+                )
+            )
+            print(
+                f"no --bootstrap given: starting a local Kafka broker on 127.0.0.1:{port} "
+                f"(devstack.localkafka; stopped at the end) ...",
+                flush=True,
+            )
+            broker.start()
+            bootstrap = broker.bootstrap
+        asyncio.run(measure(args, bootstrap, work))
     finally:
+        if broker is not None:
+            broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+async def measure(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
+    ca = CertificateAuthority.load(work / "pki", host=HOST)
+    policy = work / "policy.yaml"
+    write_policy(ca, policy)
+    roots = work / "roots.pem"
+    roots.write_bytes(ca.public_roots_pem())
+    suffix = uuid.uuid4().hex[:8]
+    tuning = {"batch_max_rows": args.batch_max_rows, "batch_max_bytes": args.batch_max_bytes}
+    settings = Settings(
+        kafka_bootstrap=bootstrap,
+        kafka_topic=f"bench-{suffix}",
+        kafka_dead_letter_topic=f"bench-dl-{suffix}",
+        kafka_consumer_group=f"bench-{suffix}",
+        kafka_partitions=args.partitions,
+        clickhouse_dsn=args.dsn or f"chdb:///{work / 'chdb'}",
+        clickhouse_database=f"bench_{suffix}",
+        policy_file=policy,
+        public_roots_file=roots,
+        data_dir=work,
+        log_level="WARNING",
+        **{k: v for k, v in tuning.items() if v is not None},
+    )
+    stores = {
+        name: Store.from_settings(
+            settings.model_copy(update={"clickhouse_database": f"{name}_{suffix}"})
+        )
+        for name in ("bench", "arrow", "native")
+    }
+    for store in stores.values():
+        await store.migrate(settings.model_copy(update={"clickhouse_database": store.database}))
+    store = stores["bench"]
+    await ensure_topics(settings)
+
+    print(f"generating {args.reports:,} reports ...", flush=True)
+    records = make_records(ca, args.reports)
+    values = [encode_batch(records[i : i + args.batch]) for i in range(0, len(records), args.batch)]
+    print(
+        f"producing them to Kafka ({args.batch} per message, "
+        f"{sum(map(len, values)) / len(records):.0f} bytes a report) ...",
+        flush=True,
+    )
+    ends = await produce(settings, values)
+    await warm_up(settings, records)
+    tables = ceiling_tables(settings, values, settings.batch_max_rows)
+
+    print("consumer: Kafka -> decode -> classify -> ClickHouse -> commit ...", flush=True)
+    consumer_s, consumer_cpu, pieces = await run_consumer(settings, store, args.reports, ends)
+    print("ceiling: bare clickhouse-connect inserts of the same rows (Arrow, Native) ...")
+    ceilings = {
+        "arrow": await run_ceiling(stores["arrow"], tables, native=False),
+        "native": await run_ceiling(stores["native"], tables, native=True),
+    }
+    stored = await store.scalar("SELECT count() FROM {db}.reports")
+    assert stored == args.reports, f"consumer stored {stored} rows, sent {args.reports}"
+
+    n = args.reports
+    best = min(ceilings, key=lambda k: ceilings[k][0])
+    ceiling_s, ceiling_cpu = ceilings[best]
+    print()
+    print(f"reports                      {n:>10,}")
+    print("                             wall clock reports/s     per CPU-second (this process)")
+    print(
+        f"consumer                     {n / consumer_s:>10,.0f} ({consumer_s:5.2f}s)    "
+        f"{n / consumer_cpu:>10,.0f}"
+    )
+    for name, (wall, cpu) in ceilings.items():
+        print(f"bare insert, {name:<16}{n / wall:>10,.0f} ({wall:5.2f}s)    {n / cpu:>10,.0f}")
+    print(
+        f"ratio consumer/{best:<14}{ceiling_s / consumer_s:>10.2f}"
+        f"                {ceiling_cpu / consumer_cpu:>10.2f}   (goal: 0.75 both)"
+    )
+    print()
+    print("where a report's microseconds go (consumer; fetch to classify: CPU of the event")
+    print("loop's thread; lookup and insert: wall clock on the ClickHouse thread)")
+    for piece in PIECES:
+        print(f"  {piece:<10}{pieces.get(piece, 0.0):6.2f} us")
+    print(f"  {'process':<10}{consumer_cpu / n * 1e6:6.2f} us CPU a report in all")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (consumer, ceilings, generated reports): {rss:,.0f} MiB")
+    for s in stores.values():
+        await s.command("DROP DATABASE IF EXISTS {db}")
+        await s.close()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -339,10 +407,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-max-bytes", type=int, default=None, help="consumer setting (default: settings')"
     )
     parser.add_argument("--partitions", type=int, default=2, help="partitions of the topic")
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    parser.add_argument(
+        "--bootstrap",
+        default="",
+        help="Kafka bootstrap servers (default: start a local broker for the run)",
+    )
     parser.add_argument("--dsn", default="", help="ClickHouse DSN (default: a fresh chDB dir)")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse_args())))
+    sys.exit(main(parse_args()))

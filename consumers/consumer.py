@@ -1,12 +1,15 @@
-"""The consumer engine: an aiokafka consumer group driving the steps of consumers/steps.py.
+"""The consumer engine: an aiokafka consumer group feeding the chain of consumers/steps.py.
 
-    Kafka --getmany--> decode -> enrich/classify -> batch --(full or aged)--> write -> commit
-                          \\-> dead-letter topic (with limits)
+    Kafka --getmany--> Decode -> Deduplicate -> Classify -> Reduce --(full or aged)--> Write
+                          \\-> dead-letter topic (with limits)                          -> Commit
 
-One insert runs at a time, off the event loop, while the next batch fills. A full batch with the
-writer still busy, or ClickHouse failing, pauses every assigned partition (backpressure without
-sleeping); `getmany` keeps being called, so the group membership stays alive. Offsets are
-committed after the insert returned, at most every `commit_interval_seconds`.
+The chain is composed in one place (`consumers.steps.build_steps`); this module only moves
+Kafka messages into it, pauses and resumes partitions, and handles rebalances. One insert runs
+at a time, off the event loop, while the next batch fills. A message the chain rejects (a full
+batch with the writer still busy) waits, and every assigned partition is paused, as it is while
+ClickHouse fails (backpressure without sleeping); `getmany` keeps being called, so the group
+membership stays alive. Offsets are committed after the insert returned, at most every
+`commit_interval_seconds`.
 """
 
 from __future__ import annotations
@@ -21,28 +24,19 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
-from consumers.classify import Classifier, ClassifyError
-from consumers.decode import (
-    DeadLetterReason,
-    ReceivedWindow,
-    Rejected,
-    decode,
-    single_record_message,
-)
+from consumers import storage
+from consumers.classify import Classifier
 from consumers.failing import read_failing
 from consumers.metrics import ConsumerMetrics
 from consumers.steps import (
-    Batch,
-    Committer,
     DeadLetterLimitExceeded,
-    DeadLetters,
-    Enricher,
-    Progress,
-    RecentIds,
-    Writer,
-    counted_on_replay,
+    Incoming,
+    MessageRejected,
+    Steps,
+    build_steps,
 )
 from consumers.store import Store, StoreError
+from consumers.timings import Timings
 from pinwatch.logs import event
 from pinwatch.policy import Policy, load_policy
 from pinwatch.roots import PublicRoots
@@ -82,26 +76,20 @@ class Consumer:
         self.policy = policy or load_policy(settings.policy_file)
         roots = roots or PublicRoots.load(settings.public_roots_file)
         self.classifier = Classifier(self.policy, roots)
-        self.enricher = Enricher(self.classifier, self.metrics, settings.evidence_per_pin_hour)
-        self.progress = Progress(store)
-        self.recent = RecentIds(store, settings.dedup_window_seconds, settings.dedup_max_ids)
-        self.window = ReceivedWindow.from_settings(settings)
-        self.writer = Writer(
+        self.timings = Timings(enabled=False)  # benchmarks/bench_consumer.py turns it on
+        self.steps: Steps = build_steps(
+            settings,
             store,
             self.metrics,
-            settings.clickhouse_retry_max_seconds,
-            self._set_trouble,
-            self.recent,
-            max_days=self.window.days,
+            self.classifier,
+            send_dead_letter=self._send_dead_letter,
+            commit=self._commit,
+            on_trouble=self._set_trouble,
+            timings=self.timings,
         )
         self._kafka: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self.committer: Committer | None = None
-        self.dead_letters: DeadLetters | None = None
-        self._batch = Batch()
-        self._pending: deque[tuple[TopicPartition, Any]] = deque()
-        self._writing: Batch | None = None
-        self._write_task: asyncio.Task[bool] | None = None
+        self._pending: deque[Incoming] = deque()
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._trouble = False
@@ -130,8 +118,6 @@ class Consumer:
         )
         await self._kafka.start()
         self._kafka.subscribe([s.kafka_topic], listener=_Rebalance(self))
-        self.committer = Committer(self._commit, self.metrics, s.commit_interval_seconds)
-        self.dead_letters = DeadLetters(self._send_dead_letter, s, self.metrics)
         self._refresher = asyncio.create_task(self._refresh_failing())
         self.started = True
         event(log, "consumer_started", topic=s.kafka_topic, group=s.kafka_consumer_group)
@@ -160,40 +146,57 @@ class Consumer:
     async def run(self) -> None:
         """Consume until `stop()`; raises DeadLetterLimitExceeded after a clean shutdown."""
         assert self._kafka is not None
+        steps = self.steps
         try:
             while not self._stop.is_set():
-                # Fetched messages wait in `_pending` while the batch is full and the writer
-                # busy (arroyo's MessageRejected); partitions are paused meanwhile, and getmany
-                # is still called (returning nothing) so the group sees this member polling.
-                chunks = await self._kafka.getmany(
-                    timeout_ms=_POLL_MS if not self._pending else 10, max_records=_MAX_POLL_RECORDS
-                )
-                for tp, messages in chunks.items():
-                    self._pending.extend((tp, m) for m in messages)
+                # Fetched messages wait in `_pending` while the chain rejects them (arroyo's
+                # MessageRejected); partitions are paused meanwhile, and getmany is still
+                # called (returning nothing) so the group sees this member polling.
+                with self.timings.measure("fetch"):
+                    chunks = await self._kafka.getmany(
+                        timeout_ms=_POLL_MS if not self._pending else 10,
+                        max_records=_MAX_POLL_RECORDS,
+                    )
+                    for tp, messages in chunks.items():
+                        self._pending.extend(
+                            Incoming(tp.topic, tp.partition, m.offset, m.value, m.timestamp)
+                            for m in messages
+                        )
                 async with self._lock:
-                    while self._pending and not self._batch_full():
-                        tp, message = self._pending.popleft()
-                        await self._handle(tp, message)
-                    await self._advance()
-                if self._pending and self._write_task is not None:
+                    await self._feed()
+                    await steps.head.poll()
+                    self._set_paused(self._trouble or bool(self._pending))
+                if self._pending and steps.write.task is not None:
                     # Blocked on the writer: wake when it finishes rather than spin.
-                    await asyncio.wait({self._write_task}, timeout=_POLL_MS / 1000)
+                    await asyncio.wait({steps.write.task}, timeout=_POLL_MS / 1000)
                 # Outside the lock: a commit may wait on a rebalance, whose revoke callback
                 # takes the lock to drain.
-                assert self.committer is not None
-                await self.committer.maybe_commit()
+                await steps.commit.commit()
                 self._update_lag()
         except DeadLetterLimitExceeded as exc:
             self.fatal = str(exc)
             event(log, "consumer_stopping", logging.ERROR, reason=self.fatal)
-            # Rows of the message being handled are half in the batch: never insert those.
-            self._batch = Batch()
+            # Reports of the message being handled may be half in the batch: never insert
+            # the open batch.
+            steps.reduce.take()
             raise
         finally:
             await self._shutdown()
 
+    async def _feed(self) -> None:
+        """Hand pending messages to the chain until it rejects one."""
+        head = self.steps.head
+        while self._pending:
+            message = self._pending[0]
+            try:
+                await head.submit(message)
+            except MessageRejected:
+                return
+            self._pending.popleft()
+            self._position[(message.topic, message.partition)] = message.offset + 1
+
     async def _shutdown(self) -> None:
-        self.writer.stopping = True
+        self.steps.write.stopping = True
         with contextlib.suppress(Exception):
             await self._drain(write_open_batch=self.fatal is None)
         if self._refresher is not None:
@@ -209,100 +212,13 @@ class Consumer:
         self.started = False
         event(log, "consumer_stopped", reason=self.fatal or "asked")
 
-    # --- the steps -------------------------------------------------------------------------------
-
-    async def _handle(self, tp: TopicPartition, message: Any) -> None:
-        assert self.dead_letters is not None
-        batch = self._batch
-        key = (tp.topic, tp.partition)
-        origin = (tp.topic, tp.partition, message.offset)
-        # Before the first message of a partition: what is already stored (see Progress).
-        await self.progress.ensure(tp.topic, tp.partition)
-        records, rejected = decode(message.value)
-        records, outside = self.window.split(records, int(time.time() * 1000))
-        rejected.extend(outside)
-        self.dead_letters.observe(len(records) + len(rejected))
-        for bad in rejected:
-            await self.dead_letters.send(bad, origin)
-        replayed = None
-        if self.progress.is_stored(tp.topic, tp.partition, message.offset):
-            replayed = await self.progress.replayed(
-                tp.topic, tp.partition, message.offset, records, self.enricher, self.recent
-            )
-        store = replayed is None
-        if store:
-            # Copies this process remembers; the writer asks ClickHouse about the rest.
-            records, duplicates = self.recent.fresh(records)
-        else:  # already stored by a consumer that crashed: count it as that one would have
-            self.recent.remember(records)
-            records, duplicates = counted_on_replay(records, replayed, self.enricher)
-        batch.tally.duplicates += duplicates
-        for index, record in enumerate(records):
-            try:
-                self.enricher.add(record, batch, origin, store)
-            except Exception as exc:  # noqa: BLE001 - a record never stops the consumer
-                if isinstance(exc, ClassifyError):
-                    detail = str(exc)
-                else:  # a defect of ours a record exposed: dead-letter it, and say so loudly
-                    detail = f"{type(exc).__name__}: {exc}"
-                    log.exception(
-                        "record_failed_classification",
-                        extra={"detail": detail[:300], "source": f"{tp.topic}/{tp.partition}"},
-                    )
-                bad = Rejected(
-                    DeadLetterReason.UNCLASSIFIABLE_RECORD,
-                    detail,
-                    single_record_message(record),
-                    index,
-                )
-                await self.dead_letters.send(bad, origin)
-        if batch.empty:
-            batch.started = time.monotonic()
-        batch.first.setdefault(key, message.offset)
-        batch.last[key] = message.offset
-        stamps = batch.stamps.get(key)
-        batch.stamps[key] = (stamps[0] if stamps else message.timestamp, message.timestamp)
-        batch.nbytes += len(message.value or b"")
-        batch.tally.messages += 1
-        self._position[key] = message.offset + 1
-
-    def _batch_full(self) -> bool:
-        s = self.settings
-        return (
-            len(self._batch.records) >= s.batch_max_rows or self._batch.nbytes >= s.batch_max_bytes
-        )
-
-    async def _advance(self) -> None:
-        await self._collect_write()
-        batch = self._batch
-        due = not batch.empty and (
-            self._batch_full()
-            or time.monotonic() - batch.started >= self.settings.batch_max_seconds
-        )
-        if due and self._write_task is None:
-            self._writing, self._batch = batch, Batch()
-            self._write_task = asyncio.create_task(self.writer.write(batch))
-        self._set_paused(self._trouble or bool(self._pending))
-
-    async def _collect_write(self, wait: bool = False) -> None:
-        task = self._write_task
-        if task is None or not (wait or task.done()):
-            return
-        self._write_task = None
-        batch, self._writing = self._writing, None
-        if await task and batch is not None:
-            assert self.committer is not None
-            self.committer.stage(batch)
-
     async def _drain(self, write_open_batch: bool) -> None:
-        """Finish the insert in flight, insert the open batch, commit everything written."""
-        assert self.committer is not None
-        await self._collect_write(wait=True)
-        if write_open_batch and not self._batch.empty:
-            batch, self._batch = self._batch, Batch()
-            if await self.writer.write(batch):
-                self.committer.stage(batch)
-        await self.committer.maybe_commit(force=True)
+        """Finish the insert in flight, insert the open batch (unless told not to: the dead
+        letter limit stopped the consumer in the middle of a message), commit what was written."""
+        if write_open_batch:
+            await self.steps.head.join()
+        else:
+            await self.steps.write.join()
 
     # --- Kafka plumbing --------------------------------------------------------------------------
 
@@ -321,14 +237,12 @@ class Consumer:
             try:
                 await self._drain(write_open_batch=True)
             finally:
-                assert self.committer is not None
-                self.committer.clear()
-                self._batch = Batch()
+                self.steps.head.close()
                 # Every partition restarts from its committed offset after a rebalance (eager
                 # protocol), so fetched-but-unhandled messages will come again.
                 self._pending.clear()
                 keys = [(tp.topic, tp.partition) for tp in revoked]
-                self.progress.forget(keys)
+                self.steps.progress.forget(keys)
                 for key in keys:
                     self._position.pop(key, None)
                     with contextlib.suppress(KeyError):
@@ -336,7 +250,7 @@ class Consumer:
         event(log, "partitions_revoked", partitions=[tp.partition for tp in revoked])
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.progress.forget([(tp.topic, tp.partition) for tp in assigned])
+        self.steps.progress.forget([(tp.topic, tp.partition) for tp in assigned])
         self._paused = False
         self.metrics.paused.set(1 if self._trouble else 0)
         event(log, "partitions_assigned", partitions=[tp.partition for tp in assigned])
@@ -370,22 +284,18 @@ class Consumer:
                 continue
             position = self._position.get((tp.topic, tp.partition))
             if position is None:
-                committed = self.committer.committed if self.committer else {}
-                position = committed.get((tp.topic, tp.partition), end)
+                position = self.steps.commit.committed.get((tp.topic, tp.partition), end)
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
 
     # --- ClickHouse reads ------------------------------------------------------------------------
 
     async def _seed_versions(self) -> None:
         try:
-            rows = await self.store.query(
-                "SELECT DISTINCT app_id, app_version FROM {db}.rollup_minute "
-                "WHERE minute >= now() - INTERVAL 30 DAY AND app_version != ''"
-            )
+            pairs = await storage.recent_versions(self.store)
         except StoreError as exc:
             event(log, "version_seed_failed", logging.WARNING, error=str(exc)[:200])
             return
-        self.metrics.versions.seed((str(a), str(v)) for a, v in rows)
+        self.metrics.versions.seed(pairs)
 
     async def refresh_failing(self) -> None:
         rows = await read_failing(self.store, frozenset(self.policy.app_ids), self.metrics.versions)

@@ -1,29 +1,38 @@
-"""Decode step: a Kafka message (pinwatch.record's batch envelope) into validated records.
+"""Decoding: a Kafka message (either version of pinwatch.record's envelope) into a `Block`.
 
-The consumer works on `WireRecord`s, msgspec structs with the fields of `pinwatch.record.Record`
-(built from it, so the two cannot drift), decoded and checked by msgspec in C: known fields,
-required fields, enum values, value types and ranges. Building `Record` dataclasses (with
-their enum objects) per report would cost more than the rest of the consumer's Python; lists
-decode as tuples, which classification uses as cache keys as they are.
+A `Block` is one message's valid reports as columns: the distinct `Profile`s (every field of
+`pinwatch.record.Record` but the per-report ones, `PROFILE_FIELDS`) and, per report, the index of
+its profile and its per-report values (`ROW_FIELDS`). Version 2 messages are that already and
+decode in one msgspec call, checked in C (known fields, enum values, value types and ranges);
+version 1 messages (one JSON object per record, read for one release) are decoded as
+`WireRecord`s and grouped into a block in Python. The structs are built from `Record` itself,
+so they cannot drift from it.
 
-A batch decodes in one call when every record is valid (real traffic); otherwise each record is
-decoded on its own, so one bad record is dead-lettered and its batch goes on.
+A message decodes in one call when every record is valid (real traffic); otherwise record by
+record, so one bad record is dead-lettered and the rest of its message goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import operator
 import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import compress
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from pinwatch.record import SCHEMA_VERSION, Record, envelope
+from pinwatch.record import (
+    COLUMNS_VERSION,
+    PROFILE_FIELDS,
+    ROW_FIELDS,
+    SCHEMA_VERSION,
+    Record,
+    envelope,
+)
 from pinwatch.settings import Settings
 
 _UINT32_MAX = 2**32 - 1
@@ -84,6 +93,97 @@ _raw_batch_decoder = msgspec.json.Decoder(_RawBatch)
 _record_decoder = msgspec.json.Decoder(WireRecord)
 _encoder = msgspec.json.Encoder()
 
+_FIELDS = {f[0]: f for f in _wire_fields()}
+# Frozen: a profile is a dictionary key (classification is cached per profile).
+Profile: Any = msgspec.defstruct(
+    "Profile",
+    [(name, _FIELDS[name][1]) for name in PROFILE_FIELDS],
+    array_like=True,
+    frozen=True,
+    gc=False,
+)
+_Rows = msgspec.defstruct(
+    "Rows", [(name, list[_FIELDS[name][1]]) for name in ROW_FIELDS], array_like=True, gc=False
+)
+_Columns = msgspec.defstruct(
+    "Columns",
+    [
+        ("v", Literal[COLUMNS_VERSION]),
+        ("profiles", list[Profile]),
+        ("profile", list[Annotated[int, msgspec.Meta(ge=0)]]),
+        ("rows", _Rows),
+    ],
+)
+_columns_decoder = msgspec.msgpack.Decoder(_Columns)
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_ROW_COUNT = len(ROW_FIELDS)
+
+
+@dataclass(slots=True)
+class Block:
+    """One message's valid reports, as columns (see the module's docstring). `index` is each
+    report's position in its message (dead letters name it); `rows` the per-report columns in
+    `ROW_FIELDS` order."""
+
+    profiles: list[Any]
+    profile: list[int]
+    rows: list[list[Any]]
+    index: list[int] | range = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.profile)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.rows[0]
+
+    @property
+    def received(self) -> list[int]:
+        return self.rows[1]
+
+    def take(self, keep: list[bool]) -> Block:
+        """The reports where `keep` is true (the rare path: rejected or duplicate reports)."""
+        return Block(
+            self.profiles,
+            list(compress(self.profile, keep)),
+            [list(compress(column, keep)) for column in self.rows],
+            list(compress(self.index, keep)),
+        )
+
+    def record(self, row: int) -> dict[str, Any]:
+        """Report `row` as a `Record`'s fields (a dead letter's content)."""
+        profile = self.profiles[self.profile[row]]
+        values = dict(zip(PROFILE_FIELDS, msgspec.structs.astuple(profile), strict=True))
+        values.update(zip(ROW_FIELDS, (column[row] for column in self.rows), strict=True))
+        return values
+
+    @classmethod
+    def of_records(cls, records: list[Any], index: list[int] | range) -> Block:
+        """A block of version 1 records (WireRecords), grouped by profile in Python."""
+        codes: dict[Any, int] = {}
+        profile = []
+        for r in records:
+            p = Profile(*(getattr(r, name) for name in PROFILE_FIELDS))
+            code = codes.get(p)
+            if code is None:
+                code = codes[p] = len(codes)
+            profile.append(code)
+        rows = [[getattr(r, name) for r in records] for name in ROW_FIELDS]
+        return cls(list(codes), profile, rows, index)
+
+
+def dead_letter_value(fields: dict[str, Any]) -> bytes:
+    """A one-report version 2 envelope of a report's fields (as `Block.record` gives them, or as
+    an invalid record arrived), so a dead letter can be replayed onto the main topic as is."""
+    return _msgpack_encoder.encode(
+        {
+            "v": COLUMNS_VERSION,
+            "profiles": [[fields.get(name) for name in PROFILE_FIELDS]],
+            "profile": [0],
+            "rows": [[fields.get(name)] for name in ROW_FIELDS],
+        }
+    )
+
 
 class DeadLetterReason:
     UNDECODABLE_MESSAGE = "undecodable_message"  # not a record batch envelope at all
@@ -125,40 +225,104 @@ def _undecodable(detail: str, value: bytes) -> tuple[list[Any], list[Rejected]]:
     return [], [Rejected(DeadLetterReason.UNDECODABLE_MESSAGE, detail, value, None)]
 
 
-def decode(value: bytes | None) -> tuple[list[Any], list[Rejected]]:
-    """(valid WireRecords, Rejected for the message or each invalid record)."""
+def decode(value: bytes | None) -> tuple[Block, list[Rejected]]:
+    """(a block of the valid reports, Rejected for the message or each invalid record)."""
     value = value or b""
+    if value[:1] == b"{":
+        records, index, rejected = _decode_v1(value)
+        return Block.of_records(records, index), rejected
+    try:
+        columns = _columns_decoder.decode(value)
+    except msgspec.MsgspecError:
+        pass  # the careful path below says what is wrong, record by record
+    else:
+        rows = msgspec.structs.astuple(columns.rows)
+        n = len(columns.profile)
+        if all(len(column) == n for column in rows) and (
+            not n or max(columns.profile) < len(columns.profiles)
+        ):
+            return Block(columns.profiles, columns.profile, list(rows), range(n)), []
+    return _decode_v2_carefully(value)
+
+
+def _empty() -> Block:
+    return Block([], [], [[] for _ in ROW_FIELDS], [])
+
+
+def _decode_v2_carefully(value: bytes) -> tuple[Block, list[Rejected]]:
+    not_envelope = f"not a v{COLUMNS_VERSION} (msgpack) or v{SCHEMA_VERSION} (JSON) report envelope"
+    try:
+        data = msgspec.msgpack.decode(value)
+    except msgspec.MsgspecError as exc:
+        return _empty(), _undecodable(f"{not_envelope}: {exc}", value)[1]
+    shape_ok = (
+        isinstance(data, dict)
+        and data.get("v") == COLUMNS_VERSION
+        and isinstance(data.get("profiles"), list)
+        and isinstance(data.get("profile"), list)
+        and isinstance(data.get("rows"), list)
+        and len(data["rows"]) == _ROW_COUNT
+        and all(isinstance(c, list) and len(c) == len(data["profile"]) for c in data["rows"])
+    )
+    if not shape_ok:
+        return _empty(), _undecodable(not_envelope, value)[1]
+    records: list[Any] = []
+    index: list[int] = []
+    rejected: list[Rejected] = []
+    profiles = data["profiles"]
+    for i, code in enumerate(data["profile"]):
+        fields: dict[str, Any] = dict(zip(ROW_FIELDS, (c[i] for c in data["rows"]), strict=True))
+        profile = profiles[code] if type(code) is int and 0 <= code < len(profiles) else None
+        if isinstance(profile, list) and len(profile) == len(PROFILE_FIELDS):
+            fields.update(zip(PROFILE_FIELDS, profile, strict=True))
+            try:
+                records.append(msgspec.convert(fields, WireRecord))
+                index.append(i)
+                continue
+            except msgspec.MsgspecError as exc:
+                detail = _explain(exc)
+        else:
+            detail = f"profile: {code!r} is not the index of a profile of this message"
+        rejected.append(
+            Rejected(DeadLetterReason.INVALID_RECORD, detail, dead_letter_value(fields), i)
+        )
+    return Block.of_records(records, index), rejected
+
+
+def _decode_v1(value: bytes) -> tuple[list[Any], list[int] | range, list[Rejected]]:
+    """Version 1: (valid WireRecords, their positions, Rejected)."""
     not_envelope = f"not a v{SCHEMA_VERSION} record batch envelope"
     try:
         batch = _batch_decoder.decode(value)
     except msgspec.MsgspecError:
-        pass  # the careful path below says what is wrong, record by record
+        pass
     else:
         if batch.v != SCHEMA_VERSION:
-            return _undecodable(not_envelope, value)
-        return batch.records, []
+            return [], [], _undecodable(not_envelope, value)[1]
+        return batch.records, range(len(batch.records)), []
     try:
         raw = _raw_batch_decoder.decode(value)
     except msgspec.ValidationError as exc:
-        return _undecodable(f"{not_envelope}: {_explain(exc)}", value)
+        return [], [], _undecodable(f"{not_envelope}: {_explain(exc)}", value)[1]
     except msgspec.DecodeError as exc:
-        return _undecodable(str(exc), value)
+        return [], [], _undecodable(str(exc), value)[1]
     if raw.v != SCHEMA_VERSION:
-        return _undecodable(not_envelope, value)
+        return [], [], _undecodable(not_envelope, value)[1]
     records: list[Any] = []
+    index: list[int] = []
     rejected: list[Rejected] = []
     for i, item in enumerate(raw.records):
         try:
             records.append(_record_decoder.decode(item))
+            index.append(i)
         except msgspec.MsgspecError as exc:
             detail = _explain(exc)
             rejected.append(
                 Rejected(DeadLetterReason.INVALID_RECORD, detail, single_record_message(item), i)
             )
-    return records, rejected
+    return records, index, rejected
 
 
-_RECEIVED = operator.attrgetter("received_at_ms")
 _DAY_MS = 86_400_000
 
 
@@ -182,26 +346,28 @@ class ReceivedWindow:
         """The most calendar days (partitions) one batch of valid records can span."""
         return -(-(self.back_ms + self.ahead_ms) // _DAY_MS) + 1
 
-    def split(self, records: list[Any], now_ms: int) -> tuple[list[Any], list[Rejected]]:
-        """(records inside the window, Rejected for the others). Per message: min and max run
-        in C; only a message with a record outside is looked at record by record."""
-        if not records:
-            return records, []
+    def split(self, block: Block, now_ms: int) -> tuple[Block, list[Rejected]]:
+        """(the block's reports inside the window, Rejected for the others). Per message: min
+        and max run in C; only a message with a report outside is looked at report by
+        report."""
+        received = block.received
+        if not received:
+            return block, []
         lo, hi = now_ms - self.back_ms, now_ms + self.ahead_ms
-        if lo <= min(map(_RECEIVED, records)) and max(map(_RECEIVED, records)) <= hi:
-            return records, []
-        keep: list[Any] = []
+        if lo <= min(received) and max(received) <= hi:
+            return block, []
+        keep = [lo <= at <= hi for at in received]
         rejected: list[Rejected] = []
-        for i, r in enumerate(records):
-            if lo <= r.received_at_ms <= hi:
-                keep.append(r)
+        for row, inside in enumerate(keep):
+            if inside:
                 continue
             detail = (
-                f"received_at_ms: {r.received_at_ms} is outside what is stored, "
+                f"received_at_ms: {received[row]} is outside what is stored, "
                 f"{lo} to {hi} (at most retention_days={self.back_ms // _DAY_MS} days old, "
                 f"{self.ahead_ms // _DAY_MS} day ahead of this consumer's clock)"
             )
+            value = dead_letter_value(block.record(row))
             rejected.append(
-                Rejected(DeadLetterReason.INVALID_RECORD, detail, single_record_message(r), i)
+                Rejected(DeadLetterReason.INVALID_RECORD, detail, value, block.index[row])
             )
-        return keep, rejected
+        return block.take(keep), rejected

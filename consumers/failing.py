@@ -1,5 +1,6 @@
 """The breadth behind every pinning page: distinct devices and client networks with enforced pin
-failures in the last 5 minutes, read from ClickHouse's per-minute rollups.
+failures in the last 5 minutes, read from ClickHouse's per-minute rollups (the query is
+consumers/storage.py's `FAILING_SQL`).
 
 Three views, each a distinct count that Prometheus cannot add up from the others (a device failing
 with two causes, or on two app versions, is one device):
@@ -21,47 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consumers import storage
 from consumers.metrics import VersionLabels
 from consumers.store import Store
-from pinwatch.vocabulary import OTHER
-
-WINDOW = "INTERVAL 5 MINUTE"
-_FAILURES = (
-    f"minute >= now() - {WINDOW} AND kind = 'pin_validation' AND result != 'ok' AND enforced = 1"
-)
-
-# Raw (app, version) pairs any replica stored lately: this replica learns them as if it had
-# consumed one of their reports, so replicas whose partitions have not carried a new release yet
-# label it (and fold the lowest version into `other`) alike.
-VERSIONS_SQL = (
-    "SELECT DISTINCT app_id, app_version FROM {db}.rollup_minute "
-    f"WHERE minute >= now() - {WINDOW} AND kind = 'pin_validation'"
-)
-
-_FOLDED = f"""
-    SELECT
-        if(app_id IN {{apps:Array(String)}}, app_id, '{OTHER}') AS app,
-        if(policy_host = '', '{OTHER}', policy_host) AS host,
-        cause,
-        if(app_version = '', '',
-           if((app_id, app_version) IN {{labelled:Array(Tuple(String, String))}},
-              app_version, '{OTHER}')) AS version,
-        devices,
-        client_networks
-    FROM {{db}}.rollup_minute
-    WHERE {_FAILURES}"""
-
-# One scan per view, tagged, rather than GROUPING SETS: grouping()'s bits mean different things
-# under different servers' `force_grouping_standard_compatibility`.
-FAILING_SQL = " UNION ALL ".join(
-    f"SELECT '{view}', app, host, {key}, uniqMerge(devices), uniqMerge(client_networks) "
-    f"FROM ({_FOLDED}) GROUP BY app, host{group}"
-    for view, key, group in (
-        ("cause", "cause", ", cause"),
-        ("all", "''", ""),
-        ("version", "version", ", version"),
-    )
-)
 
 
 @dataclass(frozen=True)
@@ -77,9 +40,7 @@ class FailingRow:
 async def read_failing(
     store: Store, app_ids: frozenset[str], versions: VersionLabels
 ) -> list[FailingRow]:
-    for app, version in await store.query(VERSIONS_SQL):
-        versions.label(str(app), str(version))
-    rows = await store.query(
-        FAILING_SQL, {"apps": sorted(app_ids), "labelled": versions.labelled()}
-    )
+    for app, version in await storage.failing_versions(store):
+        versions.label(app, version)
+    rows = await storage.failing(store, sorted(app_ids), versions.labelled())
     return [FailingRow(str(v), str(a), str(h), str(k), int(d), int(n)) for v, a, h, k, d, n in rows]

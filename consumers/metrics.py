@@ -8,6 +8,12 @@ is the one that counts it, so a batch replayed after a crash between insert and 
 once (by the new process), never twice. `dead_lettered_total` moves when the dead-letter topic
 acknowledged the record.
 
+Two ways to count, on purpose: these are prometheus_client's Counters, moved once per committed
+batch and label set (`apply`: a few hundred increments per 50,000 reports, nothing measurable),
+while ingest counts every request with plain ints read at scrape time (ingest/metrics.py
+`PlainCounter`, whose docstring has the measurement: its increments were a tenth of a
+single-report request's work).
+
 Label bounds: `app` is an app of the policy (else `other`); `host` is the policy entry covering
 the reported host (a subdomain under `include_subdomains` is counted under its entry), `other` for
 hosts outside the policy; `platform` one of the wire platforms (else `other`); `app_version` one
@@ -19,11 +25,12 @@ pins (a NEL report), `none` only when pins were seen and none of them is pinned.
 from __future__ import annotations
 
 import re
-from collections import Counter as Tally
+from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from pinwatch.vocabulary import OTHER, PLATFORMS
 
@@ -114,13 +121,13 @@ class ConsumerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.versions = VersionLabels(max_app_versions)
-        self.pin_validations = Counter(
+        self.pin_validations = prometheus_client.Counter(
             "pinwatch_pin_validations_total",
             "Pin validations reported (by each report's count), once their offsets committed.",
             ["app", "host", "platform", "app_version", "result", "pin_match", "enforced", "cause"],
             registry=r,
         )
-        self.network_errors = Counter(
+        self.network_errors = prometheus_client.Counter(
             "pinwatch_network_errors_total",
             "Network errors reported (by each report's count); never pin failures.",
             ["app", "host", "platform", "category"],
@@ -166,18 +173,18 @@ class ConsumerMetrics:
             ["app", "host", "app_version"],
             registry=r,
         )
-        self.consumed = Counter(
+        self.consumed = prometheus_client.Counter(
             "pinwatch_consumer_consumed_records",
             "Kafka records (report batches) consumed and committed.",
             registry=r,
         )
-        self.inserted = Counter(
+        self.inserted = prometheus_client.Counter(
             "pinwatch_consumer_inserted_reports",
             "Reports stored in ClickHouse and committed, by kind.",
             ["kind"],
             registry=r,
         )
-        self.duplicates = Counter(
+        self.duplicates = prometheus_client.Counter(
             "pinwatch_consumer_duplicate_reports",
             "Reports dropped as client retries (report id already seen within the dedup window).",
             registry=r,
@@ -188,7 +195,7 @@ class ConsumerMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
-        self.insert_errors = Counter(
+        self.insert_errors = prometheus_client.Counter(
             "pinwatch_consumer_insert_errors", "Failed ClickHouse insert attempts.", registry=r
         )
         self.lag = Gauge(
@@ -202,7 +209,7 @@ class ConsumerMetrics:
             "Unix time of the last successful ClickHouse insert.",
             registry=r,
         )
-        self.dead_lettered = Counter(
+        self.dead_lettered = prometheus_client.Counter(
             "pinwatch_consumer_dead_lettered",
             "Records sent to the dead-letter topic, by reason.",
             ["reason"],
@@ -216,20 +223,20 @@ class ConsumerMetrics:
         for kind in ("pin_validation", "network_error"):
             self.inserted.labels(kind=kind)
 
-    def apply(self, tally: BatchTally) -> None:
+    def apply(self, counts: BatchCounts) -> None:
         """Add a committed batch's counts. Called with no await in between the commit and this,
         so a scrape sees either none or all of a batch."""
-        for counter, counts in (
-            (self.pin_validations, tally.pins),
-            (self.network_errors, tally.network),
+        for counter, by_labels in (
+            (self.pin_validations, counts.pins),
+            (self.network_errors, counts.network),
         ):
-            for key, n in counts.items():
+            for key, n in by_labels.items():
                 counter.labels(*key).inc(n)
-        for kind, n in tally.kinds.items():
+        for kind, n in counts.kinds.items():
             self.inserted.labels(kind=kind).inc(n)
-        self.duplicates.inc(tally.duplicates)
-        if tally.messages:
-            self.consumed.inc(tally.messages)
+        self.duplicates.inc(counts.duplicates)
+        if counts.messages:
+            self.consumed.inc(counts.messages)
 
     def set_failing(self, rows: Iterable[FailingRow]) -> None:
         """Replace every failing gauge with fresh rows (labels already folded by the query)."""
@@ -248,19 +255,19 @@ class ConsumerMetrics:
             networks.labels(*labels).set(row.networks)
 
 
-class BatchTally:
+class BatchCounts:
     """The metric increments a batch will cause once committed (aggregated per label set)."""
 
     __slots__ = ("pins", "network", "kinds", "messages", "duplicates")
 
     def __init__(self) -> None:
-        self.pins: Tally[PinKey] = Tally()
-        self.network: Tally[NetKey] = Tally()
-        self.kinds: Tally[str] = Tally()
+        self.pins: Counter[PinKey] = Counter()
+        self.network: Counter[NetKey] = Counter()
+        self.kinds: Counter[str] = Counter()
         self.messages = 0
         self.duplicates = 0
 
-    def merge(self, other: BatchTally) -> None:
+    def merge(self, other: BatchCounts) -> None:
         self.pins.update(other.pins)
         self.network.update(other.network)
         self.kinds.update(other.kinds)

@@ -1,47 +1,138 @@
-"""The consumer's steps, in order: decode -> enrich (classify) -> batch -> write -> commit.
+"""The consumer's steps, each behind one interface, chained by `build_steps`:
 
-Each step is small and knows nothing of Kafka's client: the engine (consumers/consumer.py)
-feeds messages in and moves batches along. Modelled on getsentry/arroyo's strategies: a batch is
-committed only after its insert returned, a full batch with the writer busy is backpressure
-(the engine pauses partitions), and invalid input goes to the dead-letter topic under a limit.
+    Kafka message -> Decode -> Deduplicate -> Classify -> Reduce -> Write -> Commit
+                       \\-> dead-letter topic (with limits) <-/
+
+Modelled on getsentry/arroyo's strategies (processing/strategies/abstract.py): every step has
+`submit(message)`, `poll()`, `join()` and `close()`, and hands what it makes to the next step's
+`submit`. A step that cannot take a message now raises `MessageRejected` *before* doing anything
+with it (backpressure: only `Reduce` does, when its batch is full and `Write` still busy); the
+step before it keeps what it made and hands it over on a later `poll`, rejecting new messages
+meanwhile, so the engine (consumers/consumer.py) keeps the Kafka message, pauses the partitions
+and never sleeps. `join` pushes everything held through to the end (a rebalance, a shutdown).
+A batch is committed only after its insert returned; invalid input goes to the dead-letter
+topic under a limit. The steps know nothing of Kafka's client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from consumers.classify import Classification, Classifier, report_columns
-from consumers.decode import Rejected, WireRecord
-from consumers.metrics import BatchTally, ConsumerMetrics, fold_labels
-from consumers.schema import (
-    EVIDENCE_COLUMN_NAMES,
-    EVIDENCE_COLUMN_TYPES,
-    ID_DEDUP_FORMATS,
-    REPORT_COLUMN_NAMES,
-    REPORT_COLUMN_TYPES,
+from consumers import storage
+from consumers.batch import Batch, Labels, Part, TopicPartition
+from consumers.classify import Classifier, ClassifyError
+from consumers.decode import (
+    Block,
+    DeadLetterReason,
+    ReceivedWindow,
+    Rejected,
+    dead_letter_value,
+    decode,
 )
+from consumers.dedup import Progress, RecentIds, counted_on_replay
+from consumers.metrics import BatchCounts, ConsumerMetrics, fold_labels
 from consumers.store import Store, StoreError
+from consumers.timings import Timings
 from pinwatch.logs import event
 from pinwatch.settings import Settings
 from pinwatch.vocabulary import OTHER, Kind
 
 log = logging.getLogger("pinwatch.consumer")
 
-TopicPartition = tuple[str, int]
+T = TypeVar("T")
 PIN_VALIDATION = Kind.PIN_VALIDATION.value
-_EVIDENCE_ID, _EVIDENCE_APP = (
-    EVIDENCE_COLUMN_NAMES.index("report_id"),
-    EVIDENCE_COLUMN_NAMES.index("app_id"),
-)
+
+
+class MessageRejected(Exception):  # noqa: N818 - arroyo's name for it
+    """The step cannot take this message now; offer it again later."""
+
+
+class Step(Generic[T]):
+    """One step of the chain: takes `T`s, hands its output to the next step."""
+
+    async def submit(self, message: T) -> None:
+        raise NotImplementedError
+
+    async def poll(self) -> None:
+        """Periodic work (hand over what waited, a batch that aged); called by the engine."""
+
+    async def join(self) -> None:
+        """Push everything held through to the end of the chain."""
+
+    def close(self) -> None:
+        """Forget what is held (a rebalance took the partitions; they will be read again)."""
+
+
+class Forward(Step[T]):
+    """A step that makes one output per message and hands it to `next`, keeping it while
+    `next` rejects it (and rejecting new messages meanwhile)."""
+
+    def __init__(self, next_step: Step[Any]) -> None:
+        self.next = next_step
+        self._carried: Any = None
+
+    async def submit(self, message: T) -> None:
+        if self._carried is not None:
+            await self._hand_over()
+            if self._carried is not None:
+                raise MessageRejected
+        out = await self.process(message)
+        if out is not None:
+            self._carried = out
+            await self._hand_over()
+
+    async def process(self, message: T) -> Any:
+        raise NotImplementedError
+
+    async def _hand_over(self) -> None:
+        try:
+            await self.next.submit(self._carried)
+        except MessageRejected:
+            return
+        self._carried = None
+
+    async def poll(self) -> None:
+        if self._carried is not None:
+            await self._hand_over()
+        await self.next.poll()
+
+    async def join(self) -> None:
+        if self._carried is not None:
+            await self.next.join()  # empties what rejected it
+            await self._hand_over()
+        await self.next.join()
+
+    def close(self) -> None:
+        self._carried = None
+        self.next.close()
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A Kafka message as the chain sees it (aiokafka's ConsumerRecord, reduced)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp: int = 0
+
+
+@dataclass(slots=True)
+class Decoded:
+    origin: tuple[str, int, int]
+    timestamp: int
+    nbytes: int
+    block: Block
+    store: bool = True
+    duplicates: int = 0
 
 
 # --- dead letters ------------------------------------------------------------------------------
@@ -62,7 +153,7 @@ class DeadLetters:
         settings: Settings,
         metrics: ConsumerMetrics,
     ) -> None:
-        self._send = send
+        self.sender = send
         self.topic = settings.kafka_dead_letter_topic
         self.max_ratio = settings.dead_letter_max_ratio
         self.min_records = settings.dead_letter_min_records
@@ -90,7 +181,7 @@ class DeadLetters:
         ]
         if rejected.index is not None:
             headers.append(("pinwatch-record-index", str(rejected.index).encode()))
-        await self._send(self.topic, rejected.value, headers)
+        await self.sender(self.topic, rejected.value, headers)
         self.metrics.dead_lettered.labels(reason=rejected.reason).inc()
         event(
             log,
@@ -110,466 +201,402 @@ class DeadLetters:
             )
 
 
-# --- enrich + batch ----------------------------------------------------------------------------
+# --- decode ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Batch:
-    """Rows of consecutive Kafka messages, and what committing them will count."""
+class Decode(Forward[Incoming]):
+    """A Kafka message into a block of valid reports; the invalid ones (and reports outside the
+    received-time window) to the dead-letter topic."""
 
-    # One entry per report to insert, in step: the record, its classification, its Kafka
-    # (topic, partition, offset) and the metric labels it is tallied under.
-    records: list[WireRecord] = field(default_factory=list)
-    classes: list[Classification] = field(default_factory=list)
-    origins: list[tuple[str, int, int]] = field(default_factory=list)
-    keys: list[tuple[str, ...]] = field(default_factory=list)
-    evidence: list[tuple[Any, ...]] = field(default_factory=list)
-    first: dict[TopicPartition, int] = field(default_factory=dict)
-    last: dict[TopicPartition, int] = field(default_factory=dict)
-    # Kafka timestamps of the first and last message per partition (see `token`).
-    stamps: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
-    tally: BatchTally = field(default_factory=BatchTally)
-    nbytes: int = 0
-    started: float = 0.0
+    def __init__(
+        self,
+        next_step: Step[Decoded],
+        dead_letters: DeadLetters,
+        window: ReceivedWindow,
+        timings: Timings,
+    ) -> None:
+        super().__init__(next_step)
+        self.dead_letters = dead_letters
+        self.window = window
+        self.timings = timings
 
-    @property
-    def empty(self) -> bool:
-        return not self.last
+    async def process(self, message: Incoming) -> Decoded:
+        origin = (message.topic, message.partition, message.offset)
+        with self.timings.measure("decode"):
+            block, rejected = decode(message.value)
+            block, outside = self.window.split(block, int(time.time() * 1000))
+        rejected.extend(outside)
+        self.dead_letters.observe(len(block) + len(rejected))
+        for bad in rejected:
+            await self.dead_letters.send(bad, origin)
+        self.timings.count(len(block))
+        return Decoded(origin, message.timestamp, len(message.value or b""), block)
 
-    def token(self) -> str:
-        """Insert deduplication token: the exact offset ranges this batch holds, and the
-        timestamps of their ends. A replay after a crash has the same messages, so the same
-        token; a topic deleted and created again reuses the offsets, not the timestamps (with
-        offsets alone, its first batches were dropped as copies of the old topic's)."""
-        spans = ",".join(
-            f"{t}:{p}:{self.first[(t, p)]}-{o}@{self.stamps.get((t, p), '')}"
-            for (t, p), o in sorted(self.last.items())
-        )
-        return hashlib.sha256(spans.encode()).hexdigest()[:40]
 
-    def commit_offsets(self) -> dict[TopicPartition, int]:
-        return {tp: offset + 1 for tp, offset in self.last.items()}
+# --- deduplicate -------------------------------------------------------------------------------
 
-    def drop_stored(self, stored: set[tuple[str, str]]) -> int:
-        """Remove the reports (and evidence) already in ClickHouse, (app_id, id) in `stored`,
-        and take them out of the tally: they are client retries. Returns how many."""
-        if not stored:
-            return 0
-        keep = [
-            i
-            for i, r in enumerate(self.records)
-            if r.format not in ID_DEDUP_FORMATS or (r.app_id, r.id) not in stored
-        ]
-        tally = self.tally
-        kept = set(keep)
-        for i, r in enumerate(self.records):
-            if i in kept:
-                continue
-            counter = tally.pins if r.kind == PIN_VALIDATION else tally.network
-            key = self.keys[i]
-            counter[key] -= r.count
-            if counter[key] <= 0:
-                del counter[key]
-            tally.kinds[r.kind] -= 1
-        dropped = len(self.records) - len(keep)
-        self.records = [self.records[i] for i in keep]
-        self.classes = [self.classes[i] for i in keep]
-        self.origins = [self.origins[i] for i in keep]
-        self.keys = [self.keys[i] for i in keep]
-        self.evidence = [
-            e for e in self.evidence if (e[_EVIDENCE_APP], e[_EVIDENCE_ID]) not in stored
-        ]
-        tally.duplicates += dropped
-        return dropped
 
+class Deduplicate(Forward[Decoded]):
+    """Client retries this process remembers out (the writer asks ClickHouse about the rest);
+    a message already stored by a consumer that crashed is counted, not stored again."""
+
+    def __init__(
+        self,
+        next_step: Step[Decoded],
+        progress: Progress,
+        recent: RecentIds,
+        classifies: Callable[[Any], bool],
+        timings: Timings,
+    ) -> None:
+        super().__init__(next_step)
+        self.progress = progress
+        self.recent = recent
+        self.classifies = classifies
+        self.timings = timings
+
+    async def process(self, message: Decoded) -> Decoded:
+        topic, partition, offset = message.origin
+        # Before the first message of a partition: what is already stored (see Progress).
+        await self.progress.ensure(topic, partition)
+        replayed = None
+        if self.progress.is_stored(topic, partition, offset):
+            replayed = await self.progress.replayed(
+                message.origin, message.block, self.classifies, self.recent
+            )
+        with self.timings.measure("dedup"):
+            if replayed is None:
+                block, duplicates = self.recent.fresh(message.block)
+            else:  # already stored by a consumer that crashed: count it as that one would have
+                self.recent.remember(message.block)
+                block, duplicates = counted_on_replay(message.block, replayed, self.classifies)
+        message.block, message.store, message.duplicates = block, replayed is None, duplicates
+        return message
+
+
+# --- classify ----------------------------------------------------------------------------------
 
 _MEMO_SIZE = 65_536
 
 
-class Enricher:
-    """Classifies decoded records (consumers.decode) into a batch's reports and the metric keys
-    they will count under; samples evidence (full chains / raw payloads) per host, leaf pin and
-    hour."""
+class Classify(Forward[Decoded]):
+    """Classifies each profile of a message once (consumers/classify.py) with the metric labels
+    its reports count under, and samples evidence (full chains / raw payloads) per host, leaf
+    pin and hour. A report whose profile does not classify goes to the dead-letter topic."""
 
     def __init__(
-        self, classifier: Classifier, metrics: ConsumerMetrics, evidence_per_key: int
+        self,
+        next_step: Step[tuple[Decoded, Part]],
+        classifier: Classifier,
+        metrics: ConsumerMetrics,
+        evidence_per_key: int,
+        dead_letters: DeadLetters,
+        timings: Timings,
     ) -> None:
+        super().__init__(next_step)
         self.classifier = classifier
         self.versions = metrics.versions
         self.apps = frozenset(classifier.policy.app_ids)
         self.evidence_per_key = evidence_per_key
+        self.dead_letters = dead_letters
+        self.timings = timings
         self._evidence_seen: dict[tuple[str, str, int], int] = {}
         self._evidence_hour = 0
-        self._memo: dict[tuple[Any, ...], tuple[Classification, tuple[str, ...], bool]] = {}
+        self._memo: dict[Any, Labels] = {}
         self._generation = self.versions.generation
 
-    def add(self, r: WireRecord, batch: Batch, origin: tuple[str, int, int], store: bool) -> None:
-        """Classify record `r` into `batch`; `store=False` counts it without inserting (already
-        stored before a crash, see `Progress`). Raises ClassifyError."""
-        c, key, pin = self._lookup(r)
-        tally = batch.tally
-        kind = r.kind
-        if pin:
-            tally.pins[key] += r.count
-        else:
-            tally.network[key] += r.count
-        tally.kinds[kind] += 1
-        if not store:
-            return
-        batch.records.append(r)
-        batch.classes.append(c)
-        batch.origins.append(origin)
-        batch.keys.append(key)
-        if (r.served_chain or r.raw) and self.evidence_per_key:
-            self._sample(r, c.leaf_pin, c.pin_match, c.cause, batch)
+    async def process(self, message: Decoded) -> tuple[Decoded, Part]:
+        block = message.block
+        with self.timings.measure("classify"):
+            labels: list[Any] = []
+            failed: dict[int, str] = {}
+            for code, profile in enumerate(block.profiles):
+                try:
+                    labels.append(self.labels(profile))
+                except Exception as exc:  # noqa: BLE001 - a record never stops the consumer
+                    labels.append(None)
+                    failed[code] = self._failure(exc, message.origin)
+        if failed:
+            keep = [code not in failed for code in block.profile]
+            for row, code in enumerate(block.profile):
+                if code in failed:
+                    value = dead_letter_value(block.record(row))
+                    bad = Rejected(
+                        DeadLetterReason.UNCLASSIFIABLE_RECORD,
+                        failed[code],
+                        value,
+                        block.index[row],
+                    )
+                    await self.dead_letters.send(bad, message.origin)
+            block = block.take(keep)
+        part = Part(message.origin, block, labels, message.store)
+        if message.store and self.evidence_per_key:
+            with self.timings.measure("classify"):
+                self._sample(part)
+        return message, part
 
-    def classifies(self, r: WireRecord) -> bool:
-        """Would `add` take this record (rather than it going to the dead-letter topic)?"""
+    def _failure(self, exc: Exception, origin: tuple[str, int, int]) -> str:
+        if isinstance(exc, ClassifyError):
+            return str(exc)
+        # a defect of ours a record exposed: dead-letter it, and say so loudly
+        detail = f"{type(exc).__name__}: {exc}"
+        log.exception(
+            "record_failed_classification",
+            extra={"detail": detail[:300], "source": f"{origin[0]}/{origin[1]}"},
+        )
+        return detail
+
+    def classifies(self, profile: Any) -> bool:
+        """Would a report of this profile be stored (rather than dead-lettered)?"""
         try:
-            self._lookup(r)
-        except Exception:  # noqa: BLE001 - the engine dead-letters for any exception too
+            self.labels(profile)
+        except Exception:  # noqa: BLE001 - the step dead-letters for any exception too
             return False
         return True
 
-    def _lookup(self, r: WireRecord) -> tuple[Classification, tuple[str, ...], bool]:
+    def labels(self, profile: Any) -> Labels:
         if self.versions.generation != self._generation:  # an app version lost its label
             self._memo.clear()
             self._generation = self.versions.generation
-        # Real traffic repeats a few combinations of these fields (per host, chain, outcome,
-        # app version): classification and metric labels are looked up once per combination.
-        memo_key = (
-            r.host,
-            r.kind,
-            r.result,
-            r.enforced,
-            r.served_chain,
-            r.observed_pins,
-            r.app_id,
-            r.app_version,
-            r.platform,
-            r.error,
-        )
-        found = self._memo.get(memo_key)
+        found = self._memo.get(profile)
         if found is None:
-            found = self._labels(r)
+            found = self._classify(profile)
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.clear()
-            self._memo[memo_key] = found
+            self._memo[profile] = found
         return found
 
-    def _labels(self, r: WireRecord) -> tuple[Classification, tuple[str, ...], bool]:
-        """(classification, metric labels, whether they are pin validation labels)."""
+    def _classify(self, p: Any) -> Labels:
         c = self.classifier.classify_fields(
-            r.host, r.kind, r.result, r.enforced, r.served_chain, r.observed_pins
+            p.host, p.kind, p.result, p.enforced, p.served_chain, p.observed_pins
         )
-        app, host, platform = fold_labels(r.app_id, c.policy_host, r.platform, self.apps)
-        if r.kind == PIN_VALIDATION:
+        app, host, platform = fold_labels(p.app_id, c.policy_host, p.platform, self.apps)
+        if p.kind == PIN_VALIDATION:
             key = (
                 app,
                 host,
                 platform,
-                self.versions.label(r.app_id, r.app_version),
-                r.result or "",
+                self.versions.label(p.app_id, p.app_version),
+                p.result or "",
                 c.pin_match or "unknown",
                 "true" if c.enforced else "false",
                 c.cause or "none",
             )
             return c, key, True
-        return c, (app, host, platform, r.error or OTHER), False
+        return c, (app, host, platform, p.error or OTHER), False
 
-    def _sample(
-        self, r: WireRecord, leaf_pin: str, pin_match: str, cause: str, batch: Batch
-    ) -> None:
-        hour = r.received_at_ms // 3_600_000
-        if hour != self._evidence_hour:  # a new hour: earlier keys can never be hit again
-            self._evidence_seen.clear()
-            self._evidence_hour = hour
-        key = (r.host, leaf_pin, hour)
-        seen = self._evidence_seen.get(key, 0)
-        if seen >= self.evidence_per_key or len(self._evidence_seen) > 100_000:
+    def _sample(self, part: Part) -> None:
+        """Evidence rows of this part, into `part.evidence`."""
+        block = part.block
+        wanted = {
+            code
+            for code, profile in enumerate(block.profiles)
+            if part.labels[code] is not None and (profile.served_chain or profile.raw)
+        }
+        if not wanted or not len(block):
             return
-        self._evidence_seen[key] = seen + 1
-        batch.evidence.append(
-            (
-                hour * 3600,
-                r.host,
-                leaf_pin,
-                r.id,
-                r.received_at_ms,
-                r.app_id,
-                r.app_version,
-                r.platform,
-                r.format,
-                r.result or "",
-                pin_match,
-                cause,
-                r.client_network,
-                r.observed_pins,
-                r.served_chain,
-                r.raw,
+        received = block.received
+        first, last = min(received) // 3_600_000, max(received) // 3_600_000
+        seen = self._evidence_seen
+        if first == last == self._evidence_hour and all(
+            seen.get((block.profiles[c].host, part.labels[c][0].leaf_pin, first), 0)
+            >= self.evidence_per_key
+            for c in wanted
+        ):
+            return  # every key of this hour has its samples: nothing to look at per report
+        rows = block.rows
+        for row, code in enumerate(block.profile):
+            if code not in wanted:
+                continue
+            r = block.profiles[code]
+            c = part.labels[code][0]
+            at = received[row]
+            hour = at // 3_600_000
+            if hour != self._evidence_hour:  # a new hour: earlier keys can never be hit again
+                seen.clear()
+                self._evidence_hour = hour
+            key = (r.host, c.leaf_pin, hour)
+            n = seen.get(key, 0)
+            if n >= self.evidence_per_key or len(seen) > 100_000:
+                continue
+            seen[key] = n + 1
+            part.evidence.append(
+                (
+                    hour * 3600,
+                    r.host,
+                    c.leaf_pin,
+                    rows[0][row],
+                    at,
+                    r.app_id,
+                    r.app_version,
+                    r.platform,
+                    r.format,
+                    r.result or "",
+                    c.pin_match,
+                    c.cause,
+                    rows[5][row],
+                    r.observed_pins,
+                    r.served_chain,
+                    r.raw,
+                )
             )
-        )
 
 
-class Progress:
-    """Highest offset per partition already in ClickHouse (`kafka_progress`), read before the
-    first message of a newly assigned partition is handled. Messages at or below it were
-    inserted by a consumer that crashed before committing: they are counted (that consumer
-    never counted them) but not inserted again, and counted as that consumer would have.
-    """
+# --- reduce: batches by rows, bytes and age ----------------------------------------------------
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.stored: dict[TopicPartition, int] = {}
-        self.loaded: set[TopicPartition] = set()
 
-    async def ensure(self, topic: str, partition: int) -> None:
-        if (topic, partition) in self.loaded:
+class Reduce(Step[tuple[Decoded, Part]]):
+    """Gathers parts into a batch until `batch_max_rows`, `batch_max_bytes` or
+    `batch_max_seconds`, then hands the batch to `next` (Write). A full batch that Write cannot
+    take yet rejects further messages (arroyo's Reduce with backpressure)."""
+
+    def __init__(self, next_step: Step[Batch], settings: Settings) -> None:
+        self.next = next_step
+        self.max_rows = settings.batch_max_rows
+        self.max_bytes = settings.batch_max_bytes
+        self.max_seconds = settings.batch_max_seconds
+        self.batch = Batch()
+
+    @property
+    def full(self) -> bool:
+        return self.batch.rows >= self.max_rows or self.batch.nbytes >= self.max_bytes
+
+    async def submit(self, message: tuple[Decoded, Part]) -> None:
+        if self.full:
+            await self._hand_over()
+            if self.full:
+                raise MessageRejected
+        decoded, part = message
+        batch = self.batch
+        batch.add_message(decoded.origin, decoded.timestamp, decoded.nbytes, time.monotonic())
+        batch.duplicates += decoded.duplicates
+        batch.add(part)
+        if self.full:
+            await self._hand_over()
+
+    async def _hand_over(self) -> None:
+        if self.batch.empty:
             return
-        rows = await self.store.query(
-            "SELECT max(max_offset), count() FROM {db}.kafka_progress "
-            "WHERE kafka_topic = {topic:String} AND kafka_partition = {partition:UInt32}",
-            {"topic": topic, "partition": partition},
-        )
-        if rows and rows[0][1]:
-            self.stored[(topic, partition)] = int(rows[0][0])
-        self.loaded.add((topic, partition))
-        event(
-            log,
-            "partition_progress",
-            topic=topic,
-            partition=partition,
-            stored_up_to=self.stored.get((topic, partition)),
-        )
-
-    def is_stored(self, topic: str, partition: int, offset: int) -> bool:
-        stored = self.stored.get((topic, partition))
-        return stored is not None and offset <= stored
-
-    async def replayed(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        records: list[WireRecord],
-        enricher: Enricher,
-        recent: RecentIds,
-    ) -> set[tuple[str, str]] | None:
-        """For a message `is_stored` says was inserted before: (app_id, id) of its records that
-        have a row at this offset. None when that progress is stale: the partition's progress is
-        dropped then, and the rest of the partition is inserted normally.
-
-        `kafka_progress` alone cannot tell a replay after a crash from a topic that was deleted
-        and created again (offsets restart at 0 while ClickHouse keeps the old incarnation's
-        progress); the rows settle it. A message with no row at its offset is no proof of a new
-        topic, though: the consumer before the crash dropped every record of it as a client
-        retry (or dead-lettered it). Its progress stands when each record it would store is a
-        retry of an id stored before; taking it for stale instead counted the stored messages
-        after it as duplicates."""
-        if not records:
-            return set()
-        rows = await self.store.query(
-            "SELECT DISTINCT app_id, id FROM {db}.reports "
-            "WHERE host IN {hosts:Array(String)} "
-            "AND received_at IN "
-            "(SELECT fromUnixTimestamp64Milli(arrayJoin({times:Array(Int64)}), 'UTC')) "
-            "AND id IN {ids:Array(String)} AND kafka_topic = {topic:String} "
-            "AND kafka_partition = {partition:UInt32} AND kafka_offset = {offset:UInt64}",
-            {
-                "hosts": sorted({r.host for r in records}),
-                "times": sorted({r.received_at_ms for r in records}),
-                "ids": [r.id for r in records],
-                "topic": topic,
-                "partition": partition,
-                "offset": offset,
-            },
-        )
-        found = {(str(app), str(i)) for app, i in rows}
-        if found:
-            return found
-        storable = [r for r in records if enricher.classifies(r)]
-        retries = [r for r in storable if r.format in ID_DEDUP_FORMATS]
-        if len(retries) == len(storable):
-            keys = {(r.app_id, r.id) for r in retries}
-            if keys <= await recent.stored(retries):
-                return found
-        event(
-            log,
-            "kafka_progress_stale",
-            logging.WARNING,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            stored_up_to=self.stored.get((topic, partition)),
-            hint="the topic was probably recreated; inserting from here on",
-        )
-        self.stored.pop((topic, partition), None)
-        return None
-
-    def forget(self, tps: list[TopicPartition]) -> None:
-        """Partitions (re)assigned or revoked: their progress is read again before use."""
-        for tp in tps:
-            self.stored.pop(tp, None)
-            self.loaded.discard(tp)
-
-
-def counted_on_replay(
-    records: list[WireRecord], stored: set[tuple[str, str]], enricher: Enricher
-) -> tuple[list[WireRecord], int]:
-    """The records of a replayed message (`Progress.replayed`) to count as the consumer before
-    the crash would have, and how many were client retries: a record with a row at this offset
-    counts once (the first copy of its id), as does a format not deduplicated by id; a record
-    that does not classify goes on (to the dead-letter topic again); the rest were retries."""
-    keep: list[WireRecord] = []
-    seen: set[tuple[str, str]] = set()
-    for r in records:
-        key = (r.app_id, r.id)
-        if r.format not in ID_DEDUP_FORMATS or (key in stored and key not in seen):
-            seen.add(key)
-            keep.append(r)
-        elif key not in stored and not enricher.classifies(r):
-            keep.append(r)
-    return keep, len(records) - len(keep)
-
-
-class RecentIds:
-    """Report ids (scoped by app) already counted, so a client's retried batch, which reaches
-    Kafka as a second message with the same ids (on any partition), is counted once. Only for
-    `ID_DEDUP_FORMATS` (consumers/schema.py says why).
-
-    Two levels: `fresh` drops copies of ids this process remembers (bounded: ids older than
-    `window` seconds or beyond `max_ids` are forgotten), on the event loop; `stored` asks
-    ClickHouse (`report_ids`, sorted by id) about a whole batch's ids right before its insert,
-    on the writer's side, so the lookup never holds up decoding and classifying (it did, as one
-    query per Kafka message on the event loop's path)."""
-
-    def __init__(self, store: Store, window: float, max_ids: int) -> None:
-        self.store = store
-        self.window_ms = int(window * 1000)
-        self.max_ids = max_ids
-        self._ids: OrderedDict[tuple[str, str], int] = OrderedDict()
-
-    def remember(self, records: list[WireRecord]) -> None:
-        """Records counted elsewhere (already stored before a crash): later copies are not."""
-        ids = self._ids
-        for r in records:
-            if r.format in ID_DEDUP_FORMATS:
-                ids[(r.app_id, r.id)] = r.received_at_ms
-        self._forget_old(records)
-
-    def fresh(self, records: list[WireRecord]) -> tuple[list[WireRecord], int]:
-        """The records this process has not counted before (first copy wins within the
-        message), and how many were dropped as duplicates. Remembers the fresh ones."""
-        keep = []
-        ids = self._ids
-        for r in records:
-            if r.format in ID_DEDUP_FORMATS:
-                key = (r.app_id, r.id)
-                if key in ids:
-                    continue
-                ids[key] = r.received_at_ms
-            keep.append(r)
-        self._forget_old(records)
-        return keep, len(records) - len(keep)
-
-    def _forget_old(self, records: list[WireRecord]) -> None:
-        """Once per message, not per record: checking the oldest id per record cost as much as
-        the rest of the bookkeeping."""
-        if not records:
+        try:
+            await self.next.submit(self.batch)
+        except MessageRejected:
             return
-        ids = self._ids
-        horizon = max(r.received_at_ms for r in records) - self.window_ms
-        while ids and (len(ids) > self.max_ids or next(iter(ids.values())) < horizon):
-            ids.popitem(last=False)
+        self.batch = Batch()
 
-    async def stored(self, records: list[WireRecord]) -> set[tuple[str, str]]:
-        """(app_id, id) of these records already in ClickHouse within the window (stored
-        before a restart or rebalance, or by another process). Raises StoreError."""
-        keys = {(r.app_id, r.id) for r in records if r.format in ID_DEDUP_FORMATS}
-        if not keys:
-            return set()
-        since = max(r.received_at_ms for r in records) - self.window_ms
-        found = await self.store.query_with_values(
-            "SELECT DISTINCT app_id, id FROM {db}.report_ids "
-            "WHERE received_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
-            "AND app_id IN {apps:Array(String)} AND id IN {values}",
-            [i for _, i in keys],
-            {"since": since, "apps": sorted({a for a, _ in keys})},
-        )
-        return {(str(a), str(i)) for a, i in found} & keys
+    async def poll(self) -> None:
+        batch = self.batch
+        if not batch.empty and (self.full or time.monotonic() - batch.started >= self.max_seconds):
+            await self._hand_over()
+        await self.next.poll()
+
+    async def join(self) -> None:
+        await self.next.join()  # the insert in flight first: then Write takes this batch
+        await self._hand_over()
+        await self.next.join()
+
+    def take(self) -> Batch:
+        """The open batch, replaced by an empty one (a test writes it by hand)."""
+        batch, self.batch = self.batch, Batch()
+        return batch
+
+    def close(self) -> None:
+        self.batch = Batch()
+        self.next.close()
 
 
 # --- write -------------------------------------------------------------------------------------
 
 
-class Writer:
-    """Inserts a batch: `reports` (its views follow) then sampled `evidence`. Retries with
-    bounded exponential backoff until it succeeds or the consumer stops; `on_trouble(True)` while
-    failing, so the engine keeps partitions paused and reports it."""
+class Write(Step[Batch]):
+    """Inserts one batch at a time, off the event loop, while the next one fills: `reports`
+    (its views follow) then sampled `evidence`. Retries with bounded exponential backoff until
+    it succeeds or the consumer stops; `on_trouble(True)` while failing, so the engine keeps
+    partitions paused and reports it. A written batch goes on to `next` (Commit)."""
 
     def __init__(
         self,
+        next_step: Step[Batch],
         store: Store,
         metrics: ConsumerMetrics,
         retry_max_seconds: float,
         on_trouble: Callable[[bool], None],
-        recent: RecentIds | None = None,
+        recent: RecentIds | None,
+        timings: Timings,
         max_days: int = 100,
     ) -> None:
+        self.next = next_step
         self.store = store
         self.metrics = metrics
         self.recent = recent
+        self.timings = timings
         # Every table is partitioned by day; a batch of valid records spans at most `max_days`
         # (consumers.decode.ReceivedWindow), which may be more than ClickHouse's default 100.
         self._partitions = {"max_partitions_per_insert_block": max(100, max_days)}
         self.retry_max = retry_max_seconds
         self.on_trouble = on_trouble
         self.stopping = False
+        self.task: asyncio.Task[bool] | None = None
+        self._writing: Batch | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None
+
+    async def submit(self, message: Batch) -> None:
+        await self._collect()
+        if self.task is not None:
+            raise MessageRejected
+        self._writing = message
+        self.task = asyncio.create_task(self.write(message))
+
+    async def _collect(self, wait: bool = False) -> None:
+        task = self.task
+        if task is None or not (wait or task.done()):
+            return
+        self.task = None
+        batch, self._writing = self._writing, None
+        if await task and batch is not None:
+            await self.next.submit(batch)
+
+    async def poll(self) -> None:
+        await self._collect()
+        await self.next.poll()
+
+    async def join(self) -> None:
+        await self._collect(wait=True)
+        await self.next.join()
+
+    def close(self) -> None:
+        self.next.close()
 
     async def write(self, batch: Batch) -> bool:
         """True once stored; False only when asked to stop while ClickHouse was failing."""
-        if not batch.records:
+        if not batch.rows:
             return True
         token = batch.token()
-        columns: list[list[Any]] | None = None
+        table = None
         delay = 0.1
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
             try:
-                if columns is None:
+                if table is None:
                     # Once per batch, before the first attempt: a retried attempt whose
                     # predecessor did store the rows must not find them and drop them.
                     if self.recent is not None:
-                        batch.drop_stored(await self.recent.stored(batch.records))
-                        if not batch.records:
+                        with self.timings.measure("lookup", thread=False):
+                            batch.drop_stored(await self.recent.stored(batch))
+                        if not batch.rows:
                             self.on_trouble(False)
                             return True
-                    columns = report_columns(batch.records, batch.classes, batch.origins)
-                await self.store.insert(
-                    "reports",
-                    columns,
-                    REPORT_COLUMN_NAMES,
-                    column_oriented=True,
-                    column_types=REPORT_COLUMN_TYPES,
-                    settings={
-                        "insert_deduplication_token": token,
-                        "deduplicate_blocks_in_dependent_materialized_views": 1,
-                        **self._partitions,
-                    },
-                )
-                if batch.evidence:
-                    await self.store.insert(
-                        "evidence",
-                        batch.evidence,
-                        EVIDENCE_COLUMN_NAMES,
-                        column_types=EVIDENCE_COLUMN_TYPES,
-                        settings={
-                            "insert_deduplication_token": token + ":evidence",
-                            **self._partitions,
-                        },
-                    )
+                    with self.timings.measure("columns"):
+                        table = batch.reports_table()
+                with self.timings.measure("insert", thread=False):
+                    await storage.insert_reports(self.store, table, token, self._partitions)
+                    if batch.evidence:
+                        await storage.insert_evidence(
+                            self.store, batch.evidence, token, self._partitions
+                        )
             except StoreError as exc:
                 self.metrics.insert_errors.inc()
                 self.on_trouble(True)
@@ -578,7 +605,7 @@ class Writer:
                     "insert_failed",
                     logging.WARNING,
                     attempt=attempt,
-                    rows=len(batch.records),
+                    rows=batch.rows,
                     retry_in=round(delay, 2),
                     error=str(exc)[:300],
                 )
@@ -590,7 +617,7 @@ class Writer:
             self.metrics.insert_seconds.observe(time.perf_counter() - started)
             self.metrics.last_insert.set(time.time())
             if attempt > 1:
-                event(log, "insert_recovered", attempts=attempt, rows=len(batch.records))
+                event(log, "insert_recovered", attempts=attempt, rows=batch.rows)
             self.on_trouble(False)
             return True
 
@@ -598,9 +625,10 @@ class Writer:
 # --- commit ------------------------------------------------------------------------------------
 
 
-class Committer:
+class Commit(Step[Batch]):
     """Commits the offsets of written batches at most every `interval` seconds, and only then
-    applies their metric tallies."""
+    applies their metric counts. The engine calls `commit()` outside its lock (a commit may
+    wait for a rebalance, whose callback takes the lock); `join` commits at once."""
 
     def __init__(
         self,
@@ -612,7 +640,7 @@ class Committer:
         self.metrics = metrics
         self.interval = interval
         self._offsets: dict[TopicPartition, int] = {}
-        self._tally = BatchTally()
+        self._counts = BatchCounts()
         self._last = time.monotonic()  # the interval counts from the start too
         self.committed: dict[TopicPartition, int] = {}
 
@@ -620,18 +648,24 @@ class Committer:
     def pending(self) -> bool:
         return bool(self._offsets)
 
-    def stage(self, batch: Batch) -> None:
-        self._offsets.update(batch.commit_offsets())
-        self._tally.merge(batch.tally)
+    async def submit(self, message: Batch) -> None:
+        self._offsets.update(message.commit_offsets())
+        self._counts.merge(message.tally())
 
-    async def maybe_commit(self, force: bool = False) -> None:
+    async def join(self) -> None:
+        await self.commit(force=True)
+
+    def close(self) -> None:
+        self._offsets, self._counts = {}, BatchCounts()
+
+    async def commit(self, force: bool = False) -> None:
         if not self._offsets:
             return
         now = time.monotonic()
         if not force and now - self._last < self.interval:
             return
-        offsets, tally = self._offsets, self._tally
-        self._offsets, self._tally = {}, BatchTally()
+        offsets, counts = self._offsets, self._counts
+        self._offsets, self._counts = {}, BatchCounts()
         self._last = now
         try:
             await self._commit(offsets)
@@ -645,13 +679,66 @@ class Committer:
             # so nothing is left uncounted; a later commit covers these offsets too.
             for tp, offset in offsets.items():
                 self._offsets.setdefault(tp, offset)
-            tally.merge(self._tally)
-            self._tally = tally
+            counts.merge(self._counts)
+            self._counts = counts
             event(log, "commit_failed", logging.WARNING, error=str(exc)[:300])
             return
         # No await between the commit returning and the count: a scrape sees both or neither.
-        self.metrics.apply(tally)
+        self.metrics.apply(counts)
         self.committed.update(offsets)
 
-    def clear(self) -> None:
-        self._offsets, self._tally = {}, BatchTally()
+
+# --- the chain ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Steps:
+    """The assembled chain; `head` takes Kafka messages. The others are named for the engine
+    (backpressure, commits, shutdown) and for tests that drive the steps by hand."""
+
+    head: Step[Incoming]
+    progress: Progress
+    recent: RecentIds
+    classify: Classify
+    reduce: Reduce
+    write: Write
+    commit: Commit
+    dead_letters: DeadLetters
+    timings: Timings
+
+
+def build_steps(
+    settings: Settings,
+    store: Store,
+    metrics: ConsumerMetrics,
+    classifier: Classifier,
+    *,
+    send_dead_letter: Callable[[str, bytes, list[tuple[str, bytes]]], Awaitable[Any]],
+    commit: Callable[[dict[TopicPartition, int]], Awaitable[None]],
+    on_trouble: Callable[[bool], None],
+    timings: Timings | None = None,
+) -> Steps:
+    """The one place the chain is composed (as snuba's strategy factory)."""
+    timings = timings or Timings(enabled=False)
+    window = ReceivedWindow.from_settings(settings)
+    recent = RecentIds(store, settings.dedup_window_seconds, settings.dedup_max_ids)
+    dead_letters = DeadLetters(send_dead_letter, settings, metrics)
+    committer = Commit(commit, metrics, settings.commit_interval_seconds)
+    write = Write(
+        committer,
+        store,
+        metrics,
+        settings.clickhouse_retry_max_seconds,
+        on_trouble,
+        recent,
+        timings,
+        max_days=window.days,
+    )
+    reduce = Reduce(write, settings)
+    classify = Classify(
+        reduce, classifier, metrics, settings.evidence_per_pin_hour, dead_letters, timings
+    )
+    progress = Progress(store)
+    dedup = Deduplicate(classify, progress, recent, classify.classifies, timings)
+    head = Decode(dedup, dead_letters, window, timings)
+    return Steps(head, progress, recent, classify, reduce, write, committer, dead_letters, timings)

@@ -154,6 +154,14 @@ class Store:
         )
         return int(summary.written_rows or 0)
 
+    def _insert_arrow(self, table: str, data: Any, settings: dict[str, Any] | None) -> int:
+        if not data.num_rows:
+            return 0
+        summary = self._get_client().insert_arrow(
+            f"{self.database}.{table}", data, settings={**self.insert_settings, **(settings or {})}
+        )
+        return int(summary.written_rows or 0)
+
     def _migrate(self, settings: Settings, to: int | None) -> list[int]:
         from consumers.migrations import migrate
 
@@ -211,6 +219,12 @@ class Store:
         return await self.run(
             self._insert, table, data, column_names, settings, column_oriented, column_types
         )
+
+    async def insert_arrow(
+        self, table: str, data: Any, *, settings: dict[str, Any] | None = None
+    ) -> int:
+        """Insert a pyarrow Table (its column names are the table's)."""
+        return await self.run(self._insert_arrow, table, data, settings)
 
     async def migrate(self, settings: Settings, to: int | None = None) -> list[int]:
         """Apply the migrations not yet applied (up to version `to`); see consumers.migrations."""

@@ -7,6 +7,7 @@ The counts are plain ints that the registry reads when scraped, not prometheus_c
 and Histogram: those take a lock and check their state on every increment (about half a
 microsecond each, four per single-report request, a tenth of the request's own work; see
 benchmarks/bench_ingest.py), and ingest counts on one event-loop thread, which needs neither.
+The consumer counts once per batch, so it keeps prometheus_client's (consumers/metrics.py).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Reason(StrEnum):
     BAD_REQUEST = "bad_request"  # malformed HTTP, or asked for a protocol upgrade
 
 
-class Tally:
+class PlainCounter:
     """A counter by label values (a tuple in `labelnames` order)."""
 
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
@@ -87,17 +88,17 @@ class Seconds:
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.requests = Tally(
+        self.requests = PlainCounter(
             "pinwatch_ingest_requests",
             "Report requests answered, by input format and HTTP status.",
             ("format", "status"),
         )
-        self.reports = Tally(
+        self.reports = PlainCounter(
             "pinwatch_ingest_reports",
             "Reports accepted, i.e. acknowledged by Kafka, by input format.",
             ("format",),
         )
-        self.rejected = Tally(
+        self.rejected = PlainCounter(
             "pinwatch_ingest_rejected",
             "Requests (or batch items) rejected, by input format and reason.",
             ("format", "reason"),
@@ -107,7 +108,7 @@ class IngestMetrics:
             "Time from handing a request's records to the producer until Kafka acknowledged all.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.produce_errors = Tally(
+        self.produce_errors = PlainCounter(
             "pinwatch_ingest_produce_errors",
             "Requests whose records Kafka did not acknowledge, by reason "
             "(timeout, kafka_error, backlog, not_started).",

@@ -4,7 +4,8 @@ How records map to messages (measured in benchmarks/bench_ingest.py): aiokafka s
 microseconds of Python per message, so one message per report caps ingest at a few thousand
 reports/s. `KafkaSink` therefore coalesces: every request's records join a per-partition buffer,
 and a single flusher task turns whatever accumulated into as few messages as fit under
-`kafka_max_message_bytes` (each value is exactly `pinwatch.record.encode_batch(records)`).
+`kafka_max_message_bytes` (each value is `pinwatch.record.encode_batch(records)`, the columnar
+envelope, encoded once per message when it is flushed, not once per request).
 A partition with a message in flight is not flushed again until Kafka answers (group commit):
 under load the buffer then gathers a round trip's worth of requests instead of a few.
 A request is answered only when every message holding one of its records is acknowledged
@@ -36,7 +37,7 @@ from aiokafka.errors import (
 )
 
 from pinwatch.logs import event
-from pinwatch.record import ENVELOPE_HEAD, ENVELOPE_TAIL, Record, encode_json, envelope
+from pinwatch.record import Record, encode_batch, encoded_size_bound
 from pinwatch.settings import Settings
 
 log = logging.getLogger("pinwatch.ingest.producer")
@@ -72,21 +73,36 @@ def partition_key(record: Record) -> bytes:
     return (record.device or record.client_network or record.app_id).encode()
 
 
-def _one_by_one(records: list[Record], limit: int) -> list[bytes]:
-    parts = [encode_json(record) for record in records]
-    for record, part in zip(records, parts, strict=True):
-        if len(part) > limit:
-            raise RecordTooLarge(f"report {record.id!r} is {len(part)} bytes encoded")
-    return parts
+def _check_size(records: list[Record], limit: int) -> list[int]:
+    """Each record's `encoded_size_bound`; raises RecordTooLarge for one that does not fit in a
+    message even alone (checked by encoding it, since the bound is only an estimate)."""
+    sizes = [encoded_size_bound(record) for record in records]
+    for record, size in zip(records, sizes, strict=True):
+        if size > limit:
+            encoded = len(encode_batch([record]))
+            if encoded > limit:
+                raise RecordTooLarge(f"report {record.id!r} is {encoded} bytes encoded")
+    return sizes
+
+
+def _encode(records: list[Record], limit: int) -> list[bytes]:
+    """Message values for `records`, each at most `limit` bytes: one, unless the size bounds
+    were too low (multi-byte characters), when the records are split in halves."""
+    value = encode_batch(records)
+    if len(value) <= limit or len(records) == 1:
+        return [value]
+    half = len(records) // 2
+    return _encode(records[:half], limit) + _encode(records[half:], limit)
 
 
 @dataclass
 class _Pending:
     """Records waiting for one partition's next message, and the requests waiting on them."""
 
-    parts: list[bytes] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # each record's encoded_size_bound
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
-    size: int = 0
+    size: int = 0  # the records' encoded_size_bound, summed
     # One timer per group, not per request (asyncio.timeout per request was a tenth of a
     # single-report request's cost): a request that joins later gets a little less time.
     timer: asyncio.TimerHandle | None = None
@@ -250,14 +266,11 @@ class KafkaSink:
 
     def _enqueue(self, partition: int, group: list[Record]) -> asyncio.Future[None]:
         """Add one partition's records to its buffer; the future resolves once Kafka has them."""
-        limit = self.settings.kafka_max_message_bytes - len(ENVELOPE_HEAD) - len(ENVELOPE_TAIL) - 1
-        # one encoder call per group ("r1,r2,..."); per record only when it must be split
-        encoded = encode_json(group)[1:-1]
-        if len(encoded) <= limit:
-            parts, size = [encoded], len(encoded) + 1
-        else:
-            parts = _one_by_one(group, limit)
-            size = sum(len(p) + 1 for p in parts)
+        limit = self.settings.kafka_max_message_bytes
+        # Encoded once per message at flush (columns need every record of it); here only an
+        # upper bound of each record's size, so messages stay under the limit.
+        sizes = _check_size(group, limit)
+        size = sum(sizes)
         pending = self._pending.get(partition)
         if pending and pending.size + size > self.settings.kafka_max_message_bytes:
             self._drain_partition(partition)
@@ -268,7 +281,8 @@ class KafkaSink:
             timeout = self.settings.kafka_produce_timeout_seconds
             pending.timer = loop.call_later(timeout, self._expire, partition, pending)
         waiter: asyncio.Future[None] = loop.create_future()
-        pending.parts.extend(parts)
+        pending.records.extend(group)
+        pending.sizes.extend(sizes)
         pending.waiters.append(waiter)
         pending.size += size
         self._pending_bytes += size
@@ -287,23 +301,22 @@ class KafkaSink:
 
     def _drain_partition(self, partition: int) -> None:
         pending = self._pending.pop(partition, None)
-        if pending is None or not pending.parts:
+        if pending is None or not pending.records:
             return
-        limit = self.settings.kafka_max_message_bytes - len(ENVELOPE_HEAD) - len(ENVELOPE_TAIL)
+        limit = self.settings.kafka_max_message_bytes
         # Split into messages under the limit. A request's records may straddle two messages:
         # its waiter then resolves when the last of them is acknowledged.
-        messages: list[list[bytes]] = [[]]
+        messages: list[list[Record]] = [[]]
         size = 0
-        for part in pending.parts:
-            if messages[-1] and size + len(part) + 1 > limit:
+        for record, bound in zip(pending.records, pending.sizes, strict=True):
+            if messages[-1] and size + bound > limit:
                 messages.append([])
                 size = 0
-            messages[-1].append(part)
-            size += len(part) + 1
+            messages[-1].append(record)
+            size += bound
+        values = [value for m in messages for value in _encode(m, limit)]
         self._busy[partition] += 1
-        task = asyncio.ensure_future(
-            self._produce(partition, [envelope(m) for m in messages], pending)
-        )
+        task = asyncio.ensure_future(self._produce(partition, values, pending))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 

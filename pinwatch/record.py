@@ -12,7 +12,8 @@ Privacy is settled before a record exists: `device` is already the keyed hash an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -71,20 +72,106 @@ class Record:
 encode_json = msgspec.json.Encoder().encode
 
 
-# A Kafka message value: {"v": SCHEMA_VERSION, "records": [record, ...]}, compact JSON.
+# --- the Kafka message value ---------------------------------------------------------------------
+#
+# Version 2 (what ingest writes): the records as columns, msgpack. A fleet sends the same few
+# combinations of everything but the per-report fields (one app, a few hosts and versions, a few
+# chains per server key): those combinations are written once per message as `profiles`, and
+# each report is a row of the per-report columns plus the index of its profile. The consumer
+# decodes a message in a handful of C calls and classifies once per profile, not per report
+# (benchmarks/README.md, "Consumer"); a chain of a few kilobytes travels once per message.
+#
+#     {"v": 2, "profiles": [[PROFILE_FIELDS values], ...], "profile": [index per report],
+#      "rows": [[ROW_FIELDS[0] per report], [ROW_FIELDS[1] per report], ...]}
+#
+# Version 1 (written before 2026-12; still read by the consumer for one release, for records
+# already on Kafka at upgrade time and dead letters replayed since): compact JSON,
+# {"v": 1, "records": [record, ...]}.
+
+ROW_FIELDS: tuple[str, ...] = (
+    "id",
+    "received_at_ms",
+    "event_at_ms",
+    "sent_at_ms",
+    "device",
+    "client_network",
+    "count",
+)
+PROFILE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record) if f.name not in ROW_FIELDS)
+_LISTS = ("observed_pins", "known_pins", "served_chain")
+_SCALARS = tuple(f for f in PROFILE_FIELDS if f not in _LISTS)
+# The encoder's keys, and where each profile field is in them.
+_PROFILE_ORDER = tuple((_SCALARS + _LISTS).index(f) for f in PROFILE_FIELDS)
+COLUMNS_VERSION = 2
+_row = attrgetter(*ROW_FIELDS)
+_scalars = attrgetter(*_SCALARS)
+_lists = attrgetter(*_LISTS)
+_msgpack = msgspec.msgpack.Encoder()
+
+
+def encode_batch(records: list[Record]) -> bytes:
+    """One Kafka message value (version 2, columns)."""
+    index: dict[tuple[Any, ...], int] = {}
+    codes = []
+    for r in records:
+        observed, known, chain = _lists(r)
+        key = (*_scalars(r), tuple(observed), tuple(known), tuple(chain))
+        code = index.get(key)
+        if code is None:
+            code = index[key] = len(index)
+        codes.append(code)
+    order = _PROFILE_ORDER
+    profiles = [[key[i] for i in order] for key in index]
+    rows = (
+        [list(column) for column in zip(*map(_row, records), strict=True)]
+        if records
+        else [[] for _ in ROW_FIELDS]
+    )
+    return _msgpack.encode(
+        {"v": COLUMNS_VERSION, "profiles": profiles, "profile": codes, "rows": rows}
+    )
+
+
+def encoded_size_bound(record: Record) -> int:
+    """About what `record` adds to a version 2 message at most (its profile written in full,
+    as if no other record shared it): what a producer adds up to keep messages under a size,
+    without encoding anything. Strings count their characters (an encoded byte each for
+    the ASCII a record holds; `encode_batch` is checked against the real limit anyway)."""
+    return (
+        _PER_RECORD
+        + len(record.id)
+        + len(record.device)
+        + len(record.client_network)
+        + len(record.app_id)
+        + len(record.host)
+        + len(record.app_version)
+        + len(record.os_version)
+        + len(record.network)
+        + len(record.detail)
+        + len(record.raw)
+        + 50 * (len(record.observed_pins) + len(record.known_pins))
+        + sum(map(len, record.served_chain))
+        + 3 * len(record.served_chain)
+    )
+
+
+# Numbers (9 bytes each at most), enum strings, array and string headers of one record.
+_PER_RECORD = 160
+
+
 ENVELOPE_HEAD = b'{"v":' + str(SCHEMA_VERSION).encode() + b',"records":['
 ENVELOPE_TAIL = b"]}"
 
 
 def envelope(parts: list[bytes]) -> bytes:
-    """One message value from records already encoded one by one (`encode_json(record)`): the
-    JSON is compact, so joining is exact, and encoding each record once also gives the sizes
-    a producer needs to split records over messages."""
+    """A version 1 message value from records already encoded one by one (`encode_json(record)`):
+    the JSON is compact, so joining is exact. Ingest no longer writes these; the consumer's
+    dead letters of records that arrived this way keep them as they came."""
     return ENVELOPE_HEAD + b",".join(parts) + ENVELOPE_TAIL
 
 
-def encode_batch(records: list[Record]) -> bytes:
-    """One Kafka message value."""
+def encode_batch_v1(records: list[Record]) -> bytes:
+    """A version 1 message value, as ingest wrote them before version 2 (tests of the upgrade)."""
     return envelope([encode_json(record) for record in records])
 
 
@@ -93,12 +180,24 @@ class UndecodableBatch(ValueError):
 
 
 def decode_batch(value: bytes) -> list[Record]:
+    """The records of a message value of either version (tests and tools; the consumer has its
+    own validating decoder, consumers/decode.py)."""
     try:
-        envelope = orjson.loads(value)
-        if not isinstance(envelope, dict) or envelope.get("v") != SCHEMA_VERSION:
-            raise UndecodableBatch(f"unknown envelope version: {str(envelope)[:80]!r}")
-        return [Record.from_dict(item) for item in envelope["records"]]
+        if value[:1] == b"{":
+            data = orjson.loads(value)
+            if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
+                raise UndecodableBatch(f"unknown envelope version: {str(data)[:80]!r}")
+            return [Record.from_dict(item) for item in data["records"]]
+        data = msgspec.msgpack.decode(value)
+        if not isinstance(data, dict) or data.get("v") != COLUMNS_VERSION:
+            raise UndecodableBatch(f"unknown envelope version: {str(data)[:80]!r}")
+        profiles = [dict(zip(PROFILE_FIELDS, p, strict=True)) for p in data["profiles"]]
+        rows = zip(*data["rows"], strict=True) if data["profile"] else ()
+        return [
+            Record.from_dict({**profiles[code], **dict(zip(ROW_FIELDS, row, strict=True))})
+            for code, row in zip(data["profile"], rows, strict=True)
+        ]
     except UndecodableBatch:
         raise
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (orjson.JSONDecodeError, msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
         raise UndecodableBatch(f"{type(exc).__name__}: {exc}") from exc

@@ -15,7 +15,7 @@ from devstack.simulate.population import (
 )
 from devstack.simulate.runner import Simulation, describe, generate
 from devstack.simulate.scenarios import SCENARIOS, Scenario, get_scenario
-from devstack.simulate.sender import Sender, Tally, require_loopback
+from devstack.simulate.sender import Sender, SendOutcomes, require_loopback
 
 __all__ = [
     "SCENARIOS",
@@ -27,7 +27,7 @@ __all__ = [
     "Scenario",
     "Sender",
     "Simulation",
-    "Tally",
+    "SendOutcomes",
     "build_population",
     "describe",
     "device_requests",

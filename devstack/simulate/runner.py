@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from devstack.simulate.emit import Chains, Request, device_requests
 from devstack.simulate.population import Population
 from devstack.simulate.scenarios import Scenario
-from devstack.simulate.sender import Sender, Tally
+from devstack.simulate.sender import Sender, SendOutcomes
 
 TICK_SECONDS = 0.25
 
@@ -64,7 +64,7 @@ class Simulation:
         self._inflight: set[asyncio.Task[int]] = set()
 
     @property
-    def tally(self) -> Tally:
+    def tally(self) -> SendOutcomes:
         return self.sender.tally
 
     @property
@@ -84,7 +84,7 @@ class Simulation:
         progress: Progress | None = None,
         progress_every: float = 5.0,
         stop: asyncio.Event | None = None,
-    ) -> Tally:
+    ) -> SendOutcomes:
         """Send until `duration` seconds pass, `max_requests` are sent or `stop` is set."""
         interval = self.population.config.report_interval
         self.started = time.monotonic()

@@ -36,7 +36,9 @@ def require_loopback(url: str) -> str:
 
 
 @dataclass
-class Tally:
+class SendOutcomes:
+    """What the simulator sent and how ingest answered (requests, statuses, accepted reports)."""
+
     requests: int = 0
     statuses: Counter[int] = field(default_factory=Counter)  # final status per request
     retries: int = 0
@@ -68,7 +70,7 @@ class Sender:
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
-        self.tally = Tally()
+        self.tally = SendOutcomes()
         self._limit = asyncio.Semaphore(concurrency)
         self._clients: dict[str, httpx.AsyncClient] = {}
 

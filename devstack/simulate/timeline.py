@@ -19,7 +19,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.monitoring import MonitoringError, prometheus_alerts, query
-from devstack.simulate.sender import Tally
+from devstack.simulate.sender import SendOutcomes
 
 STAGES = (
     ("sent", "first failing report sent (accepted by ingest)"),
@@ -91,7 +91,7 @@ class TimelineWatcher:
         self,
         timeline: Timeline,
         *,
-        tally: Tally,
+        tally: SendOutcomes,
         consumer_url: str,
         prometheus_url: str,
         pages: Callable[[], list[tuple[float, str, str]]],

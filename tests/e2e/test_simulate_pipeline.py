@@ -19,7 +19,7 @@ from devstack.simulate import (
     Population,
     PopulationConfig,
     Sender,
-    Tally,
+    SendOutcomes,
     build_population,
     generate,
 )
@@ -42,7 +42,7 @@ def chains(session_dir: Path, ca: object) -> Chains:
 
 async def play(
     p: Pipeline, population: Population, scenario: str, chains: Chains, *, intervals: int = 3
-) -> Tally:
+) -> SendOutcomes:
     """Send every request of `intervals` report intervals (changed from the second on), then
     wait until the consumer has inserted and counted every accepted report."""
     async with Sender(p.ingest_url, concurrency=8) as sender:

@@ -28,8 +28,9 @@ from aiokafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.api import create_api
+from consumers.batch import Batch
 from consumers.consumer import Consumer
-from consumers.steps import Batch, DeadLetters
+from consumers.steps import Incoming
 from consumers.store import Store
 from pinwatch.settings import Settings
 from pinwatch.topics import ensure_topics
@@ -203,9 +204,10 @@ class HandDriven:
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.consumer = Consumer(settings, store)
+        self.steps = self.consumer.steps
         self.dead: list[tuple[bytes, dict[str, bytes]]] = []
-        self.consumer.dead_letters = DeadLetters(self._dead_letter, settings, self.consumer.metrics)
-        self.consumer.writer.stopping = True
+        self.steps.dead_letters.sender = self._dead_letter
+        self.steps.write.stopping = True
 
     async def _dead_letter(self, topic: str, value: bytes, headers: list[Any]) -> None:
         self.dead.append((value, dict(headers)))
@@ -213,24 +215,25 @@ class HandDriven:
     @property
     def batch(self) -> Batch:
         """The open batch (what `handle` added to since the last `write`)."""
-        return self.consumer._batch  # noqa: SLF001
+        return self.steps.reduce.batch
 
     async def handle(self, topic: str, partition: int, message: KafkaMessage) -> None:
-        await self.consumer._handle(TopicPartition(topic, partition), message)  # noqa: SLF001
+        incoming = Incoming(topic, partition, message.offset, message.value, message.timestamp)
+        await self.steps.head.submit(incoming)
 
     def discard(self) -> None:
         """Drop the open batch unwritten (as a crash would)."""
-        self.consumer._batch = Batch()  # noqa: SLF001
+        self.steps.reduce.take()
 
     async def write(self) -> Batch:
         """Insert the open batch (raises if the insert fails) and start a new one."""
-        batch, self.consumer._batch = self.batch, Batch()  # noqa: SLF001
-        assert await self.consumer.writer.write(batch), "the insert failed"
+        batch = self.steps.reduce.take()
+        assert await self.steps.write.write(batch), "the insert failed"
         return batch
 
     def commit(self, batch: Batch) -> None:
-        """What committing a written batch does to /metrics (consumers.steps.Committer)."""
-        self.consumer.metrics.apply(batch.tally)
+        """What committing a written batch does to /metrics (consumers.steps.Commit)."""
+        self.consumer.metrics.apply(batch.tally())
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from consumers.consumer import Consumer
 from devstack.certs import CertificateAuthority, Chain
 from devstack.clients import native_batch, network_error, pin_validation
-from pinwatch.record import Record, encode_batch
+from pinwatch.record import Record, encode_batch, encode_batch_v1
 from pinwatch.settings import Settings
 from pinwatch.topics import ensure_topics
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
@@ -219,7 +219,7 @@ async def test_undecodable_records_go_to_the_dead_letter_topic_and_the_rest_flow
 ) -> None:
     settings = make_settings()
     good = [_record(ca) for _ in range(3)]
-    mixed = orjson.loads(encode_batch([good[1]]))
+    mixed = orjson.loads(encode_batch_v1([good[1]]))  # a version 1 envelope, edited as JSON
     mixed["records"].append({"kind": "no_such_kind", "id": "broken"})
     values = [
         encode_batch([good[0]]),
@@ -339,6 +339,8 @@ async def test_a_rebalance_between_two_consumers_counts_everything_once(
         await second.start()
         task = asyncio.create_task(second.run())
         try:
+            # the group rebalanced: the second member owns partitions, the first fewer
+            assert await eventually(lambda: second.assignment, timeout=60), "no rebalance"
             for i in range(20, 40):
                 await p.post(batch(i))
             assert p.consumer is not None

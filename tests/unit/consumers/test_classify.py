@@ -6,19 +6,22 @@ import datetime as dt
 import functools
 from pathlib import Path
 
+import msgspec
 import orjson
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from consumers.batch import Batch
 from consumers.classify import Classifier, ClassifyError
 from consumers.decode import decode
 from consumers.metrics import ConsumerMetrics, VersionLabels, version_key
-from consumers.steps import Batch, Enricher
+from consumers.steps import Classify, Step
+from consumers.timings import Timings
 from devstack.certs import CertificateAuthority, Chain
 from pinwatch.policy import load_policy
-from pinwatch.record import encode_batch
+from pinwatch.record import decode_batch, encode_batch, encode_batch_v1
 from pinwatch.roots import PublicRoots, RootsError
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
@@ -152,36 +155,58 @@ def test_version_labels_keep_the_highest_versions() -> None:
 
 
 def test_decode_rejects_records_one_by_one() -> None:
+    """Version 1 envelopes (JSON, one object per record), still read for one release."""
     good = record()
-    envelope = orjson.loads(encode_batch([good]))
+    envelope = orjson.loads(encode_batch_v1([good]))
     envelope["records"].append({"kind": "pin_validation"})
-    records, rejected = decode(orjson.dumps(envelope))
-    assert [r.id for r in records] == [good.id]
-    assert records[0].port == 443  # defaults of the Record schema filled in
+    block, rejected = decode(orjson.dumps(envelope))
+    assert block.ids == [good.id]
+    assert block.profiles[0].port == 443  # defaults of the Record schema filled in
     assert [(r.reason, r.index) for r in rejected] == [("invalid_record", 1)]
     # a wrongly typed field is this record's problem, not its batch's insert's
     envelope["records"][1] = dict(envelope["records"][0], count="3")
-    records, rejected = decode(orjson.dumps(envelope))
-    assert len(records) == 1 and "count: expected int" in rejected[0].detail
+    block, rejected = decode(orjson.dumps(envelope))
+    assert len(block) == 1 and "count: expected int" in rejected[0].detail
     envelope["records"][1] = dict(envelope["records"][0], served_chain=[1])
     assert "served_chain" in decode(orjson.dumps(envelope))[1][0].detail
     envelope["records"][1] = dict(envelope["records"][0], surprise=True)
     assert "surprise" in decode(orjson.dumps(envelope))[1][0].detail
-    records, rejected = decode(b"{not json")
-    assert records == [] and rejected[0].reason == "undecodable_message"
-    records, rejected = decode(orjson.dumps({"v": 99, "records": []}))
+    block, rejected = decode(b"{not json")
+    assert not len(block) and rejected[0].reason == "undecodable_message"
+    block, rejected = decode(orjson.dumps({"v": 99, "records": []}))
     assert rejected[0].reason == "undecodable_message" and "v1" in rejected[0].detail
 
 
+def test_decode_columns_rejects_reports_one_by_one() -> None:
+    """Version 2 envelopes (columns, what ingest writes): a bad value sinks its report only,
+    and the dead letter is a one-report envelope that decodes."""
+    good, bad = record(), record()
+    envelope = msgspec.msgpack.decode(encode_batch([good, bad]))
+    envelope["rows"][6][1] = "3"  # count
+    block, rejected = decode(msgspec.msgpack.encode(envelope))
+    assert block.ids == [good.id] and list(block.index) == [0]
+    assert [(r.reason, r.index) for r in rejected] == [("invalid_record", 1)]
+    assert "count: expected int" in rejected[0].detail
+    assert [r.id for r in decode_batch(rejected[0].value)] == [bad.id]
+    envelope["profile"][1] = 7  # not a profile of the message
+    assert "profile" in decode(msgspec.msgpack.encode(envelope))[1][0].detail
+    envelope["rows"].pop()
+    block, rejected = decode(msgspec.msgpack.encode(envelope))
+    assert not len(block) and rejected[0].reason == "undecodable_message"
+    assert decode(b"\x93junk")[1][0].reason == "undecodable_message"
+
+
 def test_a_version_pushed_out_of_the_labels_is_counted_as_other(classifier: Classifier) -> None:
-    """The enricher caches labels per field combination; a version that loses its label slot
-    must not keep it through that cache."""
-    enricher = Enricher(classifier, ConsumerMetrics(max_app_versions=1), evidence_per_key=0)
-    batch = Batch()
+    """Classify caches labels per profile; a version that loses its label slot must not keep
+    it through that cache."""
+    metrics = ConsumerMetrics(max_app_versions=1)
+    classify = Classify(Step(), classifier, metrics, 0, None, Timings())  # type: ignore[arg-type]
+    keys = []
     for version in ("5.1.0", "5.2.0", "5.1.0"):
-        (r,), _ = decode(encode_batch([record(app_version=version, enforced=True)]))
-        enricher.add(r, batch, ("t", 0, 0), store=True)
-    assert [key[3] for key in batch.keys] == ["5.1.0", "5.2.0", "other"]
+        block, _ = decode(encode_batch([record(app_version=version, enforced=True)]))
+        ((_, key, _),) = [classify.labels(p) for p in block.profiles]
+        keys.append(key[3])
+    assert keys == ["5.1.0", "5.2.0", "other"]
 
 
 def test_insert_token_is_the_offset_ranges_and_their_timestamps() -> None:

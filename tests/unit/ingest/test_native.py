@@ -10,9 +10,15 @@ import re
 import pytest
 
 from ingest.formats.native import PIN_PATTERN
-from ingest.producer import envelope
 from pinwatch.policy import is_spki_pin
-from pinwatch.record import Record, encode_batch, encode_json
+from pinwatch.record import (
+    Record,
+    decode_batch,
+    encode_batch,
+    encode_batch_v1,
+    encode_json,
+    envelope,
+)
 from pinwatch.vocabulary import Format, Kind
 
 
@@ -32,7 +38,7 @@ def test_pin_pattern_agrees_with_policy_check() -> None:
         assert not re.fullmatch(PIN_PATTERN, value), value
 
 
-def test_envelope_is_exactly_encode_batch() -> None:
+def test_both_envelopes_decode_to_the_records_encoded() -> None:
     records = [
         Record(
             id=f"r{i}",
@@ -45,9 +51,10 @@ def test_envelope_is_exactly_encode_batch() -> None:
         )
         for i in range(3)
     ]
-    joined = envelope([encode_json(records)[1:-1]])
-    assert joined == encode_batch(records)
-    assert envelope([encode_json(r) for r in records]) == encode_batch(records)
+    assert decode_batch(encode_batch(records)) == records
+    assert decode_batch(encode_batch_v1(records)) == records
+    # version 1: records encoded one by one join into the same envelope
+    assert envelope([encode_json(records)[1:-1]]) == encode_batch_v1(records)
 
 
 class _Chunks:

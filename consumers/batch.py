@@ -1,0 +1,309 @@
+"""What the consumer inserts at once: a `Batch` of `Part`s, one per Kafka message.
+
+A part is one message's reports as decoded (`consumers.decode.Block`: distinct profiles, and per
+report its profile's index and its own values) with each profile's classification and metric
+labels. Nothing is rewritten per report: the batch's columns are built when it is written, the
+per-report ones by concatenating lists, the others by indexing the profiles' values with numpy
+and Arrow (`reports_table`), and its metric counts are summed per profile (`tally`). Dropping
+client retries found in ClickHouse replaces a part by a smaller one (`drop_stored`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from consumers.classify import Classification
+from consumers.decode import Block
+from consumers.metrics import BatchCounts
+from consumers.schema import (
+    EVIDENCE_COLUMN_NAMES,
+    ID_DEDUP_FORMATS,
+    REPORT_COLUMN_NAMES,
+    REPORT_COLUMN_TYPES,
+)
+from pinwatch.vocabulary import Kind
+
+TopicPartition = tuple[str, int]
+Origin = tuple[str, int, int]  # Kafka (topic, partition, offset)
+# A profile's classification, its metric labels and whether they are pin validation labels.
+Labels = tuple[Classification, tuple[str, ...], bool]
+PIN_VALIDATION = Kind.PIN_VALIDATION.value
+
+
+@dataclass(slots=True)
+class Part:
+    """One Kafka message's reports: `labels[i]` classifies `block.profiles[i]`. `store=False`:
+    counted, not inserted (stored before a crash, see consumers.dedup.Progress)."""
+
+    origin: Origin
+    block: Block
+    labels: list[Labels]
+    store: bool = True
+    evidence: list[tuple[Any, ...]] = field(default_factory=list)  # sampled rows to insert
+
+    def dedup_ids(self) -> tuple[set[str], list[str]]:
+        """(apps, ids) of the reports deduplicated by id (consumers/schema.py says which):
+        without a tuple per report when, as usual, one app's native reports fill the part."""
+        profiles = self.block.profiles
+        apps = {p.app_id for p in profiles if p.format in ID_DEDUP_FORMATS}
+        if len(apps) == len(profiles) == 1 or all(p.format in ID_DEDUP_FORMATS for p in profiles):
+            return apps, self.block.ids
+        return apps, [key[1] for key in _all_keys(self) if key is not None]
+
+
+@dataclass
+class Batch:
+    """Parts of consecutive Kafka messages, and what committing them will count."""
+
+    parts: list[Part] = field(default_factory=list)
+    evidence: list[tuple[Any, ...]] = field(default_factory=list)
+    first: dict[TopicPartition, int] = field(default_factory=dict)
+    last: dict[TopicPartition, int] = field(default_factory=dict)
+    # Kafka timestamps of the first and last message per partition (see `token`).
+    stamps: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
+    rows: int = 0  # reports to insert
+    nbytes: int = 0
+    started: float = 0.0
+    messages: int = 0
+    duplicates: int = 0  # reports dropped as client retries
+
+    @property
+    def empty(self) -> bool:
+        return not self.last
+
+    def add_message(self, origin: Origin, timestamp: int, nbytes: int, started: float) -> None:
+        """A Kafka message was handled into this batch (whatever it held)."""
+        topic, partition, offset = origin
+        key = (topic, partition)
+        if self.empty:
+            self.started = started
+        self.first.setdefault(key, offset)
+        self.last[key] = offset
+        stamps = self.stamps.get(key)
+        self.stamps[key] = (stamps[0] if stamps else timestamp, timestamp)
+        self.nbytes += nbytes
+        self.messages += 1
+
+    def add(self, part: Part) -> None:
+        self.evidence.extend(part.evidence)
+        if len(part.block):
+            self.parts.append(part)
+            if part.store:
+                self.rows += len(part.block)
+
+    def ids(self) -> list[str]:
+        """Report ids to insert, in order."""
+        return list(chain.from_iterable(p.block.ids for p in self.parts if p.store))
+
+    def token(self) -> str:
+        """Insert deduplication token: the exact offset ranges this batch holds, and the
+        timestamps of their ends. A replay after a crash has the same messages, so the same
+        token; a topic deleted and created again reuses the offsets, not the timestamps (with
+        offsets alone, its first batches were dropped as copies of the old topic's)."""
+        spans = ",".join(
+            f"{t}:{p}:{self.first[(t, p)]}-{o}@{self.stamps.get((t, p), '')}"
+            for (t, p), o in sorted(self.last.items())
+        )
+        return hashlib.sha256(spans.encode()).hexdigest()[:40]
+
+    def commit_offsets(self) -> dict[TopicPartition, int]:
+        return {tp: offset + 1 for tp, offset in self.last.items()}
+
+    def dedup_ids(self) -> tuple[set[str], list[str]]:
+        """(apps, ids) of the reports to insert that are deduplicated by id; a report of another
+        app with the same id may be among them (`dedup_keys` tells exactly)."""
+        apps: set[str] = set()
+        ids: list[str] = []
+        for part in self.parts:
+            if part.store:
+                more_apps, more_ids = part.dedup_ids()
+                apps |= more_apps
+                ids.extend(more_ids)
+        return apps, ids
+
+    def dedup_keys(self) -> set[tuple[str, str]]:
+        """(app_id, id) of the reports to insert that are deduplicated by id."""
+        return {k for part in self.parts if part.store for k in _all_keys(part) if k is not None}
+
+    def newest_received(self) -> int:
+        return max((max(p.block.received) for p in self.parts if len(p.block)), default=0)
+
+    def drop_stored(self, stored: set[tuple[str, str]]) -> int:
+        """Remove the reports (and evidence) already in ClickHouse, (app_id, id) in `stored`:
+        they are client retries. Returns how many."""
+        if not stored:
+            return 0
+        dropped = 0
+        for n, part in enumerate(self.parts):
+            if not part.store:
+                continue
+            keep = [k not in stored for k in _all_keys(part)]
+            if all(keep):
+                continue
+            gone = keep.count(False)
+            dropped += gone
+            self.parts[n] = Part(part.origin, part.block.take(keep), part.labels, part.store)
+            # (part.evidence is in self.evidence already, filtered below)
+        self.parts = [p for p in self.parts if len(p.block)]
+        self.rows -= dropped
+        self.duplicates += dropped
+        self.evidence = [
+            e for e in self.evidence if (e[_EVIDENCE_APP], e[_EVIDENCE_ID]) not in stored
+        ]
+        return dropped
+
+    def tally(self) -> BatchCounts:
+        """The metric increments committing this batch causes, summed per profile."""
+        counts = BatchCounts()
+        counts.messages, counts.duplicates = self.messages, self.duplicates
+        for part in self.parts:
+            block = part.block
+            sizes, sums = _per_profile(block.profile, block.rows[6], len(block.profiles))
+            for labels, profile, n, total in zip(
+                part.labels, block.profiles, sizes, sums, strict=True
+            ):
+                if not n:
+                    continue
+                _, key, pin = labels
+                (counts.pins if pin else counts.network)[key] += total
+                counts.kinds[profile.kind] += n
+        return counts
+
+    def reports_table(self) -> pa.Table:
+        """The `reports` rows (consumers.schema.REPORT_COLUMNS) as an Arrow table."""
+        parts = [p for p in self.parts if p.store]
+        profiles: list[Any] = []
+        labels: list[Labels] = []
+        codes = []
+        for part in parts:
+            codes.append(np.asarray(part.block.profile, dtype=np.int32) + len(profiles))
+            profiles.extend(part.block.profiles)
+            # A profile that did not classify has no report left in its block.
+            labels.extend(_UNUSED if lab is None else lab for lab in part.labels)
+        index = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
+        rows = [list(chain.from_iterable(p.block.rows[i] for p in parts)) for i in range(7)]
+        sizes = [len(p.block) for p in parts]
+        columns = {
+            "id": pa.array(rows[0], pa.string()),
+            "received_at": pa.array(rows[1], _MS),
+            "event_at": pa.array(rows[2], _MS),
+            "sent_at": pa.array(rows[3], _MS),
+            "device": pa.array(rows[4], pa.string()),
+            "client_network": pa.array(rows[5], pa.string()),
+            "count": pa.array(rows[6], pa.uint32()),
+            "kafka_topic": _repeat([p.origin[0] for p in parts], sizes, None),
+            "kafka_partition": _repeat([p.origin[1] for p in parts], sizes, pa.uint32()),
+            "kafka_offset": _repeat([p.origin[2] for p in parts], sizes, pa.uint64()),
+        }
+        for name, value in _BY_PROFILE.items():
+            values = [value(p, c) for p, (c, _, _) in zip(profiles, labels, strict=True)]
+            columns[name] = _expand(values, index, _ARROW[name])
+        return pa.Table.from_arrays(
+            [columns[name] for name in REPORT_COLUMN_NAMES], names=list(REPORT_COLUMN_NAMES)
+        )
+
+
+def _all_keys(part: Part) -> list[tuple[str, str] | None]:
+    """Per report of the part: (app_id, id) when deduplicated by id, else None."""
+    profiles = part.block.profiles
+    apps = [p.app_id if p.format in ID_DEDUP_FORMATS else None for p in profiles]
+    return [
+        (apps[code], i) if apps[code] is not None else None  # type: ignore[misc]
+        for code, i in zip(part.block.profile, part.block.ids, strict=True)
+    ]
+
+
+def _per_profile(codes: list[int], counts: list[int], n: int) -> tuple[list[int], list[int]]:
+    """(reports, sum of `count`) per profile index."""
+    if n == 1:
+        return [len(codes)], [sum(counts)]
+    index = np.asarray(codes, dtype=np.intp)
+    sizes = np.bincount(index, minlength=n)
+    # int64 weights: exact (float64 weights would round sums beyond 2**53)
+    sums = np.zeros(n, dtype=np.int64)
+    np.add.at(sums, index, np.asarray(counts, dtype=np.int64))
+    return sizes.tolist(), sums.tolist()
+
+
+def _repeat(values: list[Any], sizes: list[int], kind: pa.DataType | None) -> pa.Array:
+    """`values[i]` repeated `sizes[i]` times; `kind` None: a dictionary of strings."""
+    if kind is None:
+        distinct = {v: n for n, v in enumerate(dict.fromkeys(values))}
+        index = np.repeat(np.asarray([distinct[v] for v in values], dtype=np.int32), sizes)
+        return pa.DictionaryArray.from_arrays(index, pa.array(list(distinct), pa.string()))
+    return pa.array(np.repeat(np.asarray(values, dtype=np.uint64), sizes), kind)
+
+
+def _expand(values: list[Any], index: np.ndarray, kind: pa.DataType | None) -> pa.Array:
+    """Each report's value of a per-profile column: `values[index]`. `kind` None: a
+    LowCardinality string column, sent as an Arrow dictionary (distinct values once)."""
+    if kind is None:
+        distinct: dict[str, int] = {}
+        codes = [distinct.setdefault(v, len(distinct)) for v in values]
+        positions = np.asarray(codes, dtype=np.int32)[index] if len(index) else index
+        return pa.DictionaryArray.from_arrays(
+            pa.array(positions, pa.int32()), pa.array(list(distinct), pa.string())
+        )
+    return pa.array(values, kind).take(pa.array(index, pa.int32()))
+
+
+_MS = pa.timestamp("ms", tz="UTC")
+_UNUSED: Labels = (Classification("", [], True, "", False, "", "", False, False, ""), (), False)
+# Per-profile columns: the value from the profile and its classification.
+_BY_PROFILE: dict[str, Callable[[Any, Classification], Any]] = {
+    "app_id": lambda p, c: p.app_id,
+    "app_version": lambda p, c: p.app_version,
+    "platform": lambda p, c: p.platform,
+    "os_version": lambda p, c: p.os_version,
+    "network": lambda p, c: p.network,
+    "host": lambda p, c: p.host,
+    "policy_host": lambda p, c: c.policy_host,
+    "port": lambda p, c: p.port,
+    "kind": lambda p, c: p.kind,
+    "format": lambda p, c: p.format,
+    "result": lambda p, c: p.result or "",
+    "pin_match": lambda p, c: c.pin_match,
+    "enforced": lambda p, c: 1 if c.enforced else 0,
+    "phase": lambda p, c: c.phase,
+    "cause": lambda p, c: c.cause,
+    "observed_pins": lambda p, c: c.observed_pins,
+    "client_pins": lambda p, c: list(p.observed_pins),
+    "client_pins_consistent": lambda p, c: 1 if c.client_pins_consistent else 0,
+    "leaf_pin": lambda p, c: c.leaf_pin,
+    "chain_public_root": lambda p, c: 1 if c.public_root else 0,
+    "error": lambda p, c: p.error or "",
+    "detail": lambda p, c: p.detail,
+}
+_ARROW_TYPES = {
+    "String": pa.string(),
+    "UInt8": pa.uint8(),
+    "UInt16": pa.uint16(),
+    "Array(String)": pa.list_(pa.string()),
+}
+_ARROW: dict[str, pa.DataType | None] = {
+    name: None if kind.startswith("LowCardinality") else _ARROW_TYPES[kind]
+    for name, kind in zip(REPORT_COLUMN_NAMES, REPORT_COLUMN_TYPES, strict=True)
+    if name in _BY_PROFILE
+}
+assert set(_BY_PROFILE) | {
+    "id",
+    "received_at",
+    "event_at",
+    "sent_at",
+    "device",
+    "client_network",
+    "count",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+} == set(REPORT_COLUMN_NAMES), "every reports column is built"
+
+_EVIDENCE_APP = EVIDENCE_COLUMN_NAMES.index("app_id")
+_EVIDENCE_ID = EVIDENCE_COLUMN_NAMES.index("report_id")

@@ -1,0 +1,234 @@
+"""Counting each report once: client retries (`RecentIds`) and replays after a crash (`Progress`,
+`counted_on_replay`). The queries are consumers/storage.py's."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from itertools import repeat
+from typing import Any
+
+from consumers import storage
+from consumers.batch import Batch
+from consumers.decode import Block
+from consumers.schema import ID_DEDUP_FORMATS
+from consumers.store import Store
+from pinwatch.logs import event
+
+log = logging.getLogger("pinwatch.consumer")
+
+TopicPartition = tuple[str, int]
+
+
+class RecentIds:
+    """Report ids (scoped by app) already counted, so a client's retried batch, which reaches
+    Kafka as a second message with the same ids (on any partition), is counted once. Only for
+    `ID_DEDUP_FORMATS` (consumers/schema.py says why).
+
+    Two levels: `fresh` drops copies of ids this process remembers (bounded: ids older than
+    `window` seconds or beyond `max_ids` are forgotten, a message's ids at a time), on the event
+    loop; `stored` asks ClickHouse (`report_ids`, sorted by id) about a whole batch's ids right
+    before its insert, on the writer's side, so the lookup never holds up decoding.
+
+    Per message, not per report: ids are kept per app in a dict (id -> nothing), checked and
+    added with set operations in C; a message whose ids are all new and distinct (real traffic)
+    costs no Python per report."""
+
+    def __init__(self, store: Store, window: float, max_ids: int) -> None:
+        self.store = store
+        self.window_ms = int(window * 1000)
+        self.max_ids = max_ids
+        self._ids: dict[str, dict[str, None]] = {}
+        # (newest received_at, app, ids) per message, oldest first: what to forget.
+        self._ages: deque[tuple[int, str, list[str]]] = deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def fresh(self, block: Block) -> tuple[Block, int]:
+        """The reports this process has not counted before (first copy wins within the
+        message), and how many were dropped as duplicates. Remembers the fresh ones."""
+        groups = _by_app(block)
+        if not groups:
+            return block, 0
+        keep: list[bool] | None = None
+        for app, rows, ids in groups:
+            known = self._ids.setdefault(app, {})
+            if known.keys().isdisjoint(ids) and len(set(ids)) == len(ids):
+                self._add(app, ids, block)
+                continue
+            if keep is None:
+                keep = [True] * len(block)
+            added = []
+            for row, i in zip(rows, ids, strict=True):
+                if i in known:
+                    keep[row] = False
+                else:
+                    known[i] = None
+                    added.append(i)
+            self._add(app, added, block, counted=True)
+        if keep is None:
+            return block, 0
+        return block.take(keep), keep.count(False)
+
+    def remember(self, block: Block) -> None:
+        """Reports counted elsewhere (already stored before a crash): later copies are not."""
+        for app, _, ids in _by_app(block):
+            known = self._ids.setdefault(app, {})
+            new = [i for i in dict.fromkeys(ids) if i not in known]
+            known.update(dict.fromkeys(new))
+            self._add(app, new, block, counted=True)
+
+    def _add(self, app: str, ids: list[str], block: Block, counted: bool = False) -> None:
+        if not ids:
+            return
+        if not counted:
+            self._ids[app].update(dict.fromkeys(ids))
+        newest = max(block.received)
+        self._ages.append((newest, app, list(ids)))
+        self._size += len(ids)
+        horizon = newest - self.window_ms
+        ages = self._ages
+        while ages and (self._size > self.max_ids or ages[0][0] < horizon):
+            _, old_app, old = ages.popleft()
+            known = self._ids[old_app]
+            deque(map(known.pop, old, repeat(None)), maxlen=0)
+            self._size -= len(old)
+
+    async def stored(self, batch: Batch) -> set[tuple[str, str]]:
+        """(app_id, id) of the batch's reports already in ClickHouse within the window (stored
+        before a restart or rebalance, or by another process). Raises StoreError."""
+        apps, ids = batch.dedup_ids()
+        if not ids:
+            return set()
+        since = batch.newest_received() - self.window_ms
+        found = await storage.stored_ids(self.store, apps, ids, since)
+        return found & batch.dedup_keys() if found else found
+
+
+def _by_app(block: Block) -> list[tuple[str, list[int] | range, list[str]]]:
+    """(app, rows, ids) of the block's reports deduplicated by id, per app."""
+    profiles = block.profiles
+    if not profiles:
+        return []
+    apps = [p.app_id if p.format in ID_DEDUP_FORMATS else None for p in profiles]
+    if len(set(apps)) == 1:
+        return [] if apps[0] is None else [(apps[0], range(len(block)), block.ids)]
+    rows: dict[str, list[int]] = {}
+    for row, code in enumerate(block.profile):
+        app = apps[code]
+        if app is not None:
+            rows.setdefault(app, []).append(row)
+    ids = block.ids
+    return [(app, r, [ids[i] for i in r]) for app, r in rows.items()]
+
+
+class Progress:
+    """Highest offset per partition already in ClickHouse (`kafka_progress`), read before the
+    first message of a newly assigned partition is handled. Messages at or below it were
+    inserted by a consumer that crashed before committing: they are counted (that consumer
+    never counted them) but not inserted again, and counted as that consumer would have.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.stored: dict[TopicPartition, int] = {}
+        self.loaded: set[TopicPartition] = set()
+
+    async def ensure(self, topic: str, partition: int) -> None:
+        if (topic, partition) in self.loaded:
+            return
+        offset = await storage.stored_offset(self.store, topic, partition)
+        if offset is not None:
+            self.stored[(topic, partition)] = offset
+        self.loaded.add((topic, partition))
+        event(log, "partition_progress", topic=topic, partition=partition, stored_up_to=offset)
+
+    def is_stored(self, topic: str, partition: int, offset: int) -> bool:
+        stored = self.stored.get((topic, partition))
+        return stored is not None and offset <= stored
+
+    async def replayed(
+        self,
+        origin: tuple[str, int, int],
+        block: Block,
+        classifies: Callable[[Any], bool],
+        recent: RecentIds,
+    ) -> set[tuple[str, str]] | None:
+        """For a message `is_stored` says was inserted before: (app_id, id) of its reports that
+        have a row at this offset. None when that progress is stale: the partition's progress is
+        dropped then, and the rest of the partition is inserted normally. `classifies(profile)`:
+        would the report be stored rather than dead-lettered?
+
+        `kafka_progress` alone cannot tell a replay after a crash from a topic that was deleted
+        and created again (offsets restart at 0 while ClickHouse keeps the old incarnation's
+        progress); the rows settle it. A message with no row at its offset is no proof of a new
+        topic, though: the consumer before the crash dropped every report of it as a client
+        retry (or dead-lettered it). Its progress stands when each report it would store is a
+        retry of an id stored before; taking it for stale instead counted the stored messages
+        after it as duplicates."""
+        if not len(block):
+            return set()
+        hosts = sorted({block.profiles[c].host for c in set(block.profile)})
+        found = await storage.ids_at_offset(
+            self.store, origin, hosts, sorted(set(block.received)), list(block.ids)
+        )
+        if found:
+            return found
+        storable = [
+            row for row, code in enumerate(block.profile) if classifies(block.profiles[code])
+        ]
+        retries = [
+            (block.profiles[block.profile[row]].app_id, block.ids[row])
+            for row in storable
+            if block.profiles[block.profile[row]].format in ID_DEDUP_FORMATS
+        ]
+        if len(retries) == len(storable):
+            keys = set(retries)
+            if not keys:
+                return found
+            apps = {app for app, _ in keys}
+            since = max(block.received) - recent.window_ms
+            if keys <= await storage.stored_ids(self.store, apps, [i for _, i in keys], since):
+                return found
+        topic, partition, offset = origin
+        event(
+            log,
+            "kafka_progress_stale",
+            logging.WARNING,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            stored_up_to=self.stored.get((topic, partition)),
+            hint="the topic was probably recreated; inserting from here on",
+        )
+        self.stored.pop((topic, partition), None)
+        return None
+
+    def forget(self, tps: list[TopicPartition]) -> None:
+        """Partitions (re)assigned or revoked: their progress is read again before use."""
+        for tp in tps:
+            self.stored.pop(tp, None)
+            self.loaded.discard(tp)
+
+
+def counted_on_replay(
+    block: Block, stored: set[tuple[str, str]], classifies: Callable[[Any], bool]
+) -> tuple[Block, int]:
+    """The reports of a replayed message (`Progress.replayed`) to count as the consumer before
+    the crash would have, and how many were client retries: a report with a row at this offset
+    counts once (the first copy of its id), as does a format not deduplicated by id; a report
+    that does not classify goes on (to the dead-letter topic again); the rest were retries."""
+    keep: list[bool] = []
+    seen: set[tuple[str, str]] = set()
+    for code, i in zip(block.profile, block.ids, strict=True):
+        profile = block.profiles[code]
+        key = (profile.app_id, i)
+        if profile.format not in ID_DEDUP_FORMATS or (key in stored and key not in seen):
+            seen.add(key)
+            keep.append(True)
+        else:
+            keep.append(key not in stored and not classifies(profile))
+    return block.take(keep), keep.count(False)
