@@ -44,6 +44,7 @@ from consumers.decode import decode  # noqa: E402
 from consumers.schema import REPORT_COLUMN_NAMES, REPORT_COLUMN_TYPES  # noqa: E402
 from consumers.store import Store  # noqa: E402
 from devstack.certs import CertificateAuthority  # noqa: E402
+from pinwatch.kafka import client_args  # noqa: E402
 from pinwatch.policy import load_policy  # noqa: E402
 from pinwatch.record import Record, encode_batch  # noqa: E402
 from pinwatch.roots import PublicRoots  # noqa: E402
@@ -134,7 +135,7 @@ async def produce(
 ) -> dict[tuple[str, int], int]:
     """Sends the records; returns the end offset of each partition written."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_args(settings),
         acks="all",
         max_request_size=8 * 1024 * 1024,
         linger_ms=5,
