@@ -373,9 +373,11 @@ class LocalKafkaCluster:
     nodes: list[LocalKafka]
 
     @classmethod
-    def on_free_ports(cls, settings: Settings, data_dir: Path, size: int = 3) -> LocalKafkaCluster:
-        ports = free_ports(2 * size)
-        brokers, controllers = ports[:size], ports[size:]
+    def on_ports(cls, settings: Settings, data_dir: Path, ports: list[int]) -> LocalKafkaCluster:
+        """A cluster of `len(ports) // 2` nodes: the first half of `ports` for the brokers, the
+        second for the controllers (`free_ports(2 * size)` chooses them together)."""
+        size = len(ports) // 2
+        brokers, controllers = ports[:size], ports[size : 2 * size]
         voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, c in enumerate(controllers))
         return cls(
             [

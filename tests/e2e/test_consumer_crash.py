@@ -213,7 +213,7 @@ async def _stored_reports(consumer: ConsumerProcess, settings: Settings) -> int:
         answer = await client.get(
             f"/v1/rollout/{TEST_HOST}",
             params={"since": "1h"},
-            headers={"Authorization": f"Bearer {settings.admin_token}"},
+            headers={"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"},
         )
     answer.raise_for_status()
     return int(answer.json()["reports"])
