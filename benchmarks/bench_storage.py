@@ -143,8 +143,9 @@ def kafka_sizes() -> dict[str, int]:
     """Encoded bytes of one record of each kind, as ingest puts it on Kafka, and per line of a
     many-device message, compressed as `PINWATCH_KAFKA_COMPRESSION` would (with the CPU that
     costs ingest, in microseconds a line, next to the none baseline)."""
-    ca = CertificateAuthority.load(Path(tempfile.mkdtemp(prefix="pinwatch-bench-pki-")))
-    primary, proxy = ca.chain("primary"), ca.intercepted_chain()
+    with tempfile.TemporaryDirectory(prefix="pinwatch-bench-pki-") as pki:
+        ca = CertificateAuthority.load(Path(pki))
+        primary, proxy = ca.chain("primary"), ca.intercepted_chain()
     common = dict(
         id="7b7c3f2e-4d1a-4f7e-9a51-0c7d2b9e1f00",
         format=Format.NATIVE,
