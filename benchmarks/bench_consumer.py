@@ -48,6 +48,7 @@ from consumers.schema import REPORT_COLUMN_NAMES, REPORT_COLUMN_TYPES  # noqa: E
 from consumers.store import Store  # noqa: E402
 from devstack.certs import CertificateAuthority  # noqa: E402
 from devstack.localkafka import LocalKafka, free_ports  # noqa: E402
+from pinwatch.kafka import client_args  # noqa: E402
 from pinwatch.record import Record, encode_batch  # noqa: E402
 from pinwatch.settings import Settings  # noqa: E402
 from pinwatch.topics import ensure_topics  # noqa: E402
@@ -136,7 +137,7 @@ def make_records(ca: CertificateAuthority, n: int) -> list[Record]:
 async def produce(settings: Settings, values: list[bytes]) -> dict[tuple[str, int], int]:
     """Sends the records; returns the end offset of each partition written."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_args(settings),
         acks="all",
         max_request_size=8 * 1024 * 1024,
         linger_ms=5,

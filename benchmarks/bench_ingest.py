@@ -109,11 +109,12 @@ def _naive_app(settings: Any) -> Any:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        from pinwatch.kafka import client_args
         from pinwatch.topics import ensure_topics
 
         await ensure_topics(settings)
         holder["producer"] = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+            **client_args(settings), acks="all", enable_idempotence=True
         )
         await holder["producer"].start()
         yield

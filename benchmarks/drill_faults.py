@@ -1,7 +1,9 @@
 """Fault drill: what clients and the store see when a part dies under a steady load.
 
-For each fault, a fresh stack on this machine (a local Kafka broker, `pinwatch ingest` and
-`pinwatch consume` as child processes, on free ports, in a temporary directory):
+For each fault, a fresh stack on this machine (local Kafka: one broker, or for
+`broker-failover` a three-node KRaft cluster whose topics have replication 3 and min ISR 2;
+`pinwatch ingest` and `pinwatch consume` as child processes, on free ports, in a temporary
+directory):
 
 1. A steady client load: `--rate` native batch POSTs per second of `--reports` reports each,
    every report with an id of its own. Like a real client, a batch answered anything but 202
@@ -13,12 +15,15 @@ For each fault, a fresh stack on this machine (a local Kafka broker, `pinwatch i
    up (lag 0) and is stopped cleanly.
 4. Reconciliation by report id against ClickHouse (`reports`): acknowledged (some attempt got
    202), stored, missing (acknowledged, not stored), doubled (stored more than once), stored
-   without a 202 (Kafka had it, the answer was lost: the retry's id dedup keeps it single).
-   And the seconds to recover: ingest's 503 window (first failed answer to the first 202 after
-   it) and the first 202 after the restart; the consumer's first insert after the restart.
+   without a 202 (Kafka had it, the answer was lost: the retry's id dedup keeps it single);
+   every answer that was neither 202 nor a 503 with Retry-After. And the seconds to recover:
+   ingest's 503 window (first failed answer to the first 202 after it) and the first 202
+   after the restart; the consumer's first insert after the restart and its longest pause
+   between two inserts.
 
-    timeout 900 .venv/bin/python benchmarks/drill_faults.py             # both faults, ~4 min
+    timeout 900 .venv/bin/python benchmarks/drill_faults.py             # every fault, ~6 min
     .venv/bin/python benchmarks/drill_faults.py --fault consumer-sigkill --rate 40
+    .venv/bin/python benchmarks/drill_faults.py --fault broker-failover --down 15
 
 Figures and how to read them: docs/reliability.md.
 """
@@ -47,11 +52,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devstack.certs import CertificateAuthority  # noqa: E402
-from devstack.localkafka import LocalKafka, free_ports  # noqa: E402
+from devstack.localkafka import LocalKafka, LocalKafkaCluster, free_ports  # noqa: E402
 from devstack.processes import signal_group  # noqa: E402
 from devstack.stack import ChildCommand  # noqa: E402
 from pinwatch.settings import Settings  # noqa: E402
-from pinwatch.topics import ensure_topics  # noqa: E402
+from pinwatch.topics import TopicLayout, admin_client, ensure_topics, layouts  # noqa: E402
 
 HOST = "api.drill.test"
 APP = "com.example.drill"
@@ -67,18 +72,19 @@ def say(message: str) -> None:
 
 @dataclass
 class Stack:
-    """One broker, one ingest, one consumer, all on this machine; `stop` ends every one."""
+    """Kafka (one node or a cluster), one ingest, one consumer, all on this machine; `stop` ends
+    every one."""
 
     work: Path
     settings: Settings
     env: dict[str, str]
     ca: CertificateAuthority
-    broker: LocalKafka
+    kafka: LocalKafkaCluster
     ingest: ChildCommand
     consumer: ChildCommand
 
     @classmethod
-    def create(cls, work: Path) -> Stack:
+    def create(cls, work: Path, brokers: int = 1) -> Stack:
         ca = CertificateAuthority.load(work / "pki", host=HOST)
         policy = work / "policy.yaml"
         policy.write_text(
@@ -89,13 +95,17 @@ class Stack:
         )
         roots = work / "public-roots.pem"
         roots.write_bytes(ca.public_roots_pem())
-        kafka, controller, ingest, consumer = free_ports(4)
+        ingest, consumer, *kafka = free_ports(2 + 2 * brokers)
+        cluster = LocalKafkaCluster.on_ports(Settings(), work / "kafka", kafka)
         values: dict[str, Any] = {
             "data_dir": work,
             "policy_file": policy,
             "public_roots_file": roots,
-            "kafka_bootstrap": f"127.0.0.1:{kafka}",
-            "kafka_controller_port": controller,
+            "kafka_bootstrap": cluster.bootstrap,
+            # A cluster: every partition on three nodes, a write acknowledged by two.
+            "kafka_replication_factor": min(3, brokers),
+            "kafka_min_insync_replicas": 2 if brokers >= 3 else 1,
+            "kafka_partitions": max(2, brokers),
             "ingest_port": ingest,
             "consumer_port": consumer,
             "clickhouse_dsn": f"chdb:///{work / 'chdb'}",
@@ -103,6 +113,8 @@ class Stack:
             "log_format": "json",
         }
         settings = Settings(**values)
+        for node in cluster.nodes:
+            node.settings = settings  # the jars' cache and heap
         env = {**os.environ, **{f"PINWATCH_{k.upper()}": str(v) for k, v in values.items()}}
         logs = work / "logs"
         ingest_url = f"http://127.0.0.1:{ingest}"
@@ -112,7 +124,7 @@ class Stack:
             settings,
             env,
             ca,
-            LocalKafka.from_settings(settings),
+            cluster,
             ChildCommand("ingest", ["ingest"], env, logs / "ingest.log", f"{ingest_url}/readyz"),
             ChildCommand(
                 "consumer", ["consume"], env, logs / "consumer.log", f"{consumer_url}/readyz"
@@ -129,7 +141,7 @@ class Stack:
 
     def start(self) -> None:
         say(f"starting Kafka on {self.settings.kafka_bootstrap} ...")
-        self.broker.start()
+        self.kafka.start()
         asyncio.run(ensure_topics(self.settings))
         for child in (self.ingest, self.consumer):
             say(f"starting {child.name} ...")
@@ -139,7 +151,7 @@ class Stack:
     def stop(self) -> None:
         for child in (self.ingest, self.consumer):
             child.stop()
-        self.broker.stop()
+        self.kafka.stop()
 
 
 # --- the load ------------------------------------------------------------------------------------
@@ -150,6 +162,12 @@ class Answer:
     sent: float  # wall clock
     answered: float
     status: int  # 0: no answer (timeout, refused connection)
+    retry_after: str | None = None
+
+    @property
+    def expected(self) -> bool:
+        """A 202, or a 503 that tells the client when to come back: what ingest promises."""
+        return self.status == 202 or (self.status == 503 and bool(self.retry_after))
 
 
 @dataclass
@@ -192,17 +210,18 @@ class Load:
         self.sent_ids.update(ids)
         for _ in range(self.retries + 1):
             sent = time.time()
+            header = None
             try:
                 response = await client.post("/v1/reports", json=body)
                 status = response.status_code
-                retry_after = float(response.headers.get("retry-after", "1"))
+                header = response.headers.get("retry-after")
             except httpx.HTTPError:
-                status, retry_after = 0, 1.0
-            self.answers.append(Answer(sent, time.time(), status))
+                status = 0
+            self.answers.append(Answer(sent, time.time(), status, header))
             if status == 202:
                 self.acknowledged.update(ids)
                 return
-            await asyncio.sleep(min(retry_after, 5.0))
+            await asyncio.sleep(min(float(header or 1), 5.0))
         self.abandoned += 1
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -235,21 +254,34 @@ class Timeline:
     ready: float = 0.0
 
 
-async def broker_sigkill(stack: Stack, down: float) -> Timeline:
-    """SIGKILL the broker's process group; start it again on the same data directory."""
+async def _kill_and_restart(stack: Stack, node: LocalKafka, down: float) -> Timeline:
+    """SIGKILL one Kafka node's process group; start it again on its data directory."""
     t = Timeline()
-    assert stack.broker.process is not None
-    signal_group(stack.broker.process.pid, signal.SIGKILL)
-    stack.broker.process.wait()
+    node.kill()
     t.killed = time.time()
-    say("  broker SIGKILLed")
+    say(f"  Kafka node {node.node_id} ({node.bootstrap}) SIGKILLed")
     await asyncio.sleep(down)
     t.restarted = time.time()
-    say("  restarting the broker ...")
-    await asyncio.to_thread(stack.broker.start)
+    say("  restarting it ...")
+    await asyncio.to_thread(stack.kafka.restart, node)
     t.ready = time.time()
-    say(f"  broker ready after {t.ready - t.restarted:.1f}s")
+    say(f"  node ready after {t.ready - t.restarted:.1f}s")
     return t
+
+
+async def broker_sigkill(stack: Stack, down: float) -> Timeline:
+    """SIGKILL the only broker: nothing can take writes until it is back."""
+    return await _kill_and_restart(stack, stack.kafka.nodes[0], down)
+
+
+async def broker_failover(stack: Stack, down: float) -> Timeline:
+    """SIGKILL the node leading partition 0 of the reports topic, in a three-node cluster: the
+    other two elect new leaders and, with min ISR 2, go on taking writes."""
+    async with admin_client(stack.settings) as admin:
+        (topic,) = await admin.describe_topics([stack.settings.kafka_topic])
+    leader = next(p["leader"] for p in topic["partitions"] if p["partition"] == 0)
+    node = next(n for n in stack.kafka.nodes if n.node_id == leader)
+    return await _kill_and_restart(stack, node, down)
 
 
 async def consumer_sigkill(stack: Stack, down: float) -> Timeline:
@@ -271,9 +303,16 @@ async def consumer_sigkill(stack: Stack, down: float) -> Timeline:
     return t
 
 
-FAULTS: dict[str, Callable[[Stack, float], Awaitable[Timeline]]] = {
-    "broker-sigkill": broker_sigkill,
-    "consumer-sigkill": consumer_sigkill,
+@dataclass(frozen=True)
+class Fault:
+    inject: Callable[[Stack, float], Awaitable[Timeline]]
+    brokers: int = 1  # nodes of the stack's Kafka
+
+
+FAULTS: dict[str, Fault] = {
+    "broker-sigkill": Fault(broker_sigkill),
+    "consumer-sigkill": Fault(consumer_sigkill),
+    "broker-failover": Fault(broker_failover, brokers=3),
 }
 
 
@@ -310,6 +349,11 @@ class Watch:
     def first_insert_after(self, moment: float) -> float | None:
         return next((last for _, last, _ in self.samples if last > moment), None)
 
+    def longest_pause(self, since: float) -> float | None:
+        """Longest time between two inserts seen from `since` on (a stall of the consumer)."""
+        inserts = sorted({last for _, last, _ in self.samples if last >= since})
+        return max((b - a for a, b in zip(inserts, inserts[1:], strict=False)), default=None)
+
 
 async def caught_up(stack: Stack, seconds: float = 300) -> None:
     """Until the consumer has handled everything on the topic (lag 0 twice in a row)."""
@@ -338,7 +382,7 @@ def stored_ids(stack: Stack) -> dict[str, int]:
     """Report id -> rows, read by a short child process (chDB: one engine per process, and
     each drill has a data directory of its own)."""
     out = subprocess.run(
-        [sys.executable, "-c", _COUNT_IDS, stack.settings.clickhouse_dsn, "drill"],
+        [sys.executable, "-c", _COUNT_IDS, stack.settings.clickhouse_url, "drill"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -350,8 +394,10 @@ def stored_ids(stack: Stack) -> dict[str, int]:
 @dataclass
 class Result:
     fault: str
+    topic: TopicLayout  # the reports topic as the fault found it
     requests: int
     statuses: Counter[int]
+    unexpected: int  # answers neither 202 nor a 503 with Retry-After
     sent: int
     acknowledged: int
     stored: int
@@ -360,8 +406,10 @@ class Result:
     unacknowledged_stored: int
     abandoned: int
     failing_s: float | None  # ingest: first failed answer to the first 202 after it
+    failed_span: tuple[float, float] | None  # first and last failed answer, from the kill
     ingest_back_s: float | None  # first 202 answered after the restart, from the restart
     consumer_back_s: float | None  # first insert after the restart, from the restart
+    longest_pause_s: float | None  # longest time between two inserts, from the kill on
     part_ready_s: float
 
 
@@ -381,9 +429,15 @@ def ingest_window(answers: list[Answer], t: Timeline) -> tuple[float | None, flo
 
 async def drill(name: str, args: argparse.Namespace, work: Path) -> Result:
     say(f"=== {name} ===")
-    stack = Stack.create(work)
+    fault = FAULTS[name]
+    stack = Stack.create(work, fault.brokers)
     try:
         await asyncio.to_thread(stack.start)
+        topic = (await layouts(stack.settings))[0]
+        say(
+            f"  {topic.name}: {topic.partitions} partitions, replication {topic.replication}, "
+            f"min.insync.replicas {topic.min_insync_replicas}"
+        )
         load = Load(stack, args.rate, args.reports, args.retries)
         watch = Watch(stack.consumer_url)
         stop_load, stop_watch = asyncio.Event(), asyncio.Event()
@@ -403,7 +457,7 @@ async def drill(name: str, args: argparse.Namespace, work: Path) -> Result:
                 )
 
         await progress("steady load", args.warmup)
-        timeline = await FAULTS[name](stack, args.down)
+        timeline = await fault.inject(stack, args.down)
         await progress("after the fault", args.after)
         stop_load.set()
         await tasks[0]
@@ -418,11 +472,14 @@ async def drill(name: str, args: argparse.Namespace, work: Path) -> Result:
         await asyncio.to_thread(stack.stop)
     acked = load.acknowledged
     failing, ingest_back = ingest_window(load.answers, timeline)
+    failed = [a.answered - timeline.killed for a in load.answers if a.status != 202]
     first_insert = watch.first_insert_after(timeline.restarted)
     return Result(
         fault=name,
+        topic=topic,
         requests=len(load.answers),
         statuses=Counter(a.status for a in load.answers),
+        unexpected=sum(1 for a in load.answers if not a.expected),
         sent=len(load.sent_ids),
         acknowledged=len(acked),
         stored=sum(1 for i in acked if i in rows),
@@ -431,8 +488,10 @@ async def drill(name: str, args: argparse.Namespace, work: Path) -> Result:
         unacknowledged_stored=sum(1 for i in rows if i not in acked),
         abandoned=load.abandoned,
         failing_s=failing,
+        failed_span=(min(failed), max(failed)) if failed else None,
         ingest_back_s=ingest_back,
         consumer_back_s=first_insert - timeline.restarted if first_insert else None,
+        longest_pause_s=watch.longest_pause(timeline.killed - 2),
         part_ready_s=timeline.ready - timeline.restarted,
     )
 
@@ -441,24 +500,66 @@ def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+COLUMNS = (
+    "fault",
+    "Kafka",
+    "requests",
+    "202",
+    "503",
+    "other answers",
+    "no answer",
+    "reports acknowledged",
+    "stored",
+    "missing",
+    "doubled",
+    "stored without a 202",
+    "503 window s",
+    "failed answers, s after the kill",
+    "first 202 after restart s",
+    "part ready after restart s",
+    "consumer inserts after restart s",
+    "longest pause between inserts s",
+)
+
+
+def row(r: Result) -> list[str]:
+    t = r.topic
+    kafka = f"{t.replication} of {t.replication} nodes, min ISR {t.min_insync_replicas}"
+    if t.replication == 1:
+        kafka = "1 node"
+    return [
+        r.fault,
+        kafka,
+        f"{r.requests:,}",
+        f"{r.statuses[202]:,}",
+        f"{r.statuses[503]:,}",
+        f"{r.unexpected - r.statuses[0]:,}",  # 503s without Retry-After and any other status
+        f"{r.statuses[0]:,}",
+        f"{r.acknowledged:,}",
+        f"{r.stored:,}",
+        f"{r.missing:,}",
+        f"{r.doubled:,}",
+        f"{r.unacknowledged_stored:,}",
+        seconds(r.failing_s),
+        "-" if r.failed_span is None else f"{r.failed_span[0]:.1f} - {r.failed_span[1]:.1f}",
+        seconds(r.ingest_back_s),
+        seconds(r.part_ready_s),
+        seconds(r.consumer_back_s),
+        seconds(r.longest_pause_s),
+    ]
+
+
 def table(results: list[Result]) -> str:
-    head = (
-        "fault              requests  202     503   no answer  reports sent  acknowledged  "
-        "stored  missing  doubled  stored w/o 202  503 window s  202 after restart s  "
-        "part ready s  consumer inserts after restart s"
-    )
-    lines = [head]
+    """The results as a Markdown table (docs/reliability.md quotes it)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in results:
-        lines.append(
-            f"{r.fault:<18} {r.requests:>8}  {r.statuses[202]:>6}  {r.statuses[503]:>4}  "
-            f"{r.statuses[0]:>9}  {r.sent:>12}  {r.acknowledged:>12}  {r.stored:>6}  "
-            f"{r.missing:>7}  {r.doubled:>7}  {r.unacknowledged_stored:>14}  "
-            f"{seconds(r.failing_s):>12}  {seconds(r.ingest_back_s):>19}  "
-            f"{seconds(r.part_ready_s):>12}  {seconds(r.consumer_back_s):>32}"
-        )
+        lines.append("| " + " | ".join(row(r)) + " |")
+    for r in results:
         others = {s: n for s, n in r.statuses.items() if s not in (0, 202, 503)}
         if others or r.abandoned:
-            lines.append(f"  other answers {others}; batches abandoned after retries {r.abandoned}")
+            lines.append(
+                f"{r.fault}: other answers {others}; batches abandoned after retries {r.abandoned}"
+            )
     return "\n".join(lines)
 
 
@@ -480,7 +581,7 @@ async def main(args: argparse.Namespace) -> int:
         f"{args.warmup:g}s, down {args.down:g}s, load {args.after:g}s more after the restart"
     )
     print(table(results))
-    bad = [r for r in results if r.missing or r.doubled]
+    bad = [r for r in results if r.missing or r.doubled or r.unexpected - r.statuses[0]]
     return 1 if bad else 0
 
 
@@ -488,7 +589,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="SIGKILL a part of a local pinwatch stack under steady load, restart it, and "
         "reconcile by report id: acknowledged, stored, missing, doubled; 503s; seconds to "
-        "recover. Exit 1 when an acknowledged report is missing or any is doubled."
+        "recover. Exit 1 when an acknowledged report is missing, any is doubled, or ingest "
+        "answered anything but 202 or 503 with Retry-After."
     )
     parser.add_argument("--fault", choices=["all", *FAULTS], default="all", help="(all)")
     parser.add_argument("--rate", type=float, default=25.0, help="requests per second (25)")

@@ -96,8 +96,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from consumers.migrations import MigrationError
     from consumers.store import StoreError
+    from pinwatch.kafka import KafkaStartError
     from pinwatch.policy import PolicyError
     from pinwatch.roots import RootsError
+    from pinwatch.topics import TopicsError
 
     host = args.host or settings.consumer_host
     port = args.port or settings.consumer_port
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(serve(settings, host, port))
     except (MigrationError, StoreError) as exc:
         print(f"pinwatch consume: ClickHouse ({settings.clickhouse_shown}): {exc}", file=sys.stderr)
+    except (KafkaStartError, TopicsError) as exc:  # their message names the setting to check
+        print(f"pinwatch consume: {exc}", file=sys.stderr)
     except KafkaError as exc:
         print(
             f"pinwatch consume: Kafka at {settings.kafka_bootstrap}: {type(exc).__name__}: {exc}",

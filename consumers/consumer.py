@@ -37,6 +37,7 @@ from consumers.steps import (
 )
 from consumers.store import Store, StoreError
 from consumers.timings import Timings
+from pinwatch.kafka import client_args, start_client
 from pinwatch.logs import event
 from pinwatch.policy import Policy, load_policy
 from pinwatch.roots import PublicRoots
@@ -106,17 +107,24 @@ class Consumer:
         s = self.settings
         await ensure_topics(s)
         await self._seed_versions()
-        self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
-        await self._producer.start()
+        self._producer = AIOKafkaProducer(**client_args(s), acks="all")
+        await start_client(self._producer, s, "the consumer's dead-letter producer")
         self._kafka = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
+            **client_args(s),
             group_id=s.kafka_consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
+            # Partitions added to the topic (`pinwatch topics --partitions`) are seen, and the
+            # group rebalanced onto them, at the next metadata refresh: 30 s, not aiokafka's 5 min.
+            metadata_max_age_ms=30_000,
         )
-        await self._kafka.start()
+        try:
+            await start_client(self._kafka, s, "the consumer")
+        except BaseException:
+            await self._producer.stop()
+            raise
         self._kafka.subscribe([s.kafka_topic], listener=_Rebalance(self))
         self._refresher = asyncio.create_task(self._refresh_failing())
         self.started = True

@@ -1,9 +1,20 @@
-"""A single-node Apache Kafka (KRaft, combined broker+controller) on loopback.
+"""Apache Kafka (KRaft) on loopback: one node, or a cluster of three, for tests, the demo and
+the fault drills.
 
-The jars come from Maven Central once (`devstack/kafka/pom.xml`, package data, is the dependency
-list) and are cached under `kafka_home`, outside the repo. Tests, the demo and CI all go through
-this module; `deploy/kafka.sh` is its shell face. Each broker instance gets its own data
-directory and ports, so several can run side by side.
+Every node is a combined broker and controller (`process.roles=broker,controller`): a cluster of
+three is three such processes that form the controller quorum among themselves
+(`controller.quorum.voters` names all three), so any one of them can die and the other two still
+elect a controller and lead every partition. The jars come from Maven Central once
+(`devstack/kafka/pom.xml`, package data, is the dependency list) and are cached under
+`kafka_home`, outside the repo. Tests, the demo and CI all go through this module;
+`deploy/kafka.sh` is its shell face. Each node gets its own data directory and ports, so several
+can run side by side.
+
+Besides its PLAINTEXT listener (which the nodes also use among themselves), a node given a
+`BrokerTls` opens an SSL listener that requires a client certificate (mutual TLS) and a
+SASL_SSL listener that authenticates SCRAM-SHA-256 and SCRAM-SHA-512 users. Kafka 4 reads PEM
+directly (`ssl.keystore.type=PEM`), so no keystore file is made; the SCRAM users are written
+into the metadata log when storage is formatted (`--add-scram`).
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import base64
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,10 +30,11 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from threading import Thread
 
-from devstack.processes import read_pid, stop_group, tail
+from devstack.processes import read_pid, signal_group, stop_group, tail
 from pinwatch.logs import event
 from pinwatch.resources import package_path
 from pinwatch.settings import Settings
@@ -106,15 +119,43 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass
+class BrokerTls:
+    """A node's side of TLS and SASL: its certificate chain and private key (PEM, the key
+    PKCS#8 and unencrypted), the CA (PEM) whose client certificates the SSL listener accepts,
+    and the SCRAM users (name -> password) of the SASL_SSL listener."""
+
+    cert_chain_pem: str
+    key_pem: str
+    client_ca_pem: str
+    scram_users: dict[str, str] = field(default_factory=dict)
+
+
+def _property(value: str) -> str:
+    """A value for a .properties file: Java reads `\\n` as a newline, so a PEM fits one line."""
+    return value.strip().replace("\\", "\\\\").replace("\n", "\\n")
+
+
 @dataclass
 class LocalKafka:
-    """One broker process. `start()` formats storage on first use and waits until it answers."""
+    """One node (broker and controller). `start()` formats storage on first use and waits until
+    it answers. A node of a cluster names every voter (`voters`) and the replication of Kafka's
+    own topics (`replicas`); `LocalKafkaCluster` sets both."""
 
     settings: Settings
     data_dir: Path
     port: int
     controller_port: int
     process: subprocess.Popen[bytes] | None = None
+    node_id: int = 1
+    voters: str = ""  # controller.quorum.voters; empty: this node alone
+    replicas: int = 1  # of __consumer_offsets and the transaction log
+    tls: BrokerTls | None = None
+    ssl_port: int | None = None  # SSL listener (mutual TLS), with `tls`
+    sasl_ssl_port: int | None = None  # SASL_SSL listener (SCRAM), with `tls`
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalKafka:
@@ -133,6 +174,14 @@ class LocalKafka:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def ssl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "broker.log"
 
@@ -140,25 +189,57 @@ class LocalKafka:
     def pid_path(self) -> Path:
         return self.data_dir / "broker.pid"
 
+    def _listeners(self) -> tuple[dict[str, int], list[str]]:
+        """Listener name -> port, and the properties the TLS listeners need."""
+        ports = {"PLAINTEXT": self.port}
+        if self.tls is None:
+            return ports, []
+        if self.ssl_port is None or self.sasl_ssl_port is None:
+            raise KafkaError("a broker with TLS needs ssl_port and sasl_ssl_port")
+        ports |= {"SSL": self.ssl_port, "SASL_SSL": self.sasl_ssl_port}
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        lines = [
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.certificate.chain={_property(self.tls.cert_chain_pem)}",
+            f"ssl.keystore.key={_property(self.tls.key_pem)}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.certificates={_property(self.tls.client_ca_pem)}",
+            "listener.name.ssl.ssl.client.auth=required",
+            f"sasl.enabled.mechanisms={','.join(SCRAM_MECHANISMS)}",
+            *(
+                f"listener.name.sasl_ssl.{m.lower()}.sasl.jaas.config={jaas}"
+                for m in SCRAM_MECHANISMS
+            ),
+        ]
+        return ports, lines
+
     def _properties(self) -> Path:
+        ports, tls_lines = self._listeners()
+        listeners = [f"{name}://127.0.0.1:{port}" for name, port in ports.items()]
+        protocols = [f"{name}:{name}" for name in ports]
+        voters = self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}"
+        min_isr = min(2, self.replicas)
         path = self.data_dir / "server.properties"
         path.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"node.id={self.node_id}",
+                    f"controller.quorum.voters={voters}",
+                    "listeners="
+                    + ",".join([*listeners, f"CONTROLLER://127.0.0.1:{self.controller_port}"]),
+                    f"advertised.listeners={','.join(listeners)}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map="
+                    + ",".join([*protocols, "CONTROLLER:PLAINTEXT"]),
+                    *tls_lines,
                     f"log.dirs={(self.data_dir / 'logs').resolve()}",
                     "num.partitions=1",
-                    "offsets.topic.replication.factor=1",
+                    f"offsets.topic.replication.factor={self.replicas}",
                     "offsets.topic.num.partitions=4",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
+                    f"transaction.state.log.replication.factor={self.replicas}",
+                    f"transaction.state.log.min.isr={min_isr}",
                     # pinwatch creates its topics with explicit settings; a typo must not
                     # silently create a new one.
                     "auto.create.topics.enable=false",
@@ -187,19 +268,26 @@ class LocalKafka:
             *args,
         ]
 
-    def format_storage(self) -> None:
+    def format_storage(self, cluster_id: str | None = None) -> None:
+        """Format the log directory once (a cluster's nodes share `cluster_id`); SCRAM users are
+        created here, in the metadata log, as KRaft requires before the first start."""
         if (self.data_dir / "logs" / "meta.properties").exists():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self._properties()
+        scram = []
+        for name, password in (self.tls.scram_users if self.tls else {}).items():
+            for mechanism in SCRAM_MECHANISMS:
+                scram.append(f"--add-scram={mechanism}=[name={name},password={password}]")
         # The tool's output goes to the broker log, which a failed start quotes.
         with open(self.log_path, "ab") as out:
             proc = subprocess.run(
                 self._java(
                     "kafka.tools.StorageTool",
                     "format",
-                    f"--cluster-id={new_cluster_id()}",
+                    f"--cluster-id={cluster_id or new_cluster_id()}",
                     f"--config={props}",
+                    *scram,
                 ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -210,13 +298,18 @@ class LocalKafka:
                 f"formatting Kafka storage failed (exit {proc.returncode}); see {self.log_path}:\n"
                 + tail(self.log_path, 10)
             )
-        event(log, "kafka_storage_formatted", data_dir=str(self.data_dir))
+        event(log, "kafka_storage_formatted", data_dir=str(self.data_dir), node=self.node_id)
 
     def start(self, timeout: float = 90.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self, cluster_id: str | None = None) -> None:
+        """Format if needed and start the process, without waiting for it to answer."""
         if port_open("127.0.0.1", self.port):
             raise KafkaError(f"port {self.port} is already in use; is a broker already running?")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.format_storage()
+        self.format_storage(cluster_id)
         props = self._properties()
         event(log, "kafka_starting", bootstrap=self.bootstrap, log=str(self.log_path))
         with open(self.log_path, "ab") as out:
@@ -228,10 +321,10 @@ class LocalKafka:
                 start_new_session=True,
             )
         self.pid_path.write_text(str(self.process.pid))
-        self.wait_ready(timeout)
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Ready means a metadata request succeeds, not just an open port."""
+    def wait_ready(self, timeout: float = 90.0, brokers: int = 1) -> None:
+        """Ready means a metadata request succeeds (and lists `brokers` brokers), not just an
+        open port."""
         deadline = time.monotonic() + timeout
         last_progress = 0.0
         while time.monotonic() < deadline:
@@ -240,7 +333,7 @@ class LocalKafka:
                     f"Kafka exited with {self.process.returncode}; see {self.log_path}:\n"
                     + tail(self.log_path)
                 )
-            if port_open("127.0.0.1", self.port) and _metadata_ok(self.bootstrap):
+            if port_open("127.0.0.1", self.port) and _metadata_ok(self.bootstrap, brokers):
                 event(log, "kafka_ready", bootstrap=self.bootstrap)
                 return
             if time.monotonic() - last_progress > 5:
@@ -249,6 +342,17 @@ class LocalKafka:
             time.sleep(0.3)
         self.stop()
         raise KafkaError(f"Kafka not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def kill(self) -> None:
+        """SIGKILL the node (a crash: no controlled shutdown, nothing flushed)."""
+        pid = self.process.pid if self.process else read_pid(self.pid_path)
+        if pid is None:
+            return
+        signal_group(pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(30)
+        self.process = None
+        event(log, "kafka_killed", bootstrap=self.bootstrap)
 
     def stop(self, timeout: float = 20.0) -> None:
         pid = self.process.pid if self.process else read_pid(self.pid_path)
@@ -260,7 +364,71 @@ class LocalKafka:
         event(log, "kafka_stopped", bootstrap=self.bootstrap)
 
 
-def _metadata_ok(bootstrap: str) -> bool:
+@dataclass
+class LocalKafkaCluster:
+    """Three (or `len(nodes)`) combined broker+controller nodes on loopback forming one KRaft
+    quorum: Kafka's own topics with replication 3 and min ISR 2, so one node may die at any
+    time. `bootstrap` names every node, as clients of a real cluster do."""
+
+    nodes: list[LocalKafka]
+
+    @classmethod
+    def on_ports(cls, settings: Settings, data_dir: Path, ports: list[int]) -> LocalKafkaCluster:
+        """A cluster of `len(ports) // 2` nodes: the first half of `ports` for the brokers, the
+        second for the controllers (`free_ports(2 * size)` chooses them together)."""
+        size = len(ports) // 2
+        brokers, controllers = ports[:size], ports[size : 2 * size]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, c in enumerate(controllers))
+        return cls(
+            [
+                LocalKafka(
+                    settings=settings,
+                    data_dir=data_dir / f"node-{i + 1}",
+                    port=brokers[i],
+                    controller_port=controllers[i],
+                    node_id=i + 1,
+                    voters=voters,
+                    replicas=min(3, size),
+                )
+                for i in range(size)
+            ]
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start every node at once (a quorum forms only when a majority runs), then wait until
+        each answers and sees every broker."""
+        cluster_id = new_cluster_id()
+        try:
+            for node in self.nodes:
+                node.launch(cluster_id)
+            for node in self.nodes:
+                node.wait_ready(timeout, brokers=len(self.nodes))
+        except BaseException:
+            self.stop(timeout=5)
+            raise
+
+    def restart(self, node: LocalKafka, timeout: float = 120.0) -> None:
+        """Start a stopped or killed node again on its data; ready once it answers."""
+        node.launch()
+        node.wait_ready(timeout, brokers=len(self.nodes))
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop every node together: one at a time, the last ones would wait for a quorum that
+        is already gone before their controlled shutdown gives up."""
+        threads = [Thread(target=node.stop, args=(timeout,)) for node in self.nodes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+def _metadata_ok(bootstrap: str, brokers: int = 1) -> bool:
+    """A metadata request to the node's PLAINTEXT listener (every local node has one: the nodes
+    talk among themselves over it) answers and lists at least `brokers` brokers."""
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient
@@ -269,8 +437,7 @@ def _metadata_ok(bootstrap: str) -> bool:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
         try:
             await admin.start()
-            await admin.list_topics()
-            return True
+            return len((await admin.describe_cluster())["brokers"]) >= brokers
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
             return False
         finally:

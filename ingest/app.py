@@ -16,10 +16,11 @@ from ingest.ops import ops_router
 from ingest.producer import KafkaSink
 from ingest.reports import ReportPath, post_endpoints, report_router, request_schemas
 from pinwatch.errors import install_error_handlers
+from pinwatch.kafka import KafkaStartError
 from pinwatch.logs import event
 from pinwatch.policy import Policy, load_policy
 from pinwatch.settings import Settings
-from pinwatch.topics import ensure_topics
+from pinwatch.topics import TopicsError, ensure_topics
 
 log = logging.getLogger("pinwatch.ingest")
 
@@ -53,9 +54,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await ensure_topics(settings)
-        if not sink.started:
-            await sink.start()
+        try:
+            await ensure_topics(settings)
+            if not sink.started:
+                await sink.start()
+        except (KafkaStartError, TopicsError) as exc:
+            # uvicorn only logs a failed startup: `pinwatch ingest` prints this reason.
+            app.state.startup_error = str(exc)
+            event(log, "ingest_start_failed", logging.ERROR, reason=str(exc))
+            raise
         event(log, "ingest_started", topic=settings.kafka_topic, apps=len(policy.app_ids))
         try:
             yield
@@ -72,6 +79,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.state.settings = settings
+    app.state.startup_error = None
     app.state.policy = policy
     app.state.sink = sink
     app.state.metrics = metrics

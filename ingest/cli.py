@@ -79,9 +79,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.ingest_host
     port = args.port or settings.ingest_port
     server: uvicorn.Server | None = None
+    app: Any = None
 
     async def serve() -> None:
-        nonlocal server
+        nonlocal server, app
         # create_app makes the aiokafka producer, which must be created in the running loop.
         app = create_app(settings, policy=policy)
         config = uvicorn.Config(
@@ -103,5 +104,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
+    except SystemExit:
+        if server is not None and server.started:
+            raise
+        # uvicorn exits (3) when the startup failed: say why below, with pinwatch's exit code
     # uvicorn reports a failed startup (e.g. Kafka unreachable) by not having started
-    return 0 if server is not None and server.started else 1
+    if server is not None and server.started:
+        return 0
+    if app is not None and app.state.startup_error:
+        print(f"pinwatch ingest: {app.state.startup_error}", file=sys.stderr)
+    return 1

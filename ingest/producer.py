@@ -36,6 +36,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from pinwatch.kafka import client_args, start_client
 from pinwatch.logs import event
 from pinwatch.record import Record, encode_batch, encoded_size_bound
 from pinwatch.settings import Settings
@@ -134,7 +135,7 @@ class KafkaSink:
         settings = self.settings
         compression = None if settings.kafka_compression == "none" else settings.kafka_compression
         return AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_args(settings),
             acks="all",
             enable_idempotence=True,
             compression_type=compression,
@@ -152,7 +153,7 @@ class KafkaSink:
         self._resetting = True
         try:
             fresh = self._new_producer()
-            await fresh.start()
+            await start_client(fresh, self.settings, "ingest's new producer")
             old, self.producer = self.producer, fresh
             event(log, "producer_replaced", topic=self.topic)
             try:
@@ -169,7 +170,7 @@ class KafkaSink:
     async def start(self) -> None:
         if self.producer is None:
             self.producer = self._new_producer()
-        await self.producer.start()
+        await start_client(self.producer, self.settings, "ingest's producer")
         self._partitions = sorted(await self.producer.partitions_for(self.topic))
         self.started = True
         self.last_ok = time.monotonic()

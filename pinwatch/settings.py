@@ -70,11 +70,64 @@ class Settings(BaseSettings):
         "pinwatch.reports.dead-letter", description="Topic for records consumers cannot process."
     )
     kafka_partitions: int = Field(2, ge=1, description="Partitions when pinwatch creates topics.")
-    kafka_replication_factor: int = Field(1, ge=1, description="Replication when creating topics.")
+    kafka_replication_factor: int = Field(
+        1,
+        ge=1,
+        description="Copies of each partition when pinwatch creates topics (3 in production).",
+    )
+    kafka_min_insync_replicas: int = Field(
+        1,
+        ge=1,
+        description="Topic config `min.insync.replicas` when pinwatch creates topics: copies a "
+        "write needs before Kafka acknowledges it (acks=all); 2 with replication 3 in "
+        "production, so losing one broker loses no acknowledged report.",
+    )
     kafka_retention_hours: int = Field(168, ge=1, description="Topic retention (retention.ms).")
     kafka_consumer_group: str = Field("pinwatch-consumers", description="Consumer group id.")
     kafka_produce_timeout_seconds: float = Field(
         5.0, gt=0, description="Longest an ingest request waits for Kafka before answering 503."
+    )
+    kafka_connect_timeout_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="Longest a Kafka client (ingest, consumer, topic admin) may take to connect "
+        "at start; past it, or at a refused certificate or password, the command stops and "
+        "says which setting to check.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How every Kafka client connects: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or "
+        "SASL_SSL (a username and password over TLS: what managed Kafka services ask for).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512",
+        description="SASL mechanism with SASL_PLAINTEXT or SASL_SSL: PLAIN, SCRAM-SHA-256 or "
+        "SCRAM-SHA-512.",
+    )
+    kafka_sasl_username: str = Field("", description="SASL username (SASL_* protocols).")
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), description="SASL password (SASL_* protocols). A secret."
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None,
+        description="PEM bundle of the CAs that may sign the brokers' certificates (SSL, "
+        "SASL_SSL); empty: the system's trusted CAs.",
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        None,
+        description="Client certificate (PEM, chain) for brokers that ask for one (mutual TLS); "
+        "with kafka_ssl_key_file.",
+    )
+    kafka_ssl_key_file: Path | None = Field(
+        None, description="Private key (PEM) of kafka_ssl_cert_file."
+    )
+    kafka_ssl_key_password: SecretStr = Field(
+        SecretStr(""), description="Password of an encrypted kafka_ssl_key_file. A secret."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True,
+        description="The broker's certificate must name the host connected to (as bootstrap "
+        "and the brokers advertise it); turn off only for brokers reached by another name.",
     )
     kafka_home: Path = Field(
         Path.home() / ".cache" / "pinwatch" / "kafka",
@@ -394,6 +447,21 @@ class Settings(BaseSettings):
         600.0, gt=0, description="`pinwatch demo`: longest wait for the page after the rotation."
     )
 
+    @field_validator(
+        "kafka_ssl_ca_file",
+        "kafka_ssl_cert_file",
+        "kafka_ssl_key_file",
+        "ct_log_list_file",
+        "ct_state_dir",
+        "simulate_pki_dir",
+        mode="before",
+    )
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        # `PINWATCH_X=` in an environment file means "not set", as the descriptions say; pydantic
+        # would make it Path("."), the current directory.
+        return None if value == "" else value
+
     @field_validator("runbook_url")
     @classmethod
     def _absolute_url(cls, value: str) -> str:
@@ -401,6 +469,44 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")) or "#" in value:
             raise ValueError("must be an absolute http(s) URL without a #fragment")
         return value
+
+    @model_validator(mode="after")
+    def _kafka_connection_is_whole(self) -> Settings:
+        # Half a configuration would connect differently from what was meant (a CA file with
+        # PLAINTEXT: no TLS at all), or fail later with a less clear error than this one.
+        problems = []
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            problems.append(
+                f"PINWATCH_KAFKA_SASL_USERNAME and PINWATCH_KAFKA_SASL_PASSWORD: both are needed "
+                f"with PINWATCH_KAFKA_SECURITY_PROTOCOL={protocol}"
+            )
+        tls_files = {
+            "PINWATCH_KAFKA_SSL_CA_FILE": self.kafka_ssl_ca_file,
+            "PINWATCH_KAFKA_SSL_CERT_FILE": self.kafka_ssl_cert_file,
+            "PINWATCH_KAFKA_SSL_KEY_FILE": self.kafka_ssl_key_file,
+        }
+        given = [name for name, value in tls_files.items() if value is not None]
+        if given and not protocol.endswith("SSL"):
+            problems.append(
+                f"{', '.join(given)}: set, but PINWATCH_KAFKA_SECURITY_PROTOCOL={protocol} does "
+                "not use TLS (SSL or SASL_SSL)"
+            )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            problems.append(
+                "PINWATCH_KAFKA_SSL_CERT_FILE and PINWATCH_KAFKA_SSL_KEY_FILE: give both or neither"
+            )
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            problems.append(
+                f"PINWATCH_KAFKA_MIN_INSYNC_REPLICAS ({self.kafka_min_insync_replicas}) is above "
+                f"PINWATCH_KAFKA_REPLICATION_FACTOR ({self.kafka_replication_factor}): Kafka "
+                "would refuse every write"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _production_refuses_local_defaults(self) -> Settings:

@@ -27,6 +27,7 @@ from devstack.localkafka import LocalKafka, free_ports
 from devstack.simulate import Chains, Population, PopulationConfig, build_population
 from pinwatch.policy import load_policy
 from pinwatch.settings import Settings
+from tests.support.kafka_tls import SCRAM_PASSWORD, SCRAM_USER, KafkaPki, TlsKafka
 from tests.support.names import (
     REPORT_ONLY_HOST,
     TEST_APP,
@@ -57,6 +58,28 @@ def kafka_bootstrap(session_dir: Path) -> Iterator[str]:
     broker.start()
     try:
         yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_kafka(session_dir: Path) -> Iterator[TlsKafka]:
+    """A broker with TLS listeners, started for the tests that ask for it; certificates made
+    here (tests/support/kafka_tls.py)."""
+    pki = KafkaPki.create(session_dir / "kafka-pki")
+    port, controller, ssl_port, sasl_port = free_ports(4)
+    broker = LocalKafka(
+        settings=Settings(kafka_heap="256m"),
+        data_dir=session_dir / "tls-broker",
+        port=port,
+        controller_port=controller,
+        tls=pki.broker_tls({SCRAM_USER: SCRAM_PASSWORD}),
+        ssl_port=ssl_port,
+        sasl_ssl_port=sasl_port,
+    )
+    broker.start()
+    try:
+        yield TlsKafka(broker, pki)
     finally:
         broker.stop()
 

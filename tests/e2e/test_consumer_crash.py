@@ -26,6 +26,7 @@ from aiokafka.structs import TopicPartition
 from devstack.certs import CertificateAuthority
 from devstack.clients import native_batch, network_error, pin_validation
 from devstack.localkafka import free_port
+from pinwatch.kafka import client_args
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST
 from tests.support.paths import REPO
@@ -65,9 +66,8 @@ def _clickhouse_counts(dsn: str, database: str) -> dict[str, int]:
 class ConsumerProcess:
     def __init__(self, settings: Settings, log: Path, **overrides: Any) -> None:
         self.port = free_port()
-        env = dict(os.environ)
-        for name in Settings.model_fields:
-            env[f"PINWATCH_{name.upper()}"] = str(getattr(settings, name))
+        # Real values (secrets too), and none for a setting left unset.
+        env = {**os.environ, **settings.env_vars(list(Settings.model_fields))}
         for name, value in overrides.items():
             env[f"PINWATCH_{name.upper()}"] = str(value)
         self.log = log
@@ -113,7 +113,7 @@ class ConsumerProcess:
 
 async def _committed(settings: Settings) -> dict[int, int | None]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_args(settings),
         group_id=settings.kafka_consumer_group,
         enable_auto_commit=False,
     )
@@ -213,7 +213,7 @@ async def _stored_reports(consumer: ConsumerProcess, settings: Settings) -> int:
         answer = await client.get(
             f"/v1/rollout/{TEST_HOST}",
             params={"since": "1h"},
-            headers={"Authorization": f"Bearer {settings.admin_token}"},
+            headers={"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"},
         )
     answer.raise_for_status()
     return int(answer.json()["reports"])

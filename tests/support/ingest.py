@@ -15,6 +15,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from pinwatch.kafka import client_args
 from pinwatch.record import Record, decode_batch
 from pinwatch.settings import Settings
 from tests.support.names import TEST_KEY
@@ -97,7 +98,7 @@ async def read_messages(
     arrived and then a short quiet period (so extra records would be seen too)."""
     consumer = AIOKafkaConsumer(
         settings.kafka_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_args(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,

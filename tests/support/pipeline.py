@@ -32,6 +32,7 @@ from consumers.batch import Batch
 from consumers.consumer import Consumer
 from consumers.steps import Incoming
 from consumers.store import Store
+from pinwatch.kafka import client_args
 from pinwatch.settings import Settings
 from pinwatch.topics import ensure_topics
 from tests.support.names import TEST_KEY
@@ -126,7 +127,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 async def produce(settings: Settings, values: list[bytes]) -> None:
     """Put message values on the test's topic straight (as a hostile producer, or an ingest
     before a fix, would), one acknowledged message each, in order."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_args(settings), acks="all")
     await producer.start()
     try:
         for value in values:
@@ -137,9 +138,7 @@ async def produce(settings: Settings, values: list[bytes]) -> None:
 
 async def read_topic(settings: Settings, topic: str, n: int, wait_seconds: float = 30) -> list[Any]:
     """The first messages of `topic`, until `n` are read or `wait_seconds` passed."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer(topic, **client_args(settings), auto_offset_reset="earliest")
     await consumer.start()
     found: list[Any] = []
     try:

@@ -11,14 +11,13 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.consumer import Consumer
 from devstack.certs import CertificateAuthority, Chain
 from devstack.clients import native_batch, network_error, pin_validation
 from pinwatch.record import Record, encode_batch, encode_batch_v1
 from pinwatch.settings import Settings
-from pinwatch.topics import ensure_topics
+from pinwatch.topics import admin_client, ensure_topics
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from tests.support.payloads import kafka_record
 from tests.support.pipeline import Pipeline, group_caught_up, produce, read_topic, run_pipeline
@@ -393,16 +392,12 @@ async def test_progress_left_by_an_older_topic_of_the_same_name_does_not_skip_re
 
 async def _recreate_topic(settings: Settings, seconds: float = 60) -> None:
     """Delete the test's topic and create it again, empty (offsets from 0)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(settings) as admin:
         await admin.delete_topics([settings.kafka_topic])
         deadline = time.monotonic() + seconds
         while settings.kafka_topic in await admin.list_topics():
             assert time.monotonic() < deadline, "the topic was not deleted"
             await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
     await ensure_topics(settings)
 
 

@@ -64,6 +64,8 @@ SECRET_VALUES = {
     "PINWATCH_CLICKHOUSE_DSN": "https://pinwatch:dsn-password-never-shown@ch.example:8443/db",
     "PINWATCH_ALERT_WEBHOOK_URL": "https://hooks.example/services/T0/B0/webhook-token-never",
     "PINWATCH_ALERT_ONCALL_WEBHOOK_URL": "https://bridge.example/page?token=oncall-token-never",
+    "PINWATCH_KAFKA_SASL_PASSWORD": "kafka-sasl-secret-never-shown",
+    "PINWATCH_KAFKA_SSL_KEY_PASSWORD": "kafka-key-secret-never-shown",
 }
 
 
@@ -89,6 +91,8 @@ def test_settings_command_masks_every_secret() -> None:
     assert lines["PINWATCH_CLICKHOUSE_DSN"] == "https://pinwatch:***@ch.example:8443/***"
     assert lines["PINWATCH_DEVICE_HASH_KEY"] == "***"
     assert lines["PINWATCH_ALERT_WEBHOOK_URL"] == "https://hooks.example/***"
+    for kafka_secret in ("PINWATCH_KAFKA_SASL_PASSWORD", "PINWATCH_KAFKA_SSL_KEY_PASSWORD"):
+        assert lines[kafka_secret] == "***"
 
 
 @pytest.mark.parametrize(
