@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from consumers.api import create_api
 from consumers.store import Store
@@ -84,12 +85,31 @@ async def wait_for_document(
     seconds it took. Fails (with the last claims) after `within` seconds."""
     started = time.monotonic()
     while True:
-        fetched = await fetch_document(client, app)
-        if condition(fetched.claims):
-            return fetched, time.monotonic() - started
-        assert time.monotonic() - started < within, f"not served within {within}s: {fetched}"
+        seen: Fetched | str
+        if (await client.get(f"/v1/policy/{app}")).status_code == 503:
+            seen = "503: no live state heard yet"  # a starting edge, before its first poll
+        else:
+            seen = await fetch_document(client, app)
+            if condition(seen.claims):
+                return seen, time.monotonic() - started
+        assert time.monotonic() - started < within, f"not served within {within}s: {seen}"
         await asyncio.sleep(0.05)
 
 
 def host_entry(claims: dict[str, Any], host: str) -> dict[str, Any]:
     return next(h for h in claims["hosts"] if h["host"] == host)
+
+
+def write_state_cache(settings: Settings, path: Path) -> Path:
+    """The copy of a live state an edge keeps (ingest/policy.py), as its owner would have served
+    it for the settings' policy on first start: an edge given it serves documents without an
+    owner."""
+    from pinwatch.livepolicy import LiveState, adopt_policy_file, document_claims
+    from pinwatch.policy import load_policy
+
+    policy = load_policy(settings.policy_file)
+    applied = adopt_policy_file(policy, LiveState(), "tests")
+    assert applied is not None
+    documents = {app: document_claims(policy, applied.state, app) for app in policy.app_ids}
+    path.write_bytes(orjson.dumps({"state": applied.state.to_dict(), "documents": documents}))
+    return path
