@@ -73,6 +73,12 @@ Send traffic from a second terminal (same settings, e.g. the same PINWATCH_* var
   pinwatch simulate steady --duration 120
   pinwatch simulate unplanned_rotation --duration 300 --change-after 60
 
+Pull the live policy's levers (the edge serves each change within seconds):
+  pinwatch policy status
+  pinwatch policy set-phase cdn.acme.test enforce --percent 10 --reason "staged rollout"
+  pinwatch policy kill com.acme.app --host api.acme.test --reason "rotation broke pinning"
+  pinwatch policy history
+
 Grafana: add a Prometheus data source at {stack.prometheus_url}, then import the dashboards
 in dashboards/json/ (deploy/grafana/ provisions both for the Docker Compose stack; point its
 Prometheus data source URL at {stack.prometheus_url}).

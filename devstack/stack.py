@@ -42,6 +42,7 @@ from devstack.monitoring import (
     MonitoringError,
 )
 from devstack.processes import cmdline, read_pid, signal_group, tail
+from pinwatch.jose import create_key_file
 from pinwatch.logs import event
 from pinwatch.settings import Settings
 
@@ -349,6 +350,7 @@ class Stack:
             _wipe(cfg.data_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._write_public_roots()
+        self._policy_signing_key()
         self._step_kafka()
         self._step(
             "schema",
@@ -408,6 +410,15 @@ class Stack:
         if pid is not None and str(broker.data_dir.resolve()) in cmdline(pid):
             self.say("  stopping Kafka, left running by an earlier stack")
             broker.stop()
+
+    def _policy_signing_key(self) -> None:
+        """The key the edge signs policy documents with: made in the data directory on first
+        start, unless the settings name one (PINWATCH_POLICY_SIGNING_KEY[_FILE])."""
+        cfg = self.config
+        if cfg.policy_signing_key.get_secret_value() or self.settings.policy_signing_key_file:
+            return
+        if create_key_file(cfg.policy_signing_key_path):
+            self.say(f"  ok   policy signing key created: {cfg.policy_signing_key_path}")
 
     def _write_public_roots(self) -> None:
         path = self.config.public_roots_file
@@ -514,6 +525,7 @@ class Stack:
     def urls(self) -> dict[str, str]:
         urls = {
             "ingest": f"{self.ingest_url}/v1/reports",
+            "policy documents": f"{self.ingest_url}/v1/policy/{{app}} (keys: /v1/policy/keys)",
             "ingest metrics": f"{self.ingest_url}/metrics",
             "consumer metrics": f"{self.consumer_url}/metrics",
             "prober metrics": f"{self.probe_url}/metrics",

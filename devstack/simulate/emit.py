@@ -87,6 +87,10 @@ class Request:
     def has_pin_failure(self) -> bool:
         return any(k.startswith("pin:") and not k.startswith("pin:ok") for k in self.expected)
 
+    @property
+    def has_enforced_failure(self) -> bool:
+        return any(k.startswith("enforced:") and k != "enforced:ok" for k in self.expected)
+
 
 def iso(ts: dt.datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
@@ -115,6 +119,7 @@ class Outcome:
     result: str | None  # ok | pin_mismatch | chain_invalid; None when nothing reached TLS
     validations: int  # connections that reached pin validation
     errors: Counter[str]  # network error category -> count
+    enforced: bool = False  # the device enforced the host's pins (its remote policy says so)
 
 
 def _pins(device: Device, outcome: Outcome) -> tuple[str, ...]:
@@ -134,10 +139,11 @@ def observe(
 ) -> Outcome:
     requests = poisson(rng, population.config.requests_per_interval * view.volume)
     errors: Counter[str] = Counter()
+    enforced = device.enforces(target)
     if view.network_error:
         if requests:
             errors[view.network_error] = requests
-        return Outcome(target, view, None, None, 0, errors)
+        return Outcome(target, view, None, None, 0, errors, enforced)
     for _ in range(requests):
         if rng.random() < population.config.network_error_rate:
             errors[rng.choice(_STEADY_ERRORS)] += 1
@@ -150,7 +156,7 @@ def observe(
         result = "ok"
     else:
         result = "pin_mismatch"
-    return Outcome(target, view, chain, result, validations, errors)
+    return Outcome(target, view, chain, result, validations, errors, enforced)
 
 
 def device_requests(
@@ -180,6 +186,8 @@ def device_requests(
 def _expect(expected: Counter[str], outcome: Outcome, count: int, reports: int) -> None:
     expected[f"pin:{outcome.result}"] += count
     expected[f"pin:{outcome.result}:{outcome.view.served}"] += count
+    if outcome.enforced:  # what users of enforcing devices met (a failure: no connection)
+        expected[f"enforced:{outcome.result}"] += count
     expected["reports"] += reports
 
 
@@ -216,7 +224,7 @@ def native_requests(
             "host": o.target.host,
             "port": 443,
             "result": o.result,
-            "enforced": o.target.enforced,
+            "enforced": o.enforced,
             "observed_pins": o.chain.pins,
         }
         if o.result != "ok":
@@ -280,7 +288,7 @@ def trustkit_requests(
             "port": 0,  # TrustKit never learns the port and always sends 0
             "noted-hostname": o.target.host,
             "include-subdomains": False,
-            "enforce-pinning": o.target.enforced,
+            "enforce-pinning": o.enforced,
             "validated-certificate-chain": o.chain.pem,
             "date-time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "known-pins": [f'pin-sha256="{pin}"' for pin in _pins(device, o)],
