@@ -137,6 +137,12 @@ class IngestMetrics:
             "pinwatch_ingest_policy_state_updated_timestamp_seconds",
             "When this edge last heard the live policy state from its owner (the consumer).",
         )
+        self.policy_polls = Tally(
+            "pinwatch_ingest_policy_polls",
+            "Polls of the live policy's owner, by outcome: changed, unchanged (304), older "
+            "(refused: older than the state served), failed (unreachable or not an answer).",
+            ("outcome",),
+        )
         for metric in (
             self.requests,
             self.reports,
@@ -145,5 +151,6 @@ class IngestMetrics:
             self.produce_errors,
             self.policy_version,
             self.policy_updated,
+            self.policy_polls,
         ):
             self.registry.register(metric)

@@ -140,6 +140,10 @@ class PolicyFeed:
             self.metrics.policy_version.value = self.version
             self.metrics.policy_updated.value = time.time()
 
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.policy_polls.add((outcome,))
+
     async def poll(self, client: httpx.AsyncClient) -> None:
         token = self.settings.admin_token.get_secret_value()
         headers = {"Authorization": f"Bearer {token}"}
@@ -152,6 +156,7 @@ class PolicyFeed:
             return
         if response.status_code == 304:
             self._owner_up()
+            self._count("unchanged")
             if self.metrics is not None:
                 self.metrics.policy_updated.value = time.time()
             return
@@ -160,11 +165,14 @@ class PolicyFeed:
             return
         self._owner_up()
         try:
-            self.accept(response.content, response.headers.get("etag", ""))
+            taken = self.accept(response.content, response.headers.get("etag", ""))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             self._owner_down(f"not a policy state: {exc}")
+            return
+        self._count("changed" if taken else "older")
 
     def _owner_down(self, why: str) -> None:
+        self._count("failed")
         if self._owner_down_since is None:
             self._owner_down_since = time.monotonic()
             event(

@@ -113,3 +113,17 @@ def write_state_cache(settings: Settings, path: Path) -> Path:
     documents = {app: document_claims(policy, applied.state, app) for app in policy.app_ids}
     path.write_bytes(orjson.dumps({"state": applied.state.to_dict(), "documents": documents}))
     return path
+
+
+def edge_polls(metrics_text: str) -> float:
+    """How many times the edge has asked its owner for the live state (any outcome), from its
+    /metrics: a check that it asked again after some moment, without sleeping."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == "pinwatch_ingest_policy_polls"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )

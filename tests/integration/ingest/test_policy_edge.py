@@ -7,6 +7,7 @@ without it, keeps serving the last document it had."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tests.support.errors import assert_error
 from tests.support.names import OTHER_APP, REPORT_ONLY_HOST, TEST_APP, TEST_HOST
 from tests.support.policy import (
     Owner,
+    edge_polls,
     fetch_document,
     host_entry,
     serve_owner,
@@ -132,7 +134,6 @@ async def test_a_refused_change_leaves_the_document_as_it_was(
     owner: Owner, edge: httpx.AsyncClient
 ) -> None:
     before = await fetch_document(edge, TEST_APP)
-    polls = owner.settings.policy_state_poll_seconds
     for body, status in (
         ({"action": "set_phase", "host": "nope.test", "phase": "enforce"}, 404),
         ({"action": "set_phase", "host": TEST_HOST, "phase": "enforce", "percent": 250}, 400),
@@ -140,17 +141,19 @@ async def test_a_refused_change_leaves_the_document_as_it_was(
         ({"action": "kill", "app": TEST_APP}, 400),
     ):
         assert (await owner.change(**body)).status_code == status
-    await _rounds(edge, 2 * polls)  # the edge polls its owner meanwhile
+    await _polled(edge)
     after = await fetch_document(edge, TEST_APP)
     assert after.response.content == before.response.content
 
 
-async def _rounds(edge: httpx.AsyncClient, seconds: float) -> None:
-    """Let the edge poll its owner for `seconds` (each answer says which version it serves)."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while asyncio.get_running_loop().time() < deadline:
-        await edge.get(f"/v1/policy/{TEST_APP}")
-        await asyncio.sleep(0.1)
+async def _polled(edge: httpx.AsyncClient, rounds: int = 2) -> None:
+    """Until the edge has asked its owner `rounds` more times (the first may have been under
+    way already): its next answer reflects what the owner says now, or that it is gone."""
+    before = edge_polls((await edge.get("/metrics")).text)
+    deadline = time.monotonic() + WITHIN
+    while edge_polls((await edge.get("/metrics")).text) < before + rounds:
+        assert time.monotonic() < deadline, "the edge did not ask its owner again"
+        await asyncio.sleep(0.05)
 
 
 async def test_without_its_owner_the_edge_keeps_serving_and_a_restart_serves_its_copy(
@@ -164,7 +167,7 @@ async def test_without_its_owner_the_edge_keeps_serving_and_a_restart_serves_its
             served, _ = await wait_for_document(client, TEST_APP, lambda c: c["kill_switch"])
     # The owner is gone (its database too): the running edge serves what it had...
     async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
-        await _rounds(client, 2 * settings.policy_state_poll_seconds)
+        await _polled(client)
         assert (await fetch_document(client, TEST_APP)).response.content == served.response.content
     await first.stop(30)
     # ...and so does an edge restarted while its owner is away, from the copy it kept.
@@ -220,5 +223,5 @@ async def test_an_older_state_from_the_owner_is_not_served(
     while (await owner.client.get("/v1/admin/policy/state")).json()["state"]["version"] >= 2:
         assert asyncio.get_running_loop().time() < deadline, "the owner still serves version 2"
         await asyncio.sleep(0.1)  # its state is cached for half a second
-    await _rounds(edge, 2 * owner.settings.policy_state_poll_seconds)
+    await _polled(edge)
     assert (await fetch_document(edge, TEST_APP)).response.content == newer.response.content
