@@ -23,7 +23,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_stack_arguments(parser, scrape_interval=5.0)
+    add_stack_arguments(parser, scrape_interval=5.0, policy_refresh=10)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             kafka_bootstrap=args.kafka_bootstrap,
             scrape_interval=args.scrape_interval,
             evaluation_interval=args.scrape_interval,
+            policy_refresh_seconds=args.policy_refresh,
         ),
         say=lambda line: print(line, flush=True),
     )

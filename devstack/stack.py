@@ -74,6 +74,7 @@ class StackOptions:
     evaluation_interval: float = 5.0
     local_pages_only: bool = False  # the demo: no PagerDuty/Opsgenie even if configured
     ready_timeout: float = 90.0
+    policy_refresh_seconds: int | None = None  # clients' policy refresh (the document says it)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Page:
                 f"{kind} [{alert.get('status', '?')}] {labels.get('alertname', '?')} "
                 f"({labels.get('severity', '?')}) {where}: {notes.get('summary', '')}"
                 + (f"\n    runbook: {notes['runbook_url']}" if notes.get("runbook_url") else "")
+                + (f"\n    kill switch: {notes['kill_switch']}" if notes.get("kill_switch") else "")
             )
         return "\n".join(lines)
 
@@ -296,6 +298,8 @@ class Stack:
             self.receiver_port = free_port()
         if opts.kafka_bootstrap:
             overrides["kafka_bootstrap"] = opts.kafka_bootstrap
+        if opts.policy_refresh_seconds is not None:
+            overrides["policy_refresh_seconds"] = opts.policy_refresh_seconds
         self.config = self.settings.model_copy(update=overrides)
         # The children run on exactly the stack's settings, including those the caller set in
         # code rather than in the environment (secrets too: this is their environment, never
@@ -537,7 +541,9 @@ class Stack:
         return urls
 
 
-def add_stack_arguments(parser: argparse.ArgumentParser, *, scrape_interval: float) -> None:
+def add_stack_arguments(
+    parser: argparse.ArgumentParser, *, scrape_interval: float, policy_refresh: int
+) -> None:
     """Options `up` and `demo` share."""
     parser.add_argument(
         "--scrape-interval",
@@ -550,6 +556,14 @@ def add_stack_arguments(parser: argparse.ArgumentParser, *, scrape_interval: flo
         "--kafka-bootstrap",
         default=None,
         help="use this running broker (with the settings' topic names) instead of starting one",
+    )
+    parser.add_argument(
+        "--policy-refresh",
+        type=int,
+        default=policy_refresh,
+        help="seconds between two fetches of the signed policy document by each (simulated) "
+        f"client: the document's refresh_seconds (default {policy_refresh}; a kill switch "
+        "reaches every client within about this)",
     )
 
 
