@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,7 +28,10 @@ HELP = "check the pin policy; show and change the live policy (phase, percentage
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n", 1)[1].replace("\n", " ")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("check", help="load and validate the policy file, and summarize it")
+    check = actions.add_parser("check", help="load and validate the policy file, and summarize it")
+    # `pinwatch policy check --policy FILE` as well as `pinwatch policy --policy FILE check`;
+    # SUPPRESS keeps the subcommand from resetting a --policy given before it.
+    check.add_argument("--policy", type=Path, default=argparse.SUPPRESS, help="pin policy YAML")
 
     status = actions.add_parser("status", help="phase, percentage and kill switches served now")
     status.add_argument("--json", action="store_true", help="the owner's answer as JSON")
@@ -145,8 +149,12 @@ def describe_change(record: dict[str, Any]) -> str:
     elif action in ("kill", "unkill"):
         scope = f"{app} on {host}" if host else f"{app} on every host"
         text = f"kill switch {'ON' if action == 'kill' else 'off'} for {scope}"
-    else:
-        text = f"{action} {what}"
+    else:  # policy_file: the owner started with another policy file
+        old, new = (sha[:12] or "-" for sha in what.get("policy_sha256", ["", ""]))
+        dropped = what.get("dropped_host_settings", []) + what.get("dropped_kills", [])
+        text = f"policy file {old} -> {new}" + (
+            f", dropped {', '.join(dropped)}" if dropped else ""
+        )
     reason = f" (reason: {record['reason']})" if record.get("reason") else ""
     return f"version {record['version']}: {text}{reason}; by {record['actor']}"
 
