@@ -72,6 +72,21 @@ class AlertConfig:
     version_others_max_share: float = 0.02  # the host's other versions stay below this
     version_for: str = "1m"
 
+    # --- staged enforcement: the enforced cohort fails more than report-only (page) -----------
+    # During a staged rollout (`pinwatch policy set-phase HOST enforce --percent N`) a device's
+    # cohort is a hash of its install id (pinwatch/cohort.py): enforcing and report-only devices
+    # meet the same servers on the same networks, so their shares of pin mismatches (interception
+    # left out) should match. When the enforced cohort's share exceeds the report-only
+    # baseline by more than this margin (absolute: 0.02 is two percentage points), enforcement
+    # itself breaks connections report-only did not predict (a client build that enforces other
+    # pins than it reports): users of the enforced cohort fail. A rotation raises both shares
+    # alike and pages as a rotation instead.
+    cohort_window: str = "5m"  # a 1 % cohort sends few reports: a longer window than pages use
+    cohort_margin: float = 0.02
+    cohort_min_rate: float = 0.05  # enforced-cohort mismatches a second: below, noise
+    cohort_min_baseline_rate: float = 0.1  # report-only validations a second: a baseline exists
+    cohort_for: str = "2m"
+
     # --- interception suspected (ticket) ------------------------------------------------------
     interception_max_networks: int = 3  # few networks: a corporate proxy, not the world
     interception_min_devices: int = 3

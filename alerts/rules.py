@@ -15,10 +15,30 @@ from __future__ import annotations
 from typing import Any
 
 from alerts.config import CONFIG, AlertConfig
-from pinwatch.vocabulary import would_fail_promql
+from pinwatch.vocabulary import cohort_promql, would_fail_promql
 
 PV = "pinwatch_pin_validations_total"
 ENFORCED_FAILURE = 'enforced="true",result!="ok"'
+# The staged enforcement comparison (cohort_* in alerts/config.py), per cohort.
+COHORT_VALIDATION, COHORT_MISMATCH = cohort_promql()
+
+
+# The levers a page names, in its `kill_switch` (or `rollback`) annotation, for the alert's own
+# app and host: copied from the page and run as is (docs/runbook.md, first step).
+def kill_switch(alertname: str) -> str:
+    return (
+        "pinwatch policy kill {{ $labels.app }} --host {{ $labels.host }} "
+        f'--reason "{alertname}: {{{{ $labels.host }}}}"'
+    )
+
+
+def rollback(alertname: str) -> str:
+    return (
+        "pinwatch policy set-phase {{ $labels.host }} report_only "
+        f'--reason "{alertname}: {{{{ $labels.app }}}}"'
+    )
+
+
 ROTATION_FAILURE = f'{ENFORCED_FAILURE},cause="rotation_suspected",pin_match="none"'
 
 
@@ -58,7 +78,8 @@ def pinning_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
             "expr": f"{level}:{num}:rate{window}\n/\n{den}",
         }
 
-    ah, ahv = "app, host", "app, host, app_version"
+    ah, ahv, ahe = "app, host", "app, host, app_version", "app, host, enforced"
+    cw = c.cohort_window
     return [
         # Enforced validations: what users experience. Report-only ones have their own below.
         rate("app_host", "pinwatch_enforced_validations", 'enforced="true"', w, ah),
@@ -120,6 +141,15 @@ def pinning_recording_rules(c: AlertConfig) -> list[dict[str, Any]]:
             "pinwatch_report_only_would_fail",
             f"app_host:pinwatch_report_only_validations:rate{tw}",
             tw,
+        ),
+        # Staged enforcement: pin mismatches and validations per cohort (`enforced` kept).
+        rate("app_host_enforced", "pinwatch_cohort_validations", COHORT_VALIDATION, cw, ahe),
+        rate("app_host_enforced", "pinwatch_cohort_mismatches", COHORT_MISMATCH, cw, ahe),
+        ratio(
+            "app_host_enforced",
+            "pinwatch_cohort_mismatches",
+            f"app_host_enforced:pinwatch_cohort_validations:rate{cw}",
+            cw,
         ),
         # Breadth: distinct counts read from ClickHouse, the same on every consumer replica,
         # so `max` across replicas (a sum would count each device once per replica).
@@ -196,6 +226,7 @@ def _alert(
     summary: str,
     description: str,
     c: AlertConfig,
+    **levers: str,
 ) -> dict[str, Any]:
     return {
         "alert": name,
@@ -206,6 +237,7 @@ def _alert(
             "summary": summary,
             "description": description,
             "runbook_url": f"{c.runbook}#{_anchor(name)}",
+            **levers,
         },
     }
 
@@ -221,7 +253,7 @@ def _breadth(level: str, metric: str, on: str, c: AlertConfig, selector: str = "
 
 
 def pinning_alerts(c: AlertConfig) -> list[dict[str, Any]]:
-    w, tw, nw = c.page_window, c.ticket_window, c.rotation_now_window
+    w, tw, nw, cw = c.page_window, c.ticket_window, c.rotation_now_window, c.cohort_window
     at = "{{ $labels.app }} on {{ $labels.host }}"
     rotation_share = _q(
         f'app_host:pinwatch_rotation_failures:ratio_rate{nw}{{app="%s",host="%s"}}',
@@ -248,6 +280,14 @@ def pinning_alerts(c: AlertConfig) -> list[dict[str, Any]]:
         )
         for what in ("devices", "networks")
     )
+    cohort_enforced, cohort_report_only = (
+        _q(
+            f"app_host_enforced:pinwatch_cohort_mismatches:ratio_rate{cw}"
+            f'{{app="%s",host="%s",enforced="{enforced}"}}',
+            "humanizePercentage",
+        )
+        for enforced in ("true", "false")
+    )
     rotation = '{cause="rotation_suspected"}'
     return [
         _alert(
@@ -270,8 +310,9 @@ def pinning_alerts(c: AlertConfig) -> list[dict[str, Any]]:
             f"for {at} in the last 5 minutes with a publicly trusted chain whose keys are not "
             f"in the pin set; {rotation_share} of enforced validations over the last {nw} fail "
             "this way. A certificate rotated to an unpinned key: users of the app cannot reach "
-            "the host.",
+            "the host. First, stop enforcement for them: run the kill_switch command.",
             c,
+            kill_switch=kill_switch("PinwatchRotationBreakage"),
         ),
         _alert(
             "PinwatchPinFailureRateHigh",
@@ -289,6 +330,7 @@ def pinning_alerts(c: AlertConfig) -> list[dict[str, Any]]:
             f"well under {c.failure_min_share:.0%}). Users with enforced pinning cannot reach "
             "the host.",
             c,
+            kill_switch=kill_switch("PinwatchPinFailureRateHigh"),
         ),
         _alert(
             "PinwatchAppVersionFailing",
@@ -318,6 +360,36 @@ def pinning_alerts(c: AlertConfig) -> list[dict[str, Any]]:
             f"{c.version_others_max_share:.0%}: that release most likely shipped a wrong pin "
             "set.",
             c,
+        ),
+        _alert(
+            "PinwatchEnforcedCohortFailing",
+            f"(\n    app_host_enforced:pinwatch_cohort_mismatches:ratio_rate{cw}"
+            '{enforced="true"}\n'
+            "  - ignoring (enforced)\n"
+            f"    app_host_enforced:pinwatch_cohort_mismatches:ratio_rate{cw}"
+            '{enforced="false"}\n'
+            f") > {c.cohort_margin}\n"
+            "and on (app, host)\n"
+            f"app_host_enforced:pinwatch_cohort_mismatches:rate{cw}"
+            f'{{enforced="true"}} >= {c.cohort_min_rate}\n'
+            "and on (app, host)\n"
+            f"app_host_enforced:pinwatch_cohort_validations:rate{cw}"
+            f'{{enforced="false"}} >= {c.cohort_min_baseline_rate}\n'
+            + _breadth("app_host", "_all_causes", "app, host", c),
+            c.cohort_for,
+            "page",
+            "pinning",
+            f"{at}: the enforced cohort fails pinning more than report-only devices",
+            f"{cohort_enforced} of the enforced cohort's pin validations for {at} over the "
+            f"last {cw} were pin mismatches, against {cohort_report_only} of report-only "
+            f"devices' (interception left out): {{{{ $value | humanizePercentage }}}} more, "
+            f"above the {c.cohort_margin:.0%} margin. Both cohorts meet the same servers, so "
+            "enforcement itself fails connections report-only did not predict: users in the "
+            "enforced cohort cannot reach the host. Roll the host back to report-only: run "
+            "the rollback command.",
+            c,
+            rollback=rollback("PinwatchEnforcedCohortFailing"),
+            kill_switch=kill_switch("PinwatchEnforcedCohortFailing"),
         ),
         _alert(
             "PinwatchInterceptionSuspected",

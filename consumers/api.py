@@ -1,8 +1,9 @@
-"""The consumer's HTTP face: /metrics, /healthz, /readyz, and the rollout query API.
+"""The consumer's HTTP face: /metrics, /healthz, /readyz, the rollout query API and the live
+policy's admin API.
 
 Built by a factory so tests can run several in one process. `app.state` carries `settings`,
-`store`, `policy` and `consumer` for the routers: in embedded mode only this process may open
-ClickHouse, so every read goes through its Store.
+`store`, `policy`, `consumer` and `policy_owner` for the routers: in embedded mode only this
+process may open ClickHouse, so every read goes through its Store.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.metrics import ConsumerMetrics
+from consumers.policy.api import router as policy_router
+from consumers.policy.owner import PolicyOwner
 from consumers.store import Store
 from pinwatch.errors import error_response, error_responses, install_error_handlers
 from pinwatch.policy import Policy, load_policy
@@ -27,9 +30,12 @@ def create_api(
     metrics: ConsumerMetrics | None = None,
     consumer: Any = None,
     policy: Policy | None = None,
+    policy_owner: PolicyOwner | None = None,
 ) -> FastAPI:
     """`consumer` (a consumers.consumer.Consumer) makes /readyz meaningful and provides the
-    metrics; without one the API serves queries only (readiness = ClickHouse answers)."""
+    metrics; without one the API serves queries only (readiness = ClickHouse answers).
+    `policy_owner` serves the live policy's admin API (one on this store and policy by
+    default, recording its policy file on first use)."""
     if metrics is None:
         metrics = consumer.metrics if consumer is not None else ConsumerMetrics()
     app = FastAPI(title="pinwatch consumer", docs_url=None, redoc_url=None)
@@ -41,6 +47,7 @@ def create_api(
         app.state.policy = load_policy(settings.policy_file)
     app.state.consumer = consumer
     app.state.metrics = metrics
+    app.state.policy_owner = policy_owner or PolicyOwner(store, app.state.policy)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -73,4 +80,5 @@ def create_api(
         rollout_router = None
     if rollout_router is not None:
         app.include_router(rollout_router)
+    app.include_router(policy_router)
     return app

@@ -56,6 +56,7 @@ async def serve(settings: Settings, host: str, port: int) -> int:
 
     from consumers.api import create_api
     from consumers.consumer import Consumer
+    from consumers.policy.owner import PolicyOwner
     from consumers.steps import DeadLetterLimitExceeded
     from consumers.store import Store
 
@@ -63,10 +64,13 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     applied = await store.migrate(settings)
     event(log, "migrated", applied=applied, database=settings.clickhouse_database)
     consumer = Consumer(settings, store)
+    # The live policy is recorded against this process's policy file before anything asks.
+    owner = PolicyOwner(store, consumer.policy)
+    await owner.start()
     await consumer.start()
     tune_gc()
     collector = asyncio.create_task(collect_garbage_periodically())
-    api = create_api(settings, store, consumer=consumer)
+    api = create_api(settings, store, consumer=consumer, policy_owner=owner)
     server = uvicorn.Server(
         uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False, lifespan="off")
     )

@@ -38,7 +38,12 @@ from dashboards.common import (
     single_stat,
     sql,
 )
-from pinwatch.vocabulary import DECIDED_BY_PINS_SQL, intercepted_sql, would_fail_sql
+from pinwatch.vocabulary import (
+    COHORT_MISMATCH_SQL,
+    DECIDED_BY_PINS_SQL,
+    intercepted_sql,
+    would_fail_sql,
+)
 
 UID = "pinwatch-rollout"
 TITLE = "pinwatch / Rollout (report-only)"
@@ -105,6 +110,11 @@ def _would_fail_by(column: str, alias: str, limit: int, raw: bool = False) -> st
     """
 
 
+# Staged enforcement: both cohorts of a host, decided by pins (pinwatch/vocabulary.py).
+COHORTS = _scope("minute", "kind = 'pin_validation'", DECIDED_BY_PINS)
+COHORT_NAME = "if(enforced = 1, 'enforced cohort', 'report-only')"
+
+
 def _stat_sql(select: str) -> str:
     return f"""
         SELECT {select}
@@ -145,7 +155,8 @@ def build(runbook_url: str) -> dashboard.Dashboard:
         UID,
         TITLE,
         "Report-only rollout: observed pins by distinct devices, would-fail share by app "
-        "version, platform and network prefix, surprise chains, sample evidence chains.",
+        "version, platform and network prefix, the enforced cohort against report-only during "
+        "staged enforcement, surprise chains, sample evidence chains.",
         runbook_url,
     )
     for variable in variables():
@@ -258,6 +269,67 @@ def build(runbook_url: str) -> dashboard.Dashboard:
                 ],
                 source="clickhouse",
                 width=24,
+            )
+        )
+        .with_row(row(104, "Staged enforcement: enforced cohort vs report-only"))
+        .with_panel(
+            graph(
+                15,
+                "Pin mismatch share by cohort",
+                "Per time bucket, the share of pin validations that were pin mismatches "
+                "(interception apart) among devices that enforce the host and among devices "
+                "that only report it. A device's cohort is a hash of its install id "
+                "(`pinwatch policy set-phase HOST enforce --percent N`), so both meet the same "
+                "servers: the lines should overlap. The enforced one above the other means "
+                "enforcement fails connections report-only did not predict "
+                "(PinwatchEnforcedCohortFailing).",
+                "percentunit",
+                [
+                    sql(
+                        f"""
+                        SELECT $__timeInterval(minute) AS time,
+                               {COHORT_NAME} AS cohort,
+                               sumIf(count, {COHORT_MISMATCH_SQL}) / sum(count)
+                               AS mismatch_share
+                        FROM {ROLLUP}
+                        {COHORTS}
+                        GROUP BY time, cohort
+                        ORDER BY time
+                        """,
+                        timeseries_format=True,
+                    )
+                ],
+                source="clickhouse",
+                width=14,
+                links=alert_links(runbook_url, "PinwatchEnforcedCohortFailing"),
+            )
+        )
+        .with_panel(
+            grid(
+                16,
+                "Cohorts per host",
+                "Per host and cohort: validations the pins decided, distinct devices, pin "
+                "mismatches (interception apart) and their share. `pinwatch policy status` "
+                "shows the percentage each host is enforced at now.",
+                "short",
+                [
+                    sql(
+                        f"""
+                        SELECT policy_host,
+                               {COHORT_NAME} AS cohort,
+                               sum(count) AS validations,
+                               uniqMerge(devices) AS device_count,
+                               sumIf(count, {COHORT_MISMATCH_SQL}) AS mismatches,
+                               mismatches / nullIf(validations, 0) AS mismatch_share
+                        FROM {ROLLUP}
+                        {COHORTS}
+                        GROUP BY policy_host, cohort
+                        ORDER BY policy_host, cohort
+                        """
+                    )
+                ],
+                column_units={"mismatch_share": "percentunit"},
+                width=10,
             )
         )
         .with_row(row(101, "Observed pins"))

@@ -13,6 +13,7 @@ from devstack.simulate import (
     SCENARIOS,
     Chains,
     PopulationConfig,
+    RemotePolicy,
     Sender,
     Simulation,
     build_population,
@@ -46,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-requests", type=int, default=None, help="stop after this many HTTP requests"
     )
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    parser.add_argument(
+        "--no-remote-policy",
+        action="store_true",
+        help="devices ignore the signed policy document (default: they fetch, verify and obey "
+        "it: phase, enforcement percentage, kill switch)",
+    )
 
 
 def add_population_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,25 +124,31 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"change at {change_after:.0f}s\n  expect: {scenario.expect}",
         flush=True,
     )
-    sim = Simulation(
-        population,
-        scenario,
-        chains,
-        sender,
-        seed=args.seed,
-        max_requests=args.max_requests or settings.simulate_max_requests,
-    )
 
-    async def main() -> None:
+    async def main() -> Simulation:
+        remote = None if args.no_remote_policy else RemotePolicy(sender.base_url, population)
+        sim = Simulation(
+            population,
+            scenario,
+            chains,
+            sender,
+            seed=args.seed,
+            max_requests=args.max_requests or settings.simulate_max_requests,
+            remote=remote,
+        )
         async with sender:
-            await sim.run(
-                args.duration,
-                change_after=change_after,
-                progress=lambda s: print(describe(s), flush=True),
-            )
+            try:
+                await sim.run(
+                    args.duration,
+                    change_after=change_after,
+                    progress=lambda s: print(describe(s), flush=True),
+                )
+            finally:
+                if remote is not None:
+                    await remote.aclose()
+        return sim
 
-    asyncio.run(main())
-    tally = sim.tally
+    tally = asyncio.run(main()).tally
     if tally.requests and not tally.statuses.get(202):
         print(
             f"pinwatch simulate: ingest at {sender.base_url} accepted nothing "

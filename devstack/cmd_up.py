@@ -23,7 +23,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_stack_arguments(parser, scrape_interval=5.0)
+    add_stack_arguments(parser, scrape_interval=5.0, policy_refresh=10)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             kafka_bootstrap=args.kafka_bootstrap,
             scrape_interval=args.scrape_interval,
             evaluation_interval=args.scrape_interval,
+            policy_refresh_seconds=args.policy_refresh,
         ),
         say=lambda line: print(line, flush=True),
     )
@@ -72,6 +73,12 @@ pinwatch is up.
 Send traffic from a second terminal (same settings, e.g. the same PINWATCH_* variables):
   pinwatch simulate steady --duration 120
   pinwatch simulate unplanned_rotation --duration 300 --change-after 60
+
+Pull the live policy's levers (the edge serves each change within seconds):
+  pinwatch policy status
+  pinwatch policy set-phase cdn.acme.test enforce --percent 10 --reason "staged rollout"
+  pinwatch policy kill com.acme.app --host api.acme.test --reason "rotation broke pinning"
+  pinwatch policy history
 
 Grafana: add a Prometheus data source at {stack.prometheus_url}, then import the dashboards
 in dashboards/json/ (deploy/grafana/ provisions both for the Docker Compose stack; point its

@@ -42,6 +42,7 @@ from devstack.monitoring import (
     MonitoringError,
 )
 from devstack.processes import cmdline, read_pid, signal_group, tail
+from pinwatch.jose import create_key_file
 from pinwatch.logs import event
 from pinwatch.settings import Settings
 
@@ -73,6 +74,7 @@ class StackOptions:
     evaluation_interval: float = 5.0
     local_pages_only: bool = False  # the demo: no PagerDuty/Opsgenie even if configured
     ready_timeout: float = 90.0
+    policy_refresh_seconds: int | None = None  # clients' policy refresh (the document says it)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Page:
                 f"{kind} [{alert.get('status', '?')}] {labels.get('alertname', '?')} "
                 f"({labels.get('severity', '?')}) {where}: {notes.get('summary', '')}"
                 + (f"\n    runbook: {notes['runbook_url']}" if notes.get("runbook_url") else "")
+                + (f"\n    kill switch: {notes['kill_switch']}" if notes.get("kill_switch") else "")
             )
         return "\n".join(lines)
 
@@ -295,6 +298,8 @@ class Stack:
             self.receiver_port = free_port()
         if opts.kafka_bootstrap:
             overrides["kafka_bootstrap"] = opts.kafka_bootstrap
+        if opts.policy_refresh_seconds is not None:
+            overrides["policy_refresh_seconds"] = opts.policy_refresh_seconds
         self.config = self.settings.model_copy(update=overrides)
         # The children run on exactly the stack's settings, including those the caller set in
         # code rather than in the environment (secrets too: this is their environment, never
@@ -349,6 +354,7 @@ class Stack:
             _wipe(cfg.data_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._write_public_roots()
+        self._policy_signing_key()
         self._step_kafka()
         self._step(
             "schema",
@@ -408,6 +414,15 @@ class Stack:
         if pid is not None and str(broker.data_dir.resolve()) in cmdline(pid):
             self.say("  stopping Kafka, left running by an earlier stack")
             broker.stop()
+
+    def _policy_signing_key(self) -> None:
+        """The key the edge signs policy documents with: made in the data directory on first
+        start, unless the settings name one (PINWATCH_POLICY_SIGNING_KEY[_FILE])."""
+        cfg = self.config
+        if cfg.policy_signing_key.get_secret_value() or self.settings.policy_signing_key_file:
+            return
+        if create_key_file(cfg.policy_signing_key_path):
+            self.say(f"  ok   policy signing key created: {cfg.policy_signing_key_path}")
 
     def _write_public_roots(self) -> None:
         path = self.config.public_roots_file
@@ -514,6 +529,7 @@ class Stack:
     def urls(self) -> dict[str, str]:
         urls = {
             "ingest": f"{self.ingest_url}/v1/reports",
+            "policy documents": f"{self.ingest_url}/v1/policy/{{app}} (keys: /v1/policy/keys)",
             "ingest metrics": f"{self.ingest_url}/metrics",
             "consumer metrics": f"{self.consumer_url}/metrics",
             "prober metrics": f"{self.probe_url}/metrics",
@@ -525,7 +541,9 @@ class Stack:
         return urls
 
 
-def add_stack_arguments(parser: argparse.ArgumentParser, *, scrape_interval: float) -> None:
+def add_stack_arguments(
+    parser: argparse.ArgumentParser, *, scrape_interval: float, policy_refresh: int
+) -> None:
     """Options `up` and `demo` share."""
     parser.add_argument(
         "--scrape-interval",
@@ -538,6 +556,14 @@ def add_stack_arguments(parser: argparse.ArgumentParser, *, scrape_interval: flo
         "--kafka-bootstrap",
         default=None,
         help="use this running broker (with the settings' topic names) instead of starting one",
+    )
+    parser.add_argument(
+        "--policy-refresh",
+        type=int,
+        default=policy_refresh,
+        help="seconds between two fetches of the signed policy document by each (simulated) "
+        f"client: the document's refresh_seconds (default {policy_refresh}; a kill switch "
+        "reaches every client within about this)",
     )
 
 

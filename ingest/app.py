@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from ingest.metrics import IngestMetrics
 from ingest.ops import ops_router
+from ingest.policy import PolicyFeed, policy_router
 from ingest.producer import KafkaSink
 from ingest.reports import ReportPath, post_endpoints, report_router, request_schemas
 from pinwatch.errors import install_error_handlers
@@ -51,6 +53,7 @@ def create_app(
     owns_sink = producer is None
     sink = producer or KafkaSink(settings)
     metrics = IngestMetrics()
+    feed = PolicyFeed(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,10 +66,13 @@ def create_app(
             app.state.startup_error = str(exc)
             event(log, "ingest_start_failed", logging.ERROR, reason=str(exc))
             raise
+        polling = asyncio.create_task(feed.run())  # the live policy, from its owner
         event(log, "ingest_started", topic=settings.kafka_topic, apps=len(policy.app_ids))
         try:
             yield
         finally:
+            polling.cancel()
+            await asyncio.gather(polling, return_exceptions=True)
             if owns_sink:
                 await sink.stop()
             event(log, "ingest_stopped")
@@ -83,10 +89,12 @@ def create_app(
     app.state.policy = policy
     app.state.sink = sink
     app.state.metrics = metrics
+    app.state.policy_feed = feed
     reports = ReportPath(settings, policy, sink, metrics)
     app.post_endpoints = post_endpoints(reports)
     app.include_router(report_router(reports))  # documents them; answers CORS preflights
     app.include_router(ops_router(settings, sink, metrics))
+    app.include_router(policy_router(feed, settings))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -19,6 +19,7 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -85,6 +86,20 @@ class Seconds:
         )
 
 
+class Value:
+    """A gauge without labels; None until first set (then not exported)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames: tuple[str, ...] = ()
+        self.value: float | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.value is not None:
+            yield GaugeMetricFamily(self.name, self.documentation, value=self.value)
+
+
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -114,11 +129,29 @@ class IngestMetrics:
             "(timeout, kafka_error, backlog, not_started).",
             ("reason",),
         )
+        # The live pin policy this edge serves (ingest/policy.py).
+        self.policy_version = Value(
+            "pinwatch_ingest_policy_version",
+            "Version of the live pin policy this edge serves to apps.",
+        )
+        self.policy_updated = Value(
+            "pinwatch_ingest_policy_state_updated_timestamp_seconds",
+            "When this edge last heard the live policy state from its owner (the consumer).",
+        )
+        self.policy_polls = PlainCounter(
+            "pinwatch_ingest_policy_polls",
+            "Polls of the live policy's owner, by outcome: changed, unchanged (304), older "
+            "(refused: older than the state served), failed (unreachable or not an answer).",
+            ("outcome",),
+        )
         for metric in (
             self.requests,
             self.reports,
             self.rejected,
             self.produce_seconds,
             self.produce_errors,
+            self.policy_version,
+            self.policy_updated,
+            self.policy_polls,
         ):
             self.registry.register(metric)

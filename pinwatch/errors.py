@@ -23,7 +23,9 @@ class ErrorBody(BaseModel):
         description="Machine-readable code. Ingest: unauthorized, unsupported_media_type, "
         "too_large, bad_json, bad_report, bad_request (not HTTP ingest serves: malformed, or "
         "asking for a protocol upgrade), timeout, rate_limited, unavailable, not_ready. Query "
-        "API: bad_request, unauthorized, forbidden, unavailable, not_ready. Both: not_found, "
+        "API: bad_request, unauthorized, forbidden, conflict (a policy change that changes "
+        "nothing or lost a race), unavailable, not_ready. Policy edge: unavailable (no signing "
+        "key, no live state yet). Both: not_found, "
         "method_not_allowed, internal.",
         examples=["bad_report"],
     )
@@ -46,6 +48,7 @@ ERRORS_BY_STATUS = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     413: "too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -101,7 +104,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def _parameter(loc: tuple[Any, ...]) -> str:
     """A validation error's location as the caller wrote it: `since`, `reports[0].id`."""
-    parts = loc[1:] if loc and loc[0] in ("query", "path", "header", "cookie") else loc
+    parts = loc[1:] if loc and loc[0] in ("query", "path", "header", "cookie", "body") else loc
     text = ""
     for part in parts:
         if isinstance(part, int):

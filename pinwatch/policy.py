@@ -51,6 +51,11 @@ class App(_Model):
     # Where the app sends its pin reports (TrustKit's report URI): `pinwatch pins lint` checks
     # that the policy does not pin it, since a pinned report endpoint cannot report its breakage.
     report_url: str = ""
+    # Served in the app's signed policy document (pinwatch/livepolicy.py): the share of
+    # successful validations clients report (failures always are), and the salt of the staged
+    # enforcement cohorts (pinwatch/cohort.py; empty: the app id). A new salt reshuffles cohorts.
+    report_success_fraction: float = Field(1.0, gt=0, le=1)
+    cohort_salt: str = Field("", max_length=128)
 
     @field_validator("report_url")
     @classmethod

@@ -387,6 +387,58 @@ class Settings(BaseSettings):
     ct_host: str = Field("127.0.0.1", description="`pinwatch ct watch` metrics listen address.")
     ct_port: int = Field(9789, description="`pinwatch ct watch` metrics port (/metrics).")
 
+    # --- remote policy: the signed document, its keys and the levers -------------------------
+    policy_signing_key_file: Path | None = Field(
+        None,
+        description="PEM Ed25519 private key the ingest edge signs policy documents with; "
+        "empty: data_dir/policy-signing-key.pem (`pinwatch up` and `demo` create it). Never in "
+        "the repository.",
+    )
+    policy_signing_key: SecretStr = Field(
+        SecretStr(""),
+        description="The signing key's PEM text itself, instead of a file (a secret); set one of "
+        "the two.",
+    )
+    policy_extra_public_key_files: list[Path] = Field(
+        default_factory=list,
+        description="More keys /v1/policy/keys publishes beside the signing key (PEM, public or "
+        "private; JSON list): the next key before a rotation, the previous one after it.",
+    )
+    policy_owner_url: str = Field(
+        "",
+        description="Base URL of the process that owns the live policy state (the consumer's "
+        "API, admin token): the edge polls it, `pinwatch policy` calls it. Empty: "
+        "http://consumer_host:consumer_port.",
+    )
+    policy_state_poll_seconds: float = Field(
+        1.0, gt=0, le=4, description="How often the edge asks the owner for the live state."
+    )
+    policy_state_cache_file: Path | None = Field(
+        None,
+        description="The edge's copy of the last live state it got, served after a restart "
+        "while the owner is away; empty: data_dir/policy-state.json.",
+    )
+    policy_refresh_seconds: int = Field(
+        300,
+        ge=1,
+        description="How often clients fetch their policy document (`refresh_seconds` in it): a "
+        "kill switch reaches every client within about this plus the cache max-age.",
+    )
+    policy_document_ttl_seconds: int = Field(
+        604_800,
+        ge=60,
+        description="A document expires this long after it is issued (`exp`); clients keep "
+        "their last valid one until then.",
+    )
+    policy_cache_max_age_seconds: int = Field(
+        30, ge=0, description="`Cache-Control: max-age` of /v1/policy/{app} and /v1/policy/keys."
+    )
+    policy_owner_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest the edge or a `pinwatch policy` command waits for the owner.",
+    )
+
     # --- monitoring stack ---------------------------------------------------------------------
     prometheus_port: int = Field(9090, description="Local Prometheus port.")
     alertmanager_port: int = Field(9093, description="Local Alertmanager port.")
@@ -532,6 +584,29 @@ class Settings(BaseSettings):
                 "refused in production (PINWATCH_ENV=production): " + "; ".join(problems)
             )
         return self
+
+    @model_validator(mode="after")
+    def _one_signing_key(self) -> Settings:
+        if self.policy_signing_key.get_secret_value() and self.policy_signing_key_file:
+            raise ValueError(
+                "PINWATCH_POLICY_SIGNING_KEY and PINWATCH_POLICY_SIGNING_KEY_FILE are both set; "
+                "set one"
+            )
+        return self
+
+    @property
+    def policy_signing_key_path(self) -> Path:
+        return self.policy_signing_key_file or self.data_dir / "policy-signing-key.pem"
+
+    @property
+    def policy_state_cache_path(self) -> Path:
+        return self.policy_state_cache_file or self.data_dir / "policy-state.json"
+
+    @property
+    def policy_owner(self) -> str:
+        return (
+            self.policy_owner_url or f"http://{self.consumer_host}:{self.consumer_port}"
+        ).rstrip("/")
 
     @property
     def clickhouse_url(self) -> str:

@@ -106,3 +106,18 @@ def intercepted_sql(pin_match_fails: str = f"pin_match = '{PinMatch.NONE}'") -> 
 
 # Pin validations whose outcome the pins decided (chain_invalid failed before pins were read).
 DECIDED_BY_PINS_SQL = f"result IN ('{Result.OK}', '{Result.PIN_MISMATCH}')"
+
+
+# Staged enforcement: devices that enforce a host and devices that only report it (their
+# `enforced` flag, drawn by pinwatch/cohort.py) meet the same servers, so their shares of pin
+# mismatches should match. Compared among validations the pins decided, interception left out
+# (enforcement is meant to refuse a proxy): the Rollout dashboard, `pinwatch rollout` and the
+# PinwatchEnforcedCohortFailing alert all use these.
+COHORT_MISMATCH_SQL = f"result = '{Result.PIN_MISMATCH}' AND cause != '{Cause.INTERCEPTION}'"
+
+
+def cohort_promql() -> tuple[str, str]:
+    """Label matchers of `pinwatch_pin_validations_total`: (validations the pins decided,
+    mismatches among them that count against a cohort)."""
+    decided = f'result=~"{Result.OK}|{Result.PIN_MISMATCH}"'
+    return decided, f'result="{Result.PIN_MISMATCH}",cause!="{Cause.INTERCEPTION}"'

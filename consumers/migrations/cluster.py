@@ -43,6 +43,7 @@ _TABLE_NAME = re.compile(r"\{db\}\.(\w+)")
 SHARDING_KEYS = {
     "reports": "cityHash64(device)",
     "evidence": "cityHash64(host, leaf_pin)",
+    "policy_audit": "cityHash64(version)",  # written by the policy owner, one row a change
 }
 # Tables only materialized views fill: read through Distributed, never inserted into it.
 _READ_ONLY_KEY = "rand()"

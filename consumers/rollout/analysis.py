@@ -58,6 +58,16 @@ class Slice:
 
 
 @dataclass(frozen=True)
+class Cohort:
+    """One side of staged enforcement: devices that enforce the host, or only report it."""
+
+    cohort: str  # enforced | report_only
+    validations: int  # decided by pins (ok or pin_mismatch)
+    mismatches: int  # interception left out
+    mismatch_share: float
+
+
+@dataclass(frozen=True)
 class RolloutAnswer:
     host: str
     since: str
@@ -80,6 +90,11 @@ class RolloutAnswer:
     thresholds: Thresholds
     query_seconds: float
     timings: dict[str, float]  # seconds per query, for "why is this slow?"
+    # Staged enforcement: both cohorts, and how many points the enforced one's mismatch share
+    # is above report-only's (None unless both reported); the alert's margin is in
+    # alerts/config.py (cohort_margin).
+    cohorts: list[Cohort] = field(default_factory=list)
+    cohort_gap: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +150,7 @@ async def analyze(store: Store, req: RolloutRequest, settings: Settings) -> Roll
     pins_q = sql.pins_query(source, req, settings.rollout_max_pins)
     groups_q = sql.groups_query(source, req)
     networks_q = sql.networks_query(networks, req, settings.rollout_max_networks)
+    cohorts = [_cohort(r) for r in await run("cohorts", sql.cohorts_query(req))]
     pin_rows = await run("pins", pins_q)
     group_rows = await run("groups", groups_q)
     network_rows = await run("networks", networks_q)
@@ -223,7 +239,26 @@ async def analyze(store: Store, req: RolloutRequest, settings: Settings) -> Roll
         thresholds=thresholds,
         query_seconds=elapsed,
         timings=timings,
+        cohorts=cohorts,
+        cohort_gap=_gap(cohorts),
     )
+
+
+def _cohort(row: dict[str, Any]) -> Cohort:
+    validations, mismatches = int(row["validations"]), int(row["mismatches"])
+    return Cohort(
+        "enforced" if int(row["enforced"]) else "report_only",
+        validations,
+        mismatches,
+        mismatches / validations if validations else 0.0,
+    )
+
+
+def _gap(cohorts: list[Cohort]) -> float | None:
+    shares = {c.cohort: c.mismatch_share for c in cohorts if c.validations}
+    if {"enforced", "report_only"} <= set(shares):
+        return shares["enforced"] - shares["report_only"]
+    return None
 
 
 async def _evidence(

@@ -7,37 +7,16 @@ lives beside the consumer and reads through its Store.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from consumers.auth import require_admin
 from consumers.rollout.analysis import analyze
 from consumers.rollout.request import RolloutRequestError, build_request
 from consumers.store import StoreError
 from pinwatch.errors import HTTPError, error_responses
-
-_bearer = HTTPBearer(auto_error=False)
-
-
-def require_admin(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """401 without a bearer token, 403 with a wrong one (compared in constant time)."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPError(
-            401,
-            "admin bearer token required",
-            field="Authorization",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    expected = request.app.state.settings.admin_token.get_secret_value().encode()
-    if not hmac.compare_digest(credentials.credentials.encode(), expected):
-        raise HTTPError(403, "admin token not accepted", field="Authorization")
-
 
 router = APIRouter(prefix="/v1/rollout", tags=["rollout"], dependencies=[Depends(require_admin)])
 

@@ -8,6 +8,8 @@ Where they read (see consumers/migrations/m0002_rollout_hourly.py for the tables
   the question filters by app version or platform, which that table does not keep).
 - the raw `reports` table answers the rest: a candidate pin that sits deeper in the chain (an
   intermediate or root key) needs each report's full `observed_pins`.
+- `rollup_minute` answers the staged-enforcement comparison (it keeps `enforced`), with sums
+  only: no device sketches, which cost as much as the raw table at minute grain.
 Hourly tables start the window at the hour `since` falls in; the answer says so.
 """
 
@@ -17,7 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumers.rollout.request import RolloutRequest
-from pinwatch.vocabulary import intercepted_sql, would_fail_sql
+from pinwatch.vocabulary import (
+    COHORT_MISMATCH_SQL,
+    DECIDED_BY_PINS_SQL,
+    intercepted_sql,
+    would_fail_sql,
+)
 
 _LEAF_FAILS = "(leaf_pin NOT IN {candidates:Array(String)})"
 _CHAIN_FAILS = "(NOT hasAny(observed_pins, {candidates:Array(String)}))"
@@ -118,11 +125,17 @@ def _where(src: Source, req: RolloutRequest) -> tuple[str, dict[str, Any]]:
     ]
     if src.raw:
         conds.append("kind = 'pin_validation'")
+    params: dict[str, Any] = {"candidates": req.pin_set.hashes, **_scope(req, conds)}
+    return " AND ".join(conds), params
+
+
+def _scope(req: RolloutRequest, conds: list[str]) -> dict[str, Any]:
+    """The host, window and filter parameters of a request; the filters' conditions are
+    appended to `conds`."""
     params: dict[str, Any] = {
         "host": req.host,
         "since": req.since.replace(tzinfo=None),
         "until": req.until.replace(tzinfo=None),
-        "candidates": req.pin_set.hashes,
     }
     for column, value in (
         ("app_id", req.app),
@@ -132,7 +145,7 @@ def _where(src: Source, req: RolloutRequest) -> tuple[str, dict[str, Any]]:
         if value is not None:
             conds.append(f"{column} = {{{column}:String}}")
             params[column] = value
-    return " AND ".join(conds), params
+    return params
 
 
 def _intercepted(src: Source) -> str:
@@ -236,4 +249,26 @@ def evidence_query(req: RolloutRequest, pins: list[str], per_pin: int) -> Query:
         ORDER BY leaf_pin, length(served_chain) = 0, received_at DESC
         LIMIT {int(per_pin)} BY leaf_pin"""
     params = {"host": req.host, "pins": pins, "since": req.since.replace(tzinfo=None)}
+    return Query(sql, params)
+
+
+def cohorts_query(req: RolloutRequest) -> Query:
+    """Staged enforcement: per cohort (`enforced`), the validations the pins decided and the pin
+    mismatches among them, interception left out (pinwatch/vocabulary.py)."""
+    conds = [
+        "host = {host:String}",
+        "minute >= toStartOfMinute({since:DateTime64(3, 'UTC')})",
+        "minute <= {until:DateTime64(3, 'UTC')}",
+        "kind = 'pin_validation'",
+        DECIDED_BY_PINS_SQL,
+    ]
+    params = _scope(req, conds)
+    sql = f"""
+        SELECT enforced,
+               sum(count) AS validations,
+               sumIf(count, {COHORT_MISMATCH_SQL}) AS mismatches
+        FROM {{db}}.rollup_minute
+        WHERE {" AND ".join(conds)}
+        GROUP BY enforced
+        ORDER BY enforced DESC"""
     return Query(sql, params)

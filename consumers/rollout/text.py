@@ -103,8 +103,29 @@ def render_text(a: dict[str, Any]) -> str:
                     f"    {c['subject']}  issued by {c['issuer']}  "
                     f"valid {c['not_before']} .. {c['not_after']}\n"
                 )
+    text += _cohorts(a.get("cohorts") or [], a.get("cohort_gap"))
     v = a["verdict"]
     text += "\nverdict: " + ("READY" if v["ready"] else "NOT READY") + "\n"
     for r in v["reasons"]:
         text += f"  - {r['message']}\n"
     return text
+
+
+def _cohorts(cohorts: list[dict[str, Any]], gap: float | None) -> str:
+    """Staged enforcement: the enforced cohort against report-only devices."""
+    if not any(c["cohort"] == "enforced" for c in cohorts):
+        return ""
+    rows = [
+        [
+            c["cohort"].replace("_", "-"),
+            str(c["validations"]),
+            str(c["mismatches"]),
+            pct(c["mismatch_share"]),
+        ]
+        for c in cohorts
+    ]
+    out = "\nstaged enforcement: pin mismatches by cohort (interception apart)\n"
+    out += table(["cohort", "validations", "mismatches", "share"], rows)
+    if gap is not None:
+        out += f"enforced cohort {gap * 100:+.2f} points against report-only\n"
+    return out

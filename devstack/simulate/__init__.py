@@ -3,7 +3,8 @@ errors to ingest, driven by scenarios (steady state, rotations, interception, ou
 flooding device, a bad release).
 
 Pure parts (population, scenarios, payload builders, `generate`) need no I/O and serve
-benchmarks and unit tests; `Sender` and `Simulation` put the traffic on the wire.
+benchmarks and unit tests; `Sender` and `Simulation` put the traffic on the wire, and
+`RemotePolicy` has the devices fetch, verify and obey their app's signed policy document.
 """
 
 from devstack.simulate.emit import Chains, Request, device_requests
@@ -13,6 +14,7 @@ from devstack.simulate.population import (
     PopulationConfig,
     build_population,
 )
+from devstack.simulate.remote import RemotePolicy
 from devstack.simulate.runner import Simulation, describe, generate
 from devstack.simulate.scenarios import SCENARIOS, Scenario, get_scenario
 from devstack.simulate.sender import Sender, SendOutcomes, require_loopback
@@ -23,6 +25,7 @@ __all__ = [
     "ClientFormat",
     "Population",
     "PopulationConfig",
+    "RemotePolicy",
     "Request",
     "Scenario",
     "Sender",

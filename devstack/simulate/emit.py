@@ -87,6 +87,10 @@ class Request:
     def has_pin_failure(self) -> bool:
         return any(k.startswith("pin:") and not k.startswith("pin:ok") for k in self.expected)
 
+    @property
+    def has_enforced_failure(self) -> bool:
+        return any(k.startswith("enforced:") and k != "enforced:ok" for k in self.expected)
+
 
 def poisson(rng: random.Random, mean: float) -> int:
     if mean <= 0:
@@ -111,6 +115,7 @@ class Outcome:
     result: str | None  # ok | pin_mismatch | chain_invalid; None when nothing reached TLS
     validations: int  # connections that reached pin validation
     errors: Counter[str]  # network error category -> count
+    enforced: bool = False  # the device enforced the host's pins (its remote policy says so)
 
 
 def _pins(device: Device, outcome: Outcome) -> tuple[str, ...]:
@@ -130,10 +135,11 @@ def observe(
 ) -> Outcome:
     requests = poisson(rng, population.config.requests_per_interval * view.volume)
     errors: Counter[str] = Counter()
+    enforced = device.enforces(target)
     if view.network_error:
         if requests:
             errors[view.network_error] = requests
-        return Outcome(target, view, None, None, 0, errors)
+        return Outcome(target, view, None, None, 0, errors, enforced)
     for _ in range(requests):
         if rng.random() < population.config.network_error_rate:
             errors[rng.choice(_STEADY_ERRORS)] += 1
@@ -146,7 +152,7 @@ def observe(
         result = "ok"
     else:
         result = "pin_mismatch"
-    return Outcome(target, view, chain, result, validations, errors)
+    return Outcome(target, view, chain, result, validations, errors, enforced)
 
 
 def device_requests(
@@ -176,6 +182,8 @@ def device_requests(
 def _expect(expected: Counter[str], outcome: Outcome, count: int, reports: int) -> None:
     expected[f"pin:{outcome.result}"] += count
     expected[f"pin:{outcome.result}:{outcome.view.served}"] += count
+    if outcome.enforced:  # what users of enforcing devices met (a failure: no connection)
+        expected[f"enforced:{outcome.result}"] += count
     expected["reports"] += reports
 
 
@@ -211,7 +219,7 @@ def native_requests(
                 o.target.host,
                 o.chain,
                 result=o.result,
-                enforced=o.target.enforced,
+                enforced=o.enforced,
                 count=count,
                 with_chain=o.result != "ok",  # a success's chain says nothing new
                 at=now,
@@ -265,7 +273,7 @@ def trustkit_requests(
                 o.chain,
                 known_pins=list(_pins(device, o)),
                 validation_result=_TRUSTKIT_RESULT[o.result],
-                enforce_pinning=o.target.enforced,
+                enforce_pinning=o.enforced,
                 package=device.app.id,
                 app_version=version,
                 vendor_id=device.id,
@@ -277,7 +285,7 @@ def trustkit_requests(
                 o.chain,
                 known_pins=list(_pins(device, o)),
                 validation_result=_TRUSTKIT_RESULT[o.result],
-                enforce_pinning=o.target.enforced,
+                enforce_pinning=o.enforced,
                 bundle_id=device.app.id,
                 app_version=version,
                 platform=device.platform.upper(),

@@ -12,7 +12,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
+from pinwatch.livepolicy import client_enforces
 from pinwatch.policy import Policy
 from pinwatch.vocabulary import Phase
 
@@ -64,6 +66,15 @@ class Device:
     # what TrustKit's rate limiter has already let through: it sends an identical report
     # (host, chain, result, pins) once a day at most, whatever the date-time says
     trustkit_sent: set[tuple[object, ...]] = field(default_factory=set, compare=False, repr=False)
+    # The verified remote policy document it obeys (devstack/simulate/remote.py); None: none yet
+    policy: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def enforces(self, target: Target) -> bool:
+        """Whether this device enforces the host's pins now: as its remote policy document says
+        (phase, its cohort, kill switches), else as the app was built (the file's phase)."""
+        if self.policy is None:
+            return target.enforced
+        return client_enforces(self.policy, target.host, self.id)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 from devstack.simulate.emit import Chains, Request, device_requests
 from devstack.simulate.population import Population
+from devstack.simulate.remote import RemotePolicy
 from devstack.simulate.scenarios import Scenario
 from devstack.simulate.sender import Sender, SendOutcomes
 
@@ -51,8 +52,10 @@ class Simulation:
         *,
         seed: int = 1,
         max_requests: int = 100_000,
+        remote: RemotePolicy | None = None,
     ) -> None:
         self.population = population
+        self.remote = remote  # devices fetch and obey the signed policy document
         self.scenario = scenario
         self.chains = chains
         self.sender = sender
@@ -60,6 +63,7 @@ class Simulation:
         self.rng = random.Random(seed)
         self.started: float | None = None  # time.monotonic()
         self.changed_at: float | None = None  # time.time() of the scenario's change
+        self.restored_at: float | None = None  # time.time() the change was undone (the fix)
         self.planned = 0
         self._inflight: set[asyncio.Task[int]] = set()
 
@@ -75,6 +79,15 @@ class Simulation:
         """Apply the scenario's change from the next report on (idempotent)."""
         if self.changed_at is None:
             self.changed_at = time.time()
+
+    def restore(self) -> None:
+        """Undo the change from the next report on (the server fixed), once."""
+        if self.changed_at is not None and self.restored_at is None:
+            self.restored_at = time.time()
+
+    @property
+    def changed(self) -> bool:
+        return self.changed_at is not None and self.restored_at is None
 
     async def run(
         self,
@@ -97,6 +110,8 @@ class Simulation:
                 now = self.elapsed
                 if change_after is not None and now >= change_after:
                     self.change()
+                if self.remote is not None:
+                    await self.remote.refresh()
                 wall = dt.datetime.now(dt.UTC)
                 for device in self.population.devices:
                     if next_report[device.id] > now:
@@ -106,7 +121,7 @@ class Simulation:
                         self.population,
                         self.scenario,
                         device,
-                        changed=self.changed_at is not None,
+                        changed=self.changed,
                         chains=self.chains,
                         rng=self.rng,
                         now=wall,
@@ -135,11 +150,12 @@ def describe(sim: Simulation) -> str:
     """One progress line: what was sent and what ingest said."""
     tally = sim.tally
     statuses = " ".join(f"{code or 'no-answer'}:{n}" for code, n in sorted(tally.statuses.items()))
-    changed = "no" if sim.changed_at is None else "yes"
+    changed = "no" if sim.changed_at is None else "undone" if sim.restored_at else "yes"
+    remote = f" {sim.remote.describe()}" if sim.remote is not None else ""
     return (
         f"t={sim.elapsed:5.1f}s sent={tally.requests} [{statuses or '-'}] "
         f"reports={tally.accepted['reports']} ok={tally.accepted['pin:ok']} "
-        f"pin_failures={tally.pin_failures} network_errors="
+        f"pin_failures={tally.pin_failures} (enforced {tally.enforced_failures}) network_errors="
         f"{sum(v for k, v in tally.accepted.items() if k.startswith('error:'))} "
-        f"failing_devices={len(tally.devices_failing)} changed={changed}"
+        f"failing_devices={len(tally.devices_failing)} changed={changed}{remote}"
     )

@@ -46,11 +46,18 @@ class SendOutcomes:
     accepted: Counter[str] = field(default_factory=Counter)  # Request.expected of 202s
     lost: Counter[str] = field(default_factory=Counter)  # Request.expected never accepted
     first_failure_sent: float | None = None  # time.time() when a pin failure was first accepted
+    # time.time() when a failure on a device that enforced was last accepted: once a kill
+    # switch reached every device, this stops moving
+    last_enforced_failure_sent: float | None = None
     devices_failing: set[str] = field(default_factory=set)
 
     @property
     def pin_failures(self) -> int:
         return self.accepted["pin:pin_mismatch"] + self.accepted["pin:chain_invalid"]
+
+    @property
+    def enforced_failures(self) -> int:
+        return self.accepted["enforced:pin_mismatch"] + self.accepted["enforced:chain_invalid"]
 
 
 class Sender:
@@ -108,6 +115,8 @@ class Sender:
                 tally.devices_failing.add(request.device)
                 if tally.first_failure_sent is None:
                     tally.first_failure_sent = time.time()
+            if request.has_enforced_failure:
+                tally.last_enforced_failure_sent = time.time()
         else:
             tally.lost.update(request.expected)
         return status

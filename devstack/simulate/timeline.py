@@ -72,12 +72,25 @@ class Timeline:
 
 def consumer_failures(metrics_text: str) -> float:
     """Pin failures the consumer has counted, from its /metrics text."""
+    return consumer_validations(metrics_text, failed=True)
+
+
+def consumer_validations(
+    metrics_text: str, *, failed: bool, enforced: bool | None = None, **labels: str
+) -> float:
+    """Pin validations the consumer has counted, from its /metrics text: failed or ok, of
+    devices that enforced, or not, or both (None), with these label values (app=, host=)."""
+    if enforced is not None:
+        labels["enforced"] = str(enforced).lower()
     total = 0.0
     for family in text_string_to_metric_families(metrics_text):
         if family.name != "pinwatch_pin_validations":
             continue
         for sample in family.samples:
-            if sample.name.endswith("_total") and sample.labels.get("result") != "ok":
+            have = sample.labels
+            if not sample.name.endswith("_total") or (have.get("result") != "ok") != failed:
+                continue
+            if all(have.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
 

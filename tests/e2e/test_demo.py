@@ -5,84 +5,16 @@ ends in a delivered page, a named component when one fails, and nothing left run
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-from devstack.localkafka import free_ports
 from devstack.simulate.timeline import Timeline, _parse_time, consumer_failures
 from tests.support.paths import REPO
-
-
-def stack_env(data_dir: Path, own_ports: bool = False) -> tuple[dict[str, str], list[str]]:
-    """Environment and extra flags: a data dir of the test's own, and the session's broker
-    (with topics of the test's own) when the tests reuse one. `own_ports`: free ports for
-    `pinwatch up`, which otherwise uses the settings' (the demo picks its own)."""
-    suffix = uuid.uuid4().hex[:8]
-    env = {
-        **os.environ,
-        "PINWATCH_DATA_DIR": str(data_dir),
-        "PINWATCH_LOG_FORMAT": "text",
-        "PINWATCH_KAFKA_TOPIC": f"demo-{suffix}",
-        "PINWATCH_KAFKA_DEAD_LETTER_TOPIC": f"demo-dl-{suffix}",
-        "PINWATCH_KAFKA_CONSUMER_GROUP": f"demo-{suffix}",
-    }
-    for name in ("PINWATCH_POLICY_FILE", "PINWATCH_PUBLIC_ROOTS_FILE", "PINWATCH_CLICKHOUSE_DSN"):
-        env.pop(name, None)  # the demo's own: the example policy and the demo PKI
-    bootstrap = os.environ.get("PINWATCH_TEST_KAFKA_BOOTSTRAP")
-    if own_ports:
-        names = ("INGEST", "CONSUMER", "PROMETHEUS", "ALERTMANAGER", "KAFKA_CONTROLLER", "PROBE")
-        *ports, broker_port = free_ports(len(names) + 1)
-        for name, port in zip(names, ports, strict=True):
-            env[f"PINWATCH_{name}_PORT"] = str(port)
-        if not bootstrap:
-            env["PINWATCH_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{broker_port}"
-    return env, (["--kafka-bootstrap", bootstrap] if bootstrap else [])
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention `text` (e.g. a data directory)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            environ = (entry / "environ").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline or f"PINWATCH_DATA_DIR={text}" in environ:
-            found.append(f"{entry.name}: {cmdline[:200]}")
-    return found
-
-
-def start_up(env: dict[str, str], flags: list[str]) -> tuple[subprocess.Popen[str], str]:
-    """`pinwatch up` until it prints its ready text; returns the process and what it printed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pinwatch.cli", "up", *flags],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    deadline = time.monotonic() + 180
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "Ctrl-C stops everything" in line:
-            return proc, "".join(lines)
-    proc.kill()
-    raise AssertionError("pinwatch up did not get ready:\n" + "".join(lines))
+from tests.support.stack import processes_mentioning, stack_env, start_up
 
 
 def test_demo_plays_a_rotation_through_to_a_delivered_page(tmp_path: Path):
@@ -110,6 +42,37 @@ def test_demo_plays_a_rotation_through_to_a_delivered_page(tmp_path: Path):
     # The page is the rotation page for the API host, not some other alert.
     assert timeline["alertname"] == "PinwatchRotationBreakage"
     assert "api.acme.test" in timeline["page"] and "cause=rotation_suspected" in timeline["page"]
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_demo_kill_switch_plays_detect_kill_and_recover(tmp_path: Path):
+    """After the page: the kill switch the page names is pulled, the failing reports stop
+    within two policy refresh intervals, the server is fixed, the switch lifted, and the
+    devices enforce again without failing."""
+    env, flags = stack_env(tmp_path)
+    refresh = 4
+    proc = subprocess.run(
+        [sys.executable, "-m", "pinwatch.cli", "demo", "--kill-switch", "--steady", "10",
+         "--devices", "40", "--policy-refresh", str(refresh), *flags],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    out = proc.stdout
+    command = (
+        "pinwatch policy kill com.acme.app --host api.acme.test "
+        '--reason "PinwatchRotationBreakage: api.acme.test"'
+    )
+    assert f"kill switch: {command}" in out  # the page carries it...
+    assert f"$ {command}" in out  # ...and the demo pulls exactly that
+    assert "Kill switch (seconds since" in out
+    kill = json.loads((tmp_path / "demo" / "timeline.json").read_text())["kill_switch"]
+    seconds = kill["seconds"]
+    assert all(seconds[stage] is not None for stage in seconds), seconds
+    assert 0 <= seconds["served"] <= seconds["obeyed"]
+    assert seconds["baseline"] <= 2 * refresh, seconds
+    assert seconds["baseline"] < seconds["fixed"] < seconds["lifted"] < seconds["enforcing"]
+    assert kill["versions"]["lifted"] == kill["versions"]["killed"] + 1
+    assert kill["failures_after_lift"] == 0
     assert processes_mentioning(str(tmp_path)) == []
 
 

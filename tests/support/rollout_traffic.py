@@ -19,7 +19,7 @@ INTERCEPTION = "interception_suspected"
 
 @dataclass(frozen=True)
 class Sent:
-    """One report as a device sent it (report-only: `enforced` false)."""
+    """One report as a device sent it (report-only unless `enforced`)."""
 
     report_id: str
     device: str
@@ -30,6 +30,7 @@ class Sent:
     result: str  # ok | pin_mismatch
     cause: str  # what the consumer should conclude: '' | rotation_suspected | interception_...
     count: int
+    enforced: bool = False  # a device of the enforced cohort (staged enforcement)
 
     @property
     def prefix(self) -> str:
@@ -56,6 +57,7 @@ class Traffic:
         counts: tuple[int, ...] = (1,),
         result: str = "ok",
         cause: str = "",
+        enforced: bool = False,
     ) -> None:
         for count in counts:
             self.sent.append(
@@ -69,6 +71,7 @@ class Traffic:
                     result,
                     cause,
                     count,
+                    enforced,
                 )
             )
 

@@ -22,6 +22,7 @@ from consumers.api import create_api
 from consumers.consumer import Consumer
 from devstack.certs import CertificateAuthority
 from pinwatch.settings import Settings
+from tests.support.errors import assert_error
 from tests.support.names import TEST_HOST
 from tests.support.pipeline import migrated_store
 from tests.support.serve import serve
@@ -51,17 +52,6 @@ async def api(make_module_settings: Callable[..., Settings]) -> AsyncIterator[Ap
             httpx.AsyncClient(base_url=url, timeout=60) as client,
         ):
             yield Api(client, settings, store)
-
-
-def assert_error(response: httpx.Response, status: int, error: str, field: str | None) -> str:
-    """The answer is `status` in the error shape with this code and field; returns the detail."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"error", "field", "detail"}, body
-    assert (body["error"], body["field"]) == (error, field), body
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body["detail"]
 
 
 def _pins(ca: CertificateAuthority, n: int) -> list[str]:

@@ -16,13 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
+from consumers.rollout.text import render_text
 from devstack.certs import CertificateAuthority
 from devstack.clients import native_batch, nel_report, pin_validation
 from pinwatch.cli import build_parser
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST
 from tests.support.pipeline import Pipeline, run_pipeline
-from tests.support.rollout_traffic import Sent, Traffic
+from tests.support.rollout_traffic import INTERCEPTION, Sent, Traffic
 
 NEXT_BACKUP = base64.b64encode(hashlib.sha256(b"next offline backup key").digest()).decode()
 TOKEN = "rollout-test-admin-token"
@@ -92,7 +93,7 @@ async def deliver(p: Pipeline, traffic: Traffic) -> None:
                     TEST_HOST,
                     s.chain,
                     result=s.result,
-                    enforced=False,
+                    enforced=s.enforced,
                     count=s.count,
                     report_id=s.report_id,
                 )
@@ -224,6 +225,65 @@ async def test_surprise_edge_chain_is_not_ready(
         "platform=android",
     }
     assert "too_few_devices" not in {c for c, _ in codes}
+
+
+async def test_staged_enforcement_compares_the_enforced_cohort_with_report_only(
+    api: httpx.AsyncClient, pipeline: Pipeline, ca: CertificateAuthority
+) -> None:
+    """Six devices enforce (a staged cohort), two of them fail on the chain report-only
+    devices pass: the answer shows both cohorts and the gap the alert's margin is held to."""
+    traffic = Traffic.clean(ca)
+    for n in range(6):
+        network = f"127.78.{n % 3}.1"
+        traffic.add(
+            f"enforcing-{n}",
+            "5.2.0",
+            "ios",
+            network,
+            ca.chain("primary"),
+            counts=(10,),
+            enforced=True,
+        )
+        if n < 2:
+            traffic.add(
+                f"enforcing-{n}",
+                "5.2.0",
+                "ios",
+                network,
+                ca.chain("primary"),
+                counts=(5,),
+                result="pin_mismatch",
+                enforced=True,
+            )
+    await deliver(pipeline, traffic)
+    answer = await ask(api)
+    report_only = [s for s in traffic.sent if not s.enforced]
+    ro_validations = sum(s.count for s in report_only)
+    ro_mismatches = sum(
+        s.count for s in report_only if s.result == "pin_mismatch" and s.cause != INTERCEPTION
+    )
+    assert answer["cohorts"] == [
+        {
+            "cohort": "enforced",
+            "validations": 70,
+            "mismatches": 10,
+            "mismatch_share": pytest.approx(10 / 70),
+        },
+        {
+            "cohort": "report_only",
+            "validations": ro_validations,
+            "mismatches": ro_mismatches,
+            "mismatch_share": pytest.approx(ro_mismatches / ro_validations),
+        },
+    ]
+    assert answer["cohort_gap"] == pytest.approx(10 / 70 - ro_mismatches / ro_validations)
+    text = render_text(answer)
+    assert "staged enforcement: pin mismatches by cohort" in text
+    assert f"enforced cohort +{answer['cohort_gap'] * 100:.2f} points" in text
+    # Report-only traffic alone: one cohort, no gap, and no section in the text.
+    only = await ask(api, app_version="5.0.0")
+    assert [c["cohort"] for c in only["cohorts"]] == ["report_only"]
+    assert only["cohort_gap"] is None and "staged enforcement" not in render_text(only)
 
 
 async def test_candidate_pin_set_that_strands_an_app_version(

@@ -512,3 +512,14 @@ async def test_rollout_numbers_follow_the_seeded_traffic(seeded: Seeded) -> None
     surprises = await rows("Surprise chains")
     causes = {r["cause"] for r in surprises}
     assert {"rotation_suspected", "interception_suspected"} <= causes
+    # Staged enforcement: every validation of the enforced host is the enforced cohort, of the
+    # report-only host the report-only one; chain_invalid and interception are left out.
+    cohorts = {(r["policy_host"], r["cohort"]): r for r in await rows("Cohorts per host")}
+    assert set(cohorts) == {(TEST_HOST, "enforced cohort"), (REPORT_ONLY_HOST, "report-only")}
+    # per wave: 3 devices with 22 ok and 1 rotated mismatch, another app's 5 ok and 1 proxied
+    enforced = cohorts[(TEST_HOST, "enforced cohort")]
+    assert (enforced["validations"], enforced["mismatches"]) == (WAVES * 75, WAVES * 3)
+    assert enforced["mismatch_share"] == pytest.approx(3 / 75)
+    # per wave: 3 devices with 10 ok (one also a rotated mismatch), a proxied one with 3 ok
+    report_only = cohorts[(REPORT_ONLY_HOST, "report-only")]
+    assert (report_only["validations"], report_only["mismatches"]) == (WAVES * 35, WAVES)

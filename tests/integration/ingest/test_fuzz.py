@@ -37,6 +37,7 @@ from schemathesis.checks import (
 from devstack.localkafka import free_port
 from pinwatch.settings import Settings
 from tests.support.names import TEST_KEY
+from tests.support.policy import signing_key, write_state_cache
 
 SEED = 17_2026
 EXAMPLES = 150  # per operation and generation mode: about 1,200 requests, ~30 s on this machine
@@ -64,6 +65,10 @@ def ingest_process(make_settings: Callable[..., Settings], tmp_path: Path) -> It
         "PINWATCH_INGEST_PORT": str(port),
         "PINWATCH_INGEST_RATE_LIMIT_PER_SECOND": "0",  # the fuzzer, not the limiter, is tested
         "PINWATCH_LOG_LEVEL": "WARNING",
+        # The policy routes serve a signed document from the copy of a live state an edge
+        # keeps (no owner runs here).
+        "PINWATCH_POLICY_SIGNING_KEY_FILE": str(signing_key(tmp_path)),
+        "PINWATCH_POLICY_STATE_CACHE_FILE": str(write_state_cache(settings, tmp_path / "s.json")),
     }
     command = [
         sys.executable,

@@ -38,6 +38,7 @@ def test_committed_files_are_what_the_config_generates() -> None:
 
 
 def test_every_alert_has_a_firing_case_and_a_near_miss() -> None:
+    annotations = {a["alert"]: set(a["annotations"]) for a in shipped_alerts()}
     firing: dict[str, int] = {}
     quiet: dict[str, int] = {}
     for path in UNIT_TESTS:
@@ -48,11 +49,7 @@ def test_every_alert_has_a_firing_case_and_a_near_miss() -> None:
                 for alert in expected:
                     # Firing cases assert the whole alert, not a subset.
                     assert {"severity", "component"} <= set(alert["exp_labels"]), (path, name)
-                    assert set(alert["exp_annotations"]) == {
-                        "summary",
-                        "description",
-                        "runbook_url",
-                    }, (path, name)
+                    assert set(alert["exp_annotations"]) == annotations[name], (path, name)
                 firing[name] = firing.get(name, 0) + len(expected)
                 # A group whose only case for the alert expects it, but which also holds
                 # series that must not fire (near misses on other hosts), counts as both:
@@ -166,3 +163,32 @@ def test_settings_choose_the_oncall_integrations() -> None:
     assert "webhook_configs" not in tickets  # no webhook set: tickets stay in Alertmanager
     heartbeat = next(r for r in config["receivers"] if r["name"] == "heartbeat")
     assert heartbeat == {"name": "heartbeat"}  # no heartbeat URL: a receiver with no config
+
+
+def test_the_rotation_page_names_the_kill_switch_for_its_app_and_host() -> None:
+    """The command in a page is one the on-call can paste: `pinwatch policy kill` for the
+    alert's own app and host, which the real command line parses."""
+    import shlex
+
+    from pinwatch.cli import build_parser
+
+    levers = {
+        a["alert"]: {k: v for k, v in a["annotations"].items() if k in ("kill_switch", "rollback")}
+        for a in shipped_alerts()
+    }
+    assert set(levers["PinwatchRotationBreakage"]) == {"kill_switch"}
+    assert set(levers["PinwatchEnforcedCohortFailing"]) == {"kill_switch", "rollback"}
+    parser = build_parser()
+    for name, commands in levers.items():
+        for command in commands.values():
+            rendered = command.replace("{{ $labels.app }}", "com.a").replace(
+                "{{ $labels.host }}", "api.a.test"
+            )
+            argv = shlex.split(rendered)
+            assert argv[:2] == ["pinwatch", "policy"], (name, command)
+            args = parser.parse_args(argv[1:])
+            if args.action == "kill":
+                assert (args.app, args.host) == ("com.a", "api.a.test"), name
+                assert args.reason.startswith(f"{name}: "), name
+            else:
+                assert (args.host, args.phase) == ("api.a.test", "report_only"), name

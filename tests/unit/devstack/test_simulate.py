@@ -23,7 +23,7 @@ from devstack.simulate.scenarios import BAD_RELEASE_VERSION, WRONG_PIN, flood_de
 from devstack.simulate.sender import NotLoopback
 from pinwatch.pins import spki_pin
 from pinwatch.policy import load_policy
-from tests.support.names import TEST_HOST
+from tests.support.names import TEST_APP, TEST_HOST
 
 
 def bodies(requests) -> list[dict]:
@@ -232,3 +232,61 @@ def test_sender_refuses_anything_but_loopback():
         require_loopback("http://203.0.113.7:8787")
     with pytest.raises(NotLoopback):
         require_loopback("https://ingest.example.com")
+
+
+def _claims(policy_file: Path, *changes: dict) -> dict[str, dict]:
+    """Every app's remote policy document after these levers (what the edge would sign)."""
+    from pinwatch.livepolicy import (
+        Change,
+        LiveState,
+        adopt_policy_file,
+        apply_change,
+        document_claims,
+    )
+
+    policy = load_policy(policy_file)
+    applied = adopt_policy_file(policy, LiveState(), "test")
+    assert applied is not None
+    state = applied.state
+    for change in changes:
+        state = apply_change(policy, state, Change(actor="t", **change)).state
+    return {app: document_claims(policy, state, app) for app in policy.app_ids}
+
+
+def test_devices_obey_a_kill_switch_from_their_policy_document(population, chains, policy_file):
+    rotation = SCENARIOS["unplanned_rotation"]
+    before = list(generate(population, rotation, chains, intervals=1, changed=True))
+    assert sum((r.expected for r in before), Counter())["enforced:pin_mismatch"] > 0
+    killed = _claims(policy_file, {"action": "kill", "app": TEST_APP, "reason": "r"})
+    for device in population.devices:
+        device.policy = killed[device.app.id]
+    after = list(generate(population, rotation, chains, intervals=1, changed=True))
+    total = sum((r.expected for r in after), Counter())
+    assert total["pin:pin_mismatch"] > 0  # still reported, as report-only...
+    apps = {d.id: d.app.id for d in population.devices}
+    for request in after:
+        batch = orjson.loads(request.body)
+        enforced = [r["enforced"] for r in batch.get("reports", []) if "enforced" in r]
+        if apps[request.device] == TEST_APP:
+            assert not any(enforced)  # ...but no device of the killed app enforces
+    killed_app_failures = [
+        r for r in after if apps[r.device] == TEST_APP and r.has_enforced_failure
+    ]
+    assert killed_app_failures == []
+
+
+def test_devices_enforce_by_cohort_at_the_documented_percentage(policy_file, chains):
+    from pinwatch.cohort import enforces
+
+    population = build_population(load_policy(policy_file), PopulationConfig(devices=1000))
+    staged = _claims(
+        policy_file, {"action": "set_phase", "host": TEST_HOST, "phase": "enforce", "percent": 10}
+    )
+    for device in population.devices:
+        device.policy = staged[device.app.id]
+    target = population.target(TEST_HOST)
+    enforcing = [d for d in population.devices if d.enforces(target)]
+    assert enforcing == [d for d in population.devices if enforces(d.app.id, TEST_HOST, d.id, 10)]
+    assert 60 < len(enforcing) < 140
+    without = build_population(load_policy(policy_file), PopulationConfig(devices=10))
+    assert all(d.enforces(target) for d in without.devices)  # no document: as built (enforce)
