@@ -41,13 +41,13 @@ from aiokafka import AIOKafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from consumers.batch import Batch, Part  # noqa: E402
-from consumers.cli import tune_gc  # noqa: E402
 from consumers.consumer import Consumer  # noqa: E402
 from consumers.decode import decode  # noqa: E402
 from consumers.schema import REPORT_COLUMN_NAMES, REPORT_COLUMN_TYPES  # noqa: E402
 from consumers.store import Store  # noqa: E402
 from devstack.certs import CertificateAuthority  # noqa: E402
 from devstack.localkafka import LocalKafka, free_ports  # noqa: E402
+from pinwatch import gctune  # noqa: E402
 from pinwatch.kafka import client_args  # noqa: E402
 from pinwatch.record import Record, encode_batch  # noqa: E402
 from pinwatch.settings import Settings  # noqa: E402
@@ -166,7 +166,7 @@ async def run_consumer(
     consumer = Consumer(settings, store)
     consumer.timings.enabled = True
     await consumer.start()
-    tune_gc()  # as `pinwatch consume` does
+    gctune.for_batches()  # as `pinwatch consume` does
     task = asyncio.create_task(consumer.run())
     # The clock starts once the group gave this consumer its partitions: joining a group takes
     # the broker's group.initial.rebalance.delay.ms, which is not throughput.

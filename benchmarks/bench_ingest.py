@@ -10,7 +10,7 @@ in PINWATCH_INGEST_FORWARDED_ALLOW_IPS, and every request carries `X-Forwarded-F
             (`ingest.cli.server_options`: its report protocol, which answers report POSTs
             without ASGI and reads X-Forwarded-For itself, and the proxy options), coalescing
             records into messages, with the garbage-collector tuning `pinwatch ingest` applies
-            (`ingest.cli.tune_gc`).
+            (`pinwatch.gctune.for_requests`).
 - naive:    FastAPI + a pydantic body model + `send_and_wait` per report (one message each),
             with uvicorn's defaults, as a FastAPI app usually is served (those believe
             X-Forwarded-For from 127.0.0.1, i.e. from the load generator, too).
@@ -180,7 +180,8 @@ def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path, direct
         ingest_forwarded_allow_ips="" if direct else PROXY,
         log_level="WARNING",
     )
-    from ingest.cli import proxy_options, server_options, tune_gc
+    from ingest.cli import proxy_options, server_options
+    from pinwatch import gctune
 
     # pinwatch runs as `pinwatch ingest` configures uvicorn (its report protocol included), the
     # bare ceiling with the same proxy options, naive with uvicorn's defaults, as a FastAPI app
@@ -191,7 +192,7 @@ def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path, direct
 
         app: Any = create_app(settings)
         options.update(server_options(settings, app))
-        tune_gc()  # as `pinwatch ingest` does
+        gctune.for_requests()  # as `pinwatch ingest` does
     elif kind == "naive":
         app = _naive_app(settings)
     else:

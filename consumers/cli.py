@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import sys
 
+from pinwatch import gctune
 from pinwatch.logs import event
 from pinwatch.settings import Settings
 
@@ -24,31 +24,6 @@ HELP = "consume reports from Kafka into ClickHouse and serve /metrics (runs migr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="API listen address (default: setting)")
     parser.add_argument("--port", type=int, default=None, help="API listen port (default: setting)")
-
-
-GC_INTERVAL_SECONDS = 60.0
-
-
-def tune_gc() -> None:
-    """Leave cycle collection to a timer (`collect_garbage_periodically`).
-
-    The consumer allocates a couple of dozen short-lived containers per report (the decoded
-    dict, its lists, its row, label tuples), all freed by reference counting. With Python's
-    default thresholds the cyclic collector ran ~800 times per 100,000 reports, rescanning the
-    open batch each time: a third of the consumer's time (benchmarks/bench_consumer.py); raised
-    thresholds still left a tenth. What startup allocated is frozen out of the scans.
-    Process-wide, so the command does it, not the library.
-    """
-    gc.freeze()
-    gc.disable()
-
-
-async def collect_garbage_periodically(interval: float = GC_INTERVAL_SECONDS) -> None:
-    """Cycles still happen (asyncio futures holding tracebacks): a full collection once a
-    minute costs tens of milliseconds and keeps memory bounded."""
-    while True:
-        await asyncio.sleep(interval)
-        gc.collect()
 
 
 async def serve(settings: Settings, host: str, port: int) -> int:
@@ -68,8 +43,8 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     owner = PolicyOwner(store, consumer.policy)
     await owner.start()
     await consumer.start()
-    tune_gc()
-    collector = asyncio.create_task(collect_garbage_periodically())
+    gctune.for_batches()
+    collector = asyncio.create_task(gctune.collect_periodically())
     api = create_api(settings, store, consumer=consumer, policy_owner=owner)
     server = uvicorn.Server(
         uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False, lifespan="off")

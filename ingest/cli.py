@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import sys
 from typing import Any
 
+from pinwatch import gctune
 from pinwatch.logs import event
 from pinwatch.policy import PolicyError, load_policy
 from pinwatch.settings import Settings
@@ -26,17 +26,6 @@ log = logging.getLogger("pinwatch.ingest")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="listen address (default: settings)")
     parser.add_argument("--port", type=int, default=None, help="listen port (default: settings)")
-
-
-def tune_gc() -> None:
-    """Fewer cyclic collections: a request allocates a few dozen short-lived objects (futures,
-    dicts, the parsed batch), nearly all freed by reference counting, yet at Python's default
-    threshold (700) the collector ran every dozen requests and scanned the survivors each time.
-    At 50,000 single-report POSTs went 15-20 % faster (benchmarks/bench_ingest.py, alternating
-    runs); young cycles (exception tracebacks) stay bounded by the threshold. What startup
-    allocated is frozen out of the scans. Process-wide, so the command does it, not the app."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 def proxy_options(settings: Settings) -> dict[str, Any]:
@@ -99,7 +88,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         await server.serve()
 
     event(log, "ingest_listening", url=f"http://{host}:{port}", policy=str(settings.policy_file))
-    tune_gc()
+    gctune.for_requests()
     try:
         asyncio.run(serve())
     except KeyboardInterrupt:
