@@ -46,7 +46,7 @@ from consumers.decode import decode  # noqa: E402
 from consumers.schema import REPORT_COLUMN_NAMES, REPORT_COLUMN_TYPES  # noqa: E402
 from consumers.store import Store  # noqa: E402
 from devstack.certs import CertificateAuthority  # noqa: E402
-from devstack.localkafka import LocalKafka, free_ports  # noqa: E402
+from devstack.localkafka import scratch_broker  # noqa: E402
 from pinwatch import gctune  # noqa: E402
 from pinwatch.kafka import client_args  # noqa: E402
 from pinwatch.record import Record, encode_batch  # noqa: E402
@@ -282,30 +282,11 @@ def main(args: argparse.Namespace) -> int:
     """Starts a broker first when none is given (its readiness probe runs its own event loop),
     then measures."""
     work = Path(tempfile.mkdtemp(prefix="pinwatch-bench-"))
-    broker: LocalKafka | None = None
     try:
-        bootstrap = args.bootstrap
-        if not bootstrap:
-            port, controller = free_ports(2)
-            broker = LocalKafka.from_settings(
-                Settings(
-                    kafka_bootstrap=f"127.0.0.1:{port}",
-                    kafka_controller_port=controller,
-                    data_dir=work / "broker",
-                    log_level="WARNING",
-                )
-            )
-            print(
-                f"no --bootstrap given: starting a local Kafka broker on 127.0.0.1:{port} "
-                f"(devstack.localkafka; stopped at the end) ...",
-                flush=True,
-            )
-            broker.start()
-            bootstrap = broker.bootstrap
-        asyncio.run(measure(args, bootstrap, work))
+        say = None if args.bootstrap else lambda line: print(f"no --bootstrap: {line}", flush=True)
+        with scratch_broker(work / "broker", bootstrap=args.bootstrap, say=say) as bootstrap:
+            asyncio.run(measure(args, bootstrap, work))
     finally:
-        if broker is not None:
-            broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

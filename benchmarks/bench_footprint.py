@@ -179,25 +179,17 @@ class UniqueRequests:
 
 
 def run(args: argparse.Namespace) -> int:
-    from devstack.localkafka import LocalKafka, free_port, free_ports
-    from pinwatch.settings import Settings
+    from devstack.localkafka import free_port, scratch_broker
 
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with (
+        tempfile.TemporaryDirectory() as tmp_name,
+        scratch_broker(
+            Path(tmp_name) / "broker",
+            bootstrap=args.bootstrap,
+            say=lambda line: print(line, flush=True),
+        ) as bootstrap,
+    ):
         tmp = Path(tmp_name)
-        broker = None
-        bootstrap = args.bootstrap
-        if not bootstrap:
-            port, controller = free_ports(2)
-            broker = LocalKafka.from_settings(
-                Settings(
-                    kafka_bootstrap=f"127.0.0.1:{port}",
-                    kafka_controller_port=controller,
-                    data_dir=tmp / "broker",
-                )
-            )
-            print("starting a local Kafka broker ...", flush=True)
-            broker.start()
-            bootstrap = broker.bootstrap
         ingest_port, consumer_port = free_port(), free_port()
         topic = f"bench-footprint-{uuid.uuid4().hex[:8]}"
         env = {
@@ -288,8 +280,6 @@ def run(args: argparse.Namespace) -> int:
                 child.terminate()
             for child in children.values():
                 child.wait(timeout=60)
-            if broker is not None:
-                broker.stop()
 
     from pinwatch.settings import Settings
 

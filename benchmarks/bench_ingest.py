@@ -539,14 +539,18 @@ def _counts(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pinwatch.settings import Settings
+    from devstack.localkafka import scratch_broker
 
     parser = argparse.ArgumentParser(
         prog="bench_ingest.py",
         description="Measure ingest reports/s (single reports, 50-report batches) against the "
         "real Kafka broker, next to a naive FastAPI+send_and_wait endpoint and a bare ASGI app.",
     )
-    parser.add_argument("--bootstrap", default=Settings().kafka_bootstrap, help="Kafka bootstrap")
+    parser.add_argument(
+        "--bootstrap",
+        default="",
+        help="Kafka bootstrap (default: a local broker started for the run, stopped after it)",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each paired run")
     parser.add_argument("--rounds", type=int, default=5, help="paired rounds")
     parser.add_argument("--sweep-seconds", type=float, default=2.0, help="length of each sweep run")
@@ -582,6 +586,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve, args.port, args.bootstrap, args.topic, args.policy, args.direct)
         return 0
+    with tempfile.TemporaryDirectory(prefix="pinwatch-bench-ingest-") as work:
+        say = None if args.bootstrap else lambda line: print(f"no --bootstrap: {line}", flush=True)
+        with scratch_broker(Path(work) / "broker", bootstrap=args.bootstrap, say=say) as bootstrap:
+            args.bootstrap = bootstrap
+            _announce(args)
+            report(*run_benchmark(args))
+    return 0
+
+
+def _announce(args: argparse.Namespace) -> None:
     print(
         f"bench_ingest: real Kafka at {args.bootstrap}; "
         + (
@@ -595,8 +609,6 @@ def main(argv: list[str] | None = None) -> int:
         f"rounds of {args.seconds:g}s",
         flush=True,
     )
-    report(*run_benchmark(args))
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Thread
@@ -117,6 +117,33 @@ def free_ports(count: int) -> list[int]:
 
 def free_port() -> int:
     return free_ports(1)[0]
+
+
+@contextmanager
+def scratch_broker(
+    data_dir: Path, *, bootstrap: str | None = None, say: Callable[[str], None] | None = None
+) -> Iterator[str]:
+    """A broker for a test session or a benchmark: `bootstrap` when one is given (a running
+    broker is reused as it is), else a fresh one on free loopback ports with its state in
+    `data_dir`, stopped at the end. Yields the bootstrap address."""
+    if bootstrap:
+        yield bootstrap
+        return
+    port, controller = free_ports(2)
+    broker = LocalKafka.from_settings(
+        Settings(
+            kafka_bootstrap=f"127.0.0.1:{port}",
+            kafka_controller_port=controller,
+            data_dir=data_dir,
+        )
+    )
+    if say is not None:
+        say(f"starting a local Kafka broker on {broker.bootstrap} (stopped at the end) ...")
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
 
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")

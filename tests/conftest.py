@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from devstack.certs import CertificateAuthority
-from devstack.localkafka import LocalKafka, free_ports
+from devstack.localkafka import LocalKafka, free_ports, scratch_broker
 from devstack.simulate import Chains, Population, PopulationConfig, build_population
 from pinwatch.policy import load_policy
 from pinwatch.settings import Settings
@@ -45,21 +45,8 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(session_dir: Path) -> Iterator[str]:
     external = os.environ.get("PINWATCH_TEST_KAFKA_BOOTSTRAP")
-    if external:
-        yield external
-        return
-    port, controller_port = free_ports(2)
-    settings = Settings(
-        kafka_bootstrap=f"127.0.0.1:{port}",
-        kafka_controller_port=controller_port,
-        data_dir=session_dir / "broker",
-    )
-    broker = LocalKafka.from_settings(settings)
-    broker.start()
-    try:
-        yield broker.bootstrap
-    finally:
-        broker.stop()
+    with scratch_broker(session_dir / "broker", bootstrap=external) as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(scope="session")
