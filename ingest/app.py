@@ -10,13 +10,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.types import Receive, Scope, Send
 
 from ingest.metrics import IngestMetrics
 from ingest.ops import ops_router
 from ingest.policy import PolicyFeed, policy_router
 from ingest.producer import KafkaSink
-from ingest.reports import ReportPath, post_endpoints, report_router, request_schemas
+from ingest.reports import ReportPath, report_endpoints, report_router, request_schemas
 from pinwatch.errors import install_error_handlers
 from pinwatch.kafka import KafkaStartError
 from pinwatch.logs import event
@@ -25,22 +24,6 @@ from pinwatch.settings import Settings
 from pinwatch.topics import TopicsError, ensure_topics
 
 log = logging.getLogger("pinwatch.ingest")
-
-
-class IngestApp(FastAPI):
-    """FastAPI, except that report POSTs go straight to their endpoint: the middleware stack and
-    route matching cost about as much as the report path itself (benchmarks/bench_ingest.py).
-    Every other request, and every route's documentation, is FastAPI's."""
-
-    post_endpoints: dict[str, Any]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.post_endpoints.get(scope["path"])
-            if endpoint is not None:
-                await endpoint(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -77,7 +60,7 @@ def create_app(
                 await sink.stop()
             event(log, "ingest_stopped")
 
-    app = IngestApp(
+    app = FastAPI(
         title="pinwatch ingest",
         summary="Receives TLS pin-validation reports and puts them on Kafka.",
         version="1",
@@ -90,9 +73,11 @@ def create_app(
     app.state.sink = sink
     app.state.metrics = metrics
     app.state.policy_feed = feed
-    reports = ReportPath(settings, policy, sink, metrics)
-    app.post_endpoints = post_endpoints(reports)
-    app.include_router(report_router(reports))  # documents them; answers CORS preflights
+    # One endpoint per report route: `pinwatch ingest`'s protocol answers most report POSTs
+    # with it straight from the parser (ingest/protocol.py), the route below answers the rest
+    # (chunked or large bodies, Expect: 100-continue, HTTP/1.0) and documents them all.
+    app.state.report_endpoints = report_endpoints(ReportPath(settings, policy, sink, metrics))
+    app.include_router(report_router(app.state.report_endpoints, settings))
     app.include_router(ops_router(settings, sink, metrics))
     app.include_router(policy_router(feed, settings))
 

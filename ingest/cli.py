@@ -48,7 +48,7 @@ def server_options(settings: Settings, app: Any) -> dict[str, Any]:
     options = proxy_options(settings)
     options["ws"] = "none"
     options["http"] = report_protocol(
-        app.post_endpoints,
+        app.state.report_endpoints,
         forwarded_allow_ips=settings.ingest_forwarded_allow_ips,
         read_timeout=settings.ingest_read_timeout_seconds,
     )

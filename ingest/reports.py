@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from ingest.body import read_body
 from ingest.errors import REPORT_RESPONSES, ApiError, ClientGone
@@ -268,10 +268,9 @@ class ReportPath:
 
 
 class ReportEndpoint:
-    """A report route as a plain ASGI app: FastAPI's per-request machinery (middleware, route
-    matching, dependency solving) cost more than the whole report path, so `IngestApp`
-    dispatches POSTs here directly; `report_router` documents the same routes.
-    `ingest.protocol` calls `answer` itself, without ASGI."""
+    """One report route's answers: `ingest.protocol` calls `answer` straight from the parser
+    for most report POSTs (FastAPI's per-request machinery cost more than the report path
+    itself); the FastAPI route `report_router` makes answers the rest with the same call."""
 
     def __init__(self, path: ReportPath, spec: FormatSpec) -> None:
         self.path = path
@@ -285,15 +284,9 @@ class ReportEndpoint:
         timed out, or asked for an upgrade), counted like any other refusal."""
         return self.path.refused(self.spec, error)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        status, body, extra = await self.answer(Incoming.from_scope(scope, receive))
-        headers = [JSON_TYPE, (b"content-length", str(len(body)).encode()), *extra]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
-
-def post_endpoints(path: ReportPath) -> dict[str, ReportEndpoint]:
-    """Report path -> its endpoint, for `ingest.app.IngestApp`'s direct dispatch."""
+def report_endpoints(path: ReportPath) -> dict[str, ReportEndpoint]:
+    """Route path -> its endpoint, for every registered format."""
     return {spec.path: ReportEndpoint(path, spec) for spec in FORMATS.values()}
 
 
@@ -301,19 +294,20 @@ def post_endpoints(path: ReportPath) -> dict[str, ReportEndpoint]:
 _network_prefix = lru_cache(maxsize=65_536)(network_prefix)
 
 
-def report_router(path: ReportPath) -> APIRouter:
+def report_router(endpoints: dict[str, ReportEndpoint], settings: Settings) -> APIRouter:
     router = APIRouter(tags=["reports"])
-    for spec in FORMATS.values():
+    for endpoint in endpoints.values():
+        spec = endpoint.spec
         router.add_api_route(
             spec.path,
-            _endpoint(path, spec),
+            _route(endpoint),
             methods=["POST"],
             status_code=202,
             summary=spec.summary or f"{spec.name} reports",
             name=f"post_{spec.name}_reports",
             response_class=Response,
             responses=REPORT_RESPONSES,
-            openapi_extra=_openapi_extra(spec, path.settings),
+            openapi_extra=_openapi_extra(spec, settings),
         )
         # Browsers upload Reporting API (NEL) reports to another origin only after a CORS
         # preflight answered 2xx with Allow-Origin and Allow-Headers (Chromium's
@@ -335,16 +329,15 @@ async def _preflight() -> Response:
     return Response(status_code=204, headers=_PREFLIGHT_HEADERS)
 
 
-def _endpoint(path: ReportPath, spec: FormatSpec):  # noqa: ANN202 - FastAPI reads its signature
+def _route(endpoint: ReportEndpoint):  # noqa: ANN202 - FastAPI reads its signature
     async def post_reports(request: Request) -> Response:
-        # Served like this only where IngestApp's direct dispatch is bypassed (a mounted router)
-        status, body, extra = await path.handle(
-            spec, Incoming.from_scope(request.scope, request.receive)
+        status, body, extra = await endpoint.answer(
+            Incoming.from_scope(request.scope, request.receive)
         )
         headers = {k.decode(): v.decode() for k, v in extra}
         return Response(body, status, headers=headers, media_type="application/json")
 
-    post_reports.__doc__ = spec.summary
+    post_reports.__doc__ = endpoint.spec.summary
     return post_reports
 
 

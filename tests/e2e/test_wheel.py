@@ -31,8 +31,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """bin/ of a fresh virtualenv holding the wheel built from this checkout (and its chdb
     extra, as the README's commands install it)."""
     root = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools leaves build/ and *.egg-info beside the sources it builds.
+    source = root / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".pinwatch", "build", "*.egg-info", "__pycache__", ".*_cache"
+        ),
+    )
     built = _run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(root), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(root), str(source)],
         root,
         300,
     )
