@@ -213,6 +213,11 @@ class LocalKafka:
         event(log, "kafka_storage_formatted", data_dir=str(self.data_dir))
 
     def start(self, timeout: float = 90.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the broker (formatting its storage on first use) without waiting for it."""
         if port_open("127.0.0.1", self.port):
             raise KafkaError(f"port {self.port} is already in use; is a broker already running?")
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -228,10 +233,15 @@ class LocalKafka:
                 start_new_session=True,
             )
         self.pid_path.write_text(str(self.process.pid))
-        self.wait_ready(timeout)
+
+    def exit_status(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def ready(self) -> bool:
+        """Ready means a metadata request succeeds, not just an open port."""
+        return port_open("127.0.0.1", self.port) and _metadata_ok(self.bootstrap)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        """Ready means a metadata request succeeds, not just an open port."""
         deadline = time.monotonic() + timeout
         last_progress = 0.0
         while time.monotonic() < deadline:
@@ -240,7 +250,7 @@ class LocalKafka:
                     f"Kafka exited with {self.process.returncode}; see {self.log_path}:\n"
                     + tail(self.log_path)
                 )
-            if port_open("127.0.0.1", self.port) and _metadata_ok(self.bootstrap):
+            if self.ready():
                 event(log, "kafka_ready", bootstrap=self.bootstrap)
                 return
             if time.monotonic() - last_progress > 5:

@@ -394,6 +394,26 @@ class Settings(BaseSettings):
         600.0, gt=0, description="`pinwatch demo`: longest wait for the page after the rotation."
     )
 
+    # --- the local stack's supervisor (`pinwatch up`) ------------------------------------------
+    stack_restart_initial_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="`pinwatch up`: wait before starting a component that exited; doubles with "
+        "each exit or failed start in a row.",
+    )
+    stack_restart_max_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="`pinwatch up`: longest wait between two starts of a component that keeps "
+        "exiting (it is tried again for as long as `up` runs).",
+    )
+    stack_restart_reset_after_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="`pinwatch up`: a component that ran this long before it exited is "
+        "restarted after the initial wait again (shorter runs count as a crash loop).",
+    )
+
     @field_validator("runbook_url")
     @classmethod
     def _absolute_url(cls, value: str) -> str:
