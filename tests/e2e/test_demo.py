@@ -5,84 +5,15 @@ ends in a delivered page, a named component when one fails, and nothing left run
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-from devstack.localkafka import free_ports
 from devstack.simulate.timeline import Timeline, _parse_time, consumer_failures
 from tests.support.paths import REPO
-
-
-def stack_env(data_dir: Path, own_ports: bool = False) -> tuple[dict[str, str], list[str]]:
-    """Environment and extra flags: a data dir of the test's own, and the session's broker
-    (with topics of the test's own) when the tests reuse one. `own_ports`: free ports for
-    `pinwatch up`, which otherwise uses the settings' (the demo picks its own)."""
-    suffix = uuid.uuid4().hex[:8]
-    env = {
-        **os.environ,
-        "PINWATCH_DATA_DIR": str(data_dir),
-        "PINWATCH_LOG_FORMAT": "text",
-        "PINWATCH_KAFKA_TOPIC": f"demo-{suffix}",
-        "PINWATCH_KAFKA_DEAD_LETTER_TOPIC": f"demo-dl-{suffix}",
-        "PINWATCH_KAFKA_CONSUMER_GROUP": f"demo-{suffix}",
-    }
-    for name in ("PINWATCH_POLICY_FILE", "PINWATCH_PUBLIC_ROOTS_FILE", "PINWATCH_CLICKHOUSE_DSN"):
-        env.pop(name, None)  # the demo's own: the example policy and the demo PKI
-    bootstrap = os.environ.get("PINWATCH_TEST_KAFKA_BOOTSTRAP")
-    if own_ports:
-        names = ("INGEST", "CONSUMER", "PROMETHEUS", "ALERTMANAGER", "KAFKA_CONTROLLER", "PROBE")
-        *ports, broker_port = free_ports(len(names) + 1)
-        for name, port in zip(names, ports, strict=True):
-            env[f"PINWATCH_{name}_PORT"] = str(port)
-        if not bootstrap:
-            env["PINWATCH_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{broker_port}"
-    return env, (["--kafka-bootstrap", bootstrap] if bootstrap else [])
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention `text` (e.g. a data directory)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            environ = (entry / "environ").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline or f"PINWATCH_DATA_DIR={text}" in environ:
-            found.append(f"{entry.name}: {cmdline[:200]}")
-    return found
-
-
-def start_up(env: dict[str, str], flags: list[str]) -> tuple[subprocess.Popen[str], str]:
-    """`pinwatch up` until it prints its ready text; returns the process and what it printed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pinwatch.cli", "up", *flags],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    deadline = time.monotonic() + 180
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "Ctrl-C stops everything" in line:
-            return proc, "".join(lines)
-    proc.kill()
-    raise AssertionError("pinwatch up did not get ready:\n" + "".join(lines))
+from tests.support.stack import processes_mentioning, stack_env, start_up
 
 
 def test_demo_plays_a_rotation_through_to_a_delivered_page(tmp_path: Path):
@@ -115,22 +46,15 @@ def test_demo_plays_a_rotation_through_to_a_delivered_page(tmp_path: Path):
 
 def test_up_runs_until_ctrl_c_and_leaves_nothing_running(tmp_path: Path):
     env, flags = stack_env(tmp_path, own_ports=True)
-    proc, text = start_up(env, flags)
+    up, text = start_up(env, flags)
     try:
         assert f"http://127.0.0.1:{env['PINWATCH_PROMETHEUS_PORT']}" in text
         assert f"http://127.0.0.1:{env['PINWATCH_INGEST_PORT']}/v1/reports" in text
         assert processes_mentioning(str(tmp_path))  # the children are running
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=90)
     finally:
-        if proc.poll() is None:  # the test failed early: stop the stack the way a user would
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    assert proc.returncode == 0, text + rest
-    assert "stopped Prometheus" in rest and "stopped consumer" in rest
+        code = up.interrupt()  # also when the test failed early: stop it as a user would
+    assert code == 0, up.text
+    assert "stopped Prometheus" in up.text and "stopped consumer" in up.text
     assert processes_mentioning(str(tmp_path)) == []
 
 
@@ -140,7 +64,6 @@ def test_a_killed_stack_leaves_no_ingest_or_consumer_and_the_next_one_reaps_the_
     env, flags = stack_env(tmp_path, own_ports=True)
     first, _ = start_up(env, flags)
     first.kill()  # SIGKILL: no chance to clean up
-    first.wait()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(
         " ingest" in p or " consume" in p for p in processes_mentioning(str(tmp_path))
@@ -155,8 +78,7 @@ def test_a_killed_stack_leaves_no_ingest_or_consumer_and_the_next_one_reaps_the_
         assert "stopping prometheus, left running by an earlier stack" in text
         assert "stopping alertmanager, left running by an earlier stack" in text
     finally:
-        second.send_signal(signal.SIGINT)
-        second.communicate(timeout=90)
+        second.interrupt()
     assert processes_mentioning(str(tmp_path)) == []
 
 

@@ -33,14 +33,16 @@ from alerts import generate
 from alerts.alertmanager import alertmanager_config
 from alerts.config import CONFIG
 from alerts.rules import WATCHDOG
-from devstack.certs import CertificateAuthority, Chain
+from devstack.certs import CertificateAuthority
 from devstack.localkafka import free_port
 from devstack.monitoring import LocalAlertmanager, LocalPrometheus, pipeline_jobs
 from devstack.stack import PageReceiver
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
-from tests.support.payloads import native_batch, network_error, pin_validation
+from tests.support.payloads import VALIDATIONS_PER_BATCH as COUNT
+from tests.support.payloads import failing_batch, native_batch, network_error, ok_batch
 from tests.support.pipeline import Pipeline, run_pipeline
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -52,7 +54,6 @@ SCRAPE_SECONDS = EVALUATION_SECONDS = float(
 WARM_UP_SECONDS = 15  # normal traffic before the incident: the rates' baseline
 QUIET_WATCH_SECONDS = 75  # longer than the rotation takes to page (about a minute)
 PAGE_DEADLINE_SECONDS = 240
-COUNT = 20  # validations one device reports per batch (clients aggregate with `count`)
 
 
 @dataclass
@@ -136,34 +137,6 @@ async def watched_pipeline(settings: Settings, tmp_path: Path) -> AsyncIterator[
             await asyncio.to_thread(prometheus.stop)
         await asyncio.to_thread(alertmanager.stop)
         receiver.stop()
-
-
-async def wait_for(check: Callable[[], Any], timeout: float) -> Any:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.5)
-
-
-def ok_batch(ca: CertificateAuthority, device: str, count: int = COUNT) -> dict[str, Any]:
-    """Normal traffic: a device whose validations against the pinned primary key pass."""
-    return native_batch(
-        [pin_validation(TEST_HOST, ca.chain("primary"), result="ok", count=count)],
-        app=TEST_APP,
-        device=device,
-    )
-
-
-def failing_batch(chain: Chain, device: str, count: int = COUNT) -> dict[str, Any]:
-    return native_batch(
-        [pin_validation(TEST_HOST, chain, result="pin_mismatch", enforced=True, count=count)],
-        app=TEST_APP,
-        device=device,
-    )
 
 
 async def warm_up(w: Watched, ca: CertificateAuthority) -> None:

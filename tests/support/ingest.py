@@ -21,13 +21,30 @@ from tests.support.serve import serve_ingest
 
 
 class RunningIngest:
-    """An ingest app served by uvicorn, with a client that sends the default headers."""
+    """An ingest app served by uvicorn, with a client that sends the default headers (from
+    127.0.0.1, or from another loopback `source` address: each 127.x.y.0/24 is a client
+    network of its own)."""
 
     def __init__(self, url: str, settings: Settings, default_headers: dict[str, str]) -> None:
         self.url = url
         self.settings = settings
         self.default_headers = default_headers
         self.client = httpx.AsyncClient(base_url=url, timeout=30)
+        self._sources: dict[str, httpx.AsyncClient] = {}
+
+    def client_from(self, source: str | None) -> httpx.AsyncClient:
+        if source is None:
+            return self.client
+        if source not in self._sources:
+            transport = httpx.AsyncHTTPTransport(local_address=source)
+            self._sources[source] = httpx.AsyncClient(
+                base_url=self.url, transport=transport, timeout=30
+            )
+        return self._sources[source]
+
+    async def aclose(self) -> None:
+        for client in (self.client, *self._sources.values()):
+            await client.aclose()
 
     async def post(
         self,
@@ -36,10 +53,12 @@ class RunningIngest:
         headers: dict[str, str] | None = None,
         path: str = "/v1/reports",
         params: dict[str, str] | None = None,
+        source: str | None = None,
     ) -> httpx.Response:
         content = body if isinstance(body, bytes) else orjson.dumps(body)
         all_headers = {**self.default_headers, **(headers or {})}
-        return await self.client.post(path, content=content, headers=all_headers, params=params)
+        client = self.client_from(source)
+        return await client.post(path, content=content, headers=all_headers, params=params)
 
 
 @asynccontextmanager
@@ -54,7 +73,7 @@ async def ingest_apps(
             settings = make_settings(**overrides)
             url = await stack.enter_async_context(serve_ingest(settings))
             running = RunningIngest(url, settings, default_headers or {})
-            stack.push_async_callback(running.client.aclose)
+            stack.push_async_callback(running.aclose)
             return running
 
         yield start
