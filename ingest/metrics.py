@@ -34,7 +34,9 @@ class Reason(StrEnum):
     BAD_JSON = "bad_json"
     BAD_REPORT = "bad_report"
     BAD_ITEM = "bad_item"  # one item of a batch format that accepts the rest (NEL)
-    RATE_LIMITED = "rate_limited"
+    RATE_LIMITED = "rate_limited"  # the app's rate
+    RATE_LIMITED_DEVICE = "rate_limited_device"
+    RATE_LIMITED_NETWORK = "rate_limited_network"  # the client network's (/24, /48) rate
     UNAVAILABLE = "unavailable"  # Kafka down, slow or backlogged
     TIMEOUT = "timeout"  # headers and body not sent within ingest_read_timeout_seconds
     BAD_REQUEST = "bad_request"  # malformed HTTP, or asked for a protocol upgrade

@@ -133,6 +133,39 @@ class Settings(BaseSettings):
     ingest_rate_limit_burst: int = Field(
         10_000, ge=1, description="Requests an app may send at once before the rate applies."
     )
+    ingest_device_rate_limit_per_second: float = Field(
+        1.0,
+        ge=0,
+        description="Requests per second per device (the keyed device hash; formats without a "
+        "device id, HPKP and NEL, are not limited by it), as a token bucket; beyond it 429 "
+        "with Retry-After. Checked after the body is parsed. 0 turns it off.",
+    )
+    ingest_device_rate_limit_burst: int = Field(
+        60,
+        ge=1,
+        description="Requests one device may send at once before its rate applies (reports "
+        "queued while offline, retries).",
+    )
+    ingest_network_rate_limit_per_second: float = Field(
+        1000.0,
+        ge=0,
+        description="Requests per second per client network (/24 or /48 of the client address: "
+        "name your load balancer in ingest_forwarded_allow_ips, or all clients are one "
+        "network), as a token bucket; beyond it 429 with Retry-After. Checked before the body "
+        "is read. High by default: a carrier's NAT puts many devices behind one prefix. 0 "
+        "turns it off.",
+    )
+    ingest_network_rate_limit_burst: int = Field(
+        10_000, ge=1, description="Requests one client network may send at once."
+    )
+    ingest_rate_limit_max_keys: int = Field(
+        100_000,
+        ge=1,
+        description="Most devices, and most networks, whose rate ingest remembers (about 200 "
+        "bytes each: 20 MB per limit when full). When full, the least recently seen is "
+        "forgotten; it starts with a full "
+        "burst if it comes back.",
+    )
     ingest_retry_after_seconds: int = Field(
         5, ge=1, description="`Retry-After` sent with 503 (Kafka down or slow) answers."
     )
