@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from enum import StrEnum
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     HistogramMetricFamily,
@@ -115,6 +115,9 @@ class IngestMetrics:
             "(timeout, kafka_error, backlog, not_started).",
             ("reason",),
         )
+        # process_start_time_seconds (and memory, CPU, open files), read from /proc when
+        # scraped, not per request: a restart is a new start time (PinwatchCrashLooping).
+        ProcessCollector(registry=self.registry)
         for metric in (
             self.requests,
             self.reports,
