@@ -190,3 +190,23 @@ def test_each_restart_is_a_structured_log_line(world, caplog: pytest.LogCaptureF
         "ran_seconds": 10.0,
         "restart_in_seconds": 1,
     }
+
+
+def test_the_stack_hands_every_part_it_started_to_the_supervisor_and_the_demo_stops_at_one(
+    tmp_path: Path,
+):
+    from devstack.stack import Stack, StackError, StackOptions
+    from pinwatch.settings import Settings
+
+    stack = Stack(Settings(data_dir=tmp_path), StackOptions(data_dir=tmp_path), say=lambda _: None)
+    consumer, prometheus = FakePart(tmp_path / "consumer.log"), FakePart(tmp_path / "p.log")
+    stack.consumer, stack.prometheus = consumer, prometheus  # type: ignore[assignment]
+    assert [name for name, _ in stack.parts()] == ["consumer", "prometheus"]  # Kafka: not ours
+    assert [p.name for p in stack.supervisor(Backoff()).parts] == ["consumer", "prometheus"]
+    stack.check()  # all running
+    consumer.log_path.write_text("boom\n")
+    consumer.status = -9
+    with pytest.raises(StackError) as raised:
+        stack.check()
+    assert str(raised.value).startswith("consumer exited: status -9, SIGKILL")
+    assert "| boom" in str(raised.value)
