@@ -117,6 +117,16 @@ class AlertConfig:
     insert_stale_seconds: int = 120
     insert_stale_for: str = "1m"
     target_down_for: str = "1m"
+    # A process that keeps restarting: a new process_start_time_seconds at least
+    # `crash_loop_restarts` times within `crash_loop_window`. A crash loop can keep every
+    # scrape in a run of failures shorter than target_down_for (a consumer that starts, runs a
+    # few seconds and dies, restarted with a growing delay by Kubernetes, systemd or
+    # `pinwatch up`), so PinwatchScrapeTargetDown may never fire. One restart (a deploy, an
+    # upgrade) is not a loop; on Kubernetes a new pod is a new instance, so a rolling update
+    # changes no series. The window is one restart delay of Kubernetes' CrashLoopBackOff at its
+    # cap (5 minutes); no `for`, since the window already spans the restarts.
+    crash_loop_window: str = "5m"
+    crash_loop_restarts: int = 2
 
     # --- prober and CT watch (page, ticket) -----------------------------------------------------
     # Scrape job names of `pinwatch probe` and `pinwatch ct watch`.

@@ -521,6 +521,20 @@ def pipeline_alerts(c: AlertConfig) -> list[dict[str, Any]]:
             c,
         ),
         _alert(
+            "PinwatchCrashLooping",
+            f'changes(process_start_time_seconds{{job=~"{jobs}"}}[{c.crash_loop_window}])'
+            f" >= {c.crash_loop_restarts}",
+            "",
+            "page",
+            "pipeline",
+            "{{ $labels.job }} at {{ $labels.instance }} keeps restarting",
+            "{{ $labels.job }} at {{ $labels.instance }} restarted {{ $value }} times in the "
+            f"last {c.crash_loop_window}: it crashes and is started again. Between restarts "
+            "reports wait in Kafka (consumer) or are refused (ingest), and the alerts that "
+            "read its metrics see gaps. Its log says why it exits.",
+            c,
+        ),
+        _alert(
             "PinwatchScrapeTargetAbsent",
             f'absent(up{{job="{c.consumer_job}"}})\nor\nabsent(up{{job="{c.ingest_job}"}})',
             c.target_down_for,

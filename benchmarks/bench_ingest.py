@@ -166,7 +166,15 @@ async def _bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 PROXY = "127.0.0.1"
 
 
-def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path, direct: bool) -> None:
+def serve(
+    kind: str,
+    port: int,
+    bootstrap: str,
+    topic: str,
+    policy: Path,
+    direct: bool,
+    client_limits: bool = True,
+) -> None:
     import uvicorn
 
     from pinwatch.settings import Settings
@@ -177,6 +185,11 @@ def serve(kind: str, port: int, bootstrap: str, topic: str, policy: Path, direct
         kafka_dead_letter_topic=f"{topic}.dead-letter",
         policy_file=policy,
         ingest_rate_limit_per_second=0,
+        # The device and network limits stay on, so their cost is in the figures, far above
+        # what the load generator sends (64 devices on 64 networks); --no-client-limits turns
+        # them off, to measure what they cost.
+        ingest_device_rate_limit_per_second=1e9 if client_limits else 0,
+        ingest_network_rate_limit_per_second=1e9 if client_limits else 0,
         ingest_forwarded_allow_ips="" if direct else PROXY,
         log_level="WARNING",
     )
@@ -458,6 +471,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Best, Rounds]:
                 command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
                 command += ["--topic", topic, "--bootstrap", args.bootstrap]
                 command += ["--policy", str(policy)] + (["--direct"] if args.direct else [])
+                command += ["--no-client-limits"] if args.no_client_limits else []
                 processes[kind] = (port, subprocess.Popen(command, cwd=REPO))
             for port, process in processes.values():
                 _wait_ready(port, process)
@@ -578,13 +592,27 @@ def main(argv: list[str] | None = None) -> int:
         help="clients connect themselves: no proxy named, no X-Forwarded-For (default: behind "
         "a load balancer, as production runs)",
     )
+    parser.add_argument(
+        "--no-client-limits",
+        action="store_true",
+        help="serve pinwatch with its per-device and per-network rate limits off (on by default, "
+        "far above the load): run once with and once without to see what they cost",
+    )
     parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--policy", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port, args.bootstrap, args.topic, args.policy, args.direct)
+        serve(
+            args.serve,
+            args.port,
+            args.bootstrap,
+            args.topic,
+            args.policy,
+            args.direct,
+            client_limits=not args.no_client_limits,
+        )
         return 0
     with tempfile.TemporaryDirectory(prefix="pinwatch-bench-ingest-") as work:
         say = None if args.bootstrap else lambda line: print(f"no --bootstrap: {line}", flush=True)

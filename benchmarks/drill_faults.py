@@ -145,7 +145,7 @@ class Stack:
         asyncio.run(ensure_topics(self.settings))
         for child in (self.ingest, self.consumer):
             say(f"starting {child.name} ...")
-            child.start()
+            child.launch()
             child.wait_ready(120, lambda s, n=child.name: say(f"  {n}: waiting ({s:.0f}s)"))
 
     def stop(self) -> None:
@@ -296,7 +296,7 @@ async def consumer_sigkill(stack: Stack, down: float) -> Timeline:
     await asyncio.sleep(down)
     t.restarted = time.time()
     say("  restarting the consumer ...")
-    stack.consumer.start()
+    stack.consumer.launch()
     await asyncio.to_thread(stack.consumer.wait_ready, 120, lambda s: None)
     t.ready = time.time()
     say(f"  consumer ready after {t.ready - t.restarted:.1f}s")

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
 
 from pinwatch.vocabulary import OTHER, PLATFORMS
 
@@ -120,6 +120,9 @@ class ConsumerMetrics:
     def __init__(self, max_app_versions: int = 5) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_start_time_seconds (and memory, CPU, open files), read from /proc when
+        # scraped: a restart is a new start time, which PinwatchCrashLooping counts.
+        ProcessCollector(registry=r)
         self.versions = VersionLabels(max_app_versions)
         self.pin_validations = prometheus_client.Counter(
             "pinwatch_pin_validations_total",

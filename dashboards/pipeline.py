@@ -122,9 +122,30 @@ def build(runbook_url: str) -> dashboard.Dashboard:
                         "{{job}} {{instance}}",
                     )
                 ],
-                width=24,
+                width=12,
                 height=5,
                 links=alert_links(rb, "PinwatchScrapeTargetDown", "PinwatchScrapeTargetAbsent"),
+            )
+        )
+        .with_panel(
+            graph(
+                18,
+                f"Restarts (last {ALERT_CONFIG.crash_loop_window})",
+                "How many times each pinwatch process started anew in the window (a "
+                "new process_start_time_seconds), per job and instance. 0 when healthy, 1 "
+                "after a deploy; 2 or more is a crash loop, which pages: a process that dies "
+                "and comes back within seconds never shows as down above.",
+                "none",
+                [
+                    promql(
+                        "max by (job, instance) (changes(process_start_time_seconds"
+                        f'{{job=~"{PIPELINE_JOBS}"}}[{ALERT_CONFIG.crash_loop_window}]))',
+                        "{{job}} {{instance}}",
+                    )
+                ],
+                width=12,
+                height=5,
+                links=alert_links(rb, "PinwatchCrashLooping"),
             )
         )
         .with_panel(

@@ -1,4 +1,9 @@
-"""`pinwatch up`: the whole pipeline on this machine, left running until Ctrl-C."""
+"""`pinwatch up`: the whole pipeline on this machine, left running until Ctrl-C.
+
+A part that cannot start the first time stops everything (there is nothing to supervise yet);
+once up, a part that exits is started again with backoff (devstack.supervise) while the rest,
+Prometheus and Alertmanager included, keep running, so the pipeline alerts can page about it.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,15 @@ from devstack.stack import (
     quiet_progress_loggers,
     terminate_on_sigterm,
 )
+from devstack.supervise import Backoff
 from pinwatch.settings import Settings
 
 HELP = (
     "run the whole local stack (Kafka, ingest, consumer, prober, Prometheus, Alertmanager) "
-    "until Ctrl-C"
+    "until Ctrl-C, restarting any part that exits"
 )
+
+TICK_SECONDS = 0.5  # how often the supervisor looks at the parts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        backoff = Backoff(
+            settings.stack_restart_initial_seconds,
+            settings.stack_restart_max_seconds,
+            settings.stack_restart_reset_after_seconds,
+        )
+    except ValueError as exc:
+        print(f"pinwatch up: PINWATCH_STACK_RESTART_*: {exc}", file=sys.stderr)
+        return 2
     quiet_progress_loggers()
     stack = Stack(
         settings,
@@ -44,9 +61,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             stack.start()
             print(ready_text(stack), flush=True)
+            supervisor = stack.supervisor(backoff)
             while True:
-                stack.check()
-                time.sleep(1.0)
+                supervisor.tick()
+                time.sleep(TICK_SECONDS)
         except StackError as exc:
             print(f"pinwatch up: {exc}", file=sys.stderr, flush=True)
             return 1
@@ -84,5 +102,7 @@ Grafana: add a Prometheus data source at {stack.prometheus_url}, then import the
 in dashboards/json/ (deploy/grafana/ provisions both for the Docker Compose stack; point its
 Prometheus data source URL at {stack.prometheus_url}).
 
-Pages print here as Alertmanager delivers them. Ctrl-C stops everything.
+A part that exits is restarted (its log tail printed here); Prometheus and Alertmanager keep
+running meanwhile and page about a part that stays down. Pages print here as Alertmanager
+delivers them. Ctrl-C stops everything.
 """

@@ -349,9 +349,15 @@ class LocalKafka:
             )
         self.pid_path.write_text(str(self.process.pid))
 
-    def wait_ready(self, timeout: float = 90.0, brokers: int = 1) -> None:
+    def exit_status(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def ready(self, brokers: int = 1) -> bool:
         """Ready means a metadata request succeeds (and lists `brokers` brokers), not just an
         open port."""
+        return port_open("127.0.0.1", self.port) and _metadata_ok(self.bootstrap, brokers)
+
+    def wait_ready(self, timeout: float = 90.0, brokers: int = 1) -> None:
         deadline = time.monotonic() + timeout
         last_progress = 0.0
         while time.monotonic() < deadline:
@@ -360,7 +366,7 @@ class LocalKafka:
                     f"Kafka exited with {self.process.returncode}; see {self.log_path}:\n"
                     + tail(self.log_path)
                 )
-            if port_open("127.0.0.1", self.port) and _metadata_ok(self.bootstrap, brokers):
+            if self.ready(brokers):
                 event(log, "kafka_ready", bootstrap=self.bootstrap)
                 return
             if time.monotonic() - last_progress > 5:

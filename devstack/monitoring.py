@@ -151,6 +151,15 @@ class _ChildProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         """Write the configuration, start the process and wait until it reports ready."""
+        self.launch()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def launch(self) -> None:
+        """Write the configuration and start the process, without waiting for it."""
         if self.process is not None and self.process.poll() is None:
             raise MonitoringError(f"{self.name} is already running on {self.url}")
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -172,11 +181,15 @@ class _ChildProcess:
                     f"{command[0]} not found; install it with deploy/install.sh"
                 ) from exc
         self.pid_path.write_text(str(self.process.pid))
+
+    def exit_status(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def ready(self) -> bool:
         try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
+            return httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -186,12 +199,9 @@ class _ChildProcess:
                     f"{self.name} exited with {self.process.returncode}; see {self.log_path}:\n"
                     + tail(self.log_path)
                 )
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
-                    event(log, f"{self.name}_ready", url=self.url)
-                    return
-            except httpx.HTTPError:
-                pass
+            if self.ready():
+                event(log, f"{self.name}_ready", url=self.url)
+                return
             time.sleep(0.1)
         raise MonitoringError(
             f"{self.name} not ready after {timeout:.0f}s on {self.url}; see {self.log_path}:\n"

@@ -6,8 +6,11 @@ Kafka broker (devstack.localkafka), `pinwatch migrate`, `pinwatch ingest`, `pinw
 a small webhook listener in this process that prints the pages it receives, Alertmanager
 (routing to that listener) and Prometheus (scraping ingest and consumer, evaluating the shipped
 rules; both through devstack.monitoring). A component that fails to start raises `StackError`
-naming it, why, and its log. `stop()` takes everything down in reverse order, each child as a
-whole process group, so no process outlives the stack.
+naming it, why, and its log. Once started, `pinwatch up` hands the parts to a
+`devstack.supervise.Supervisor` (`Stack.supervisor`), which restarts any that exits;
+`pinwatch demo` instead ends at the first one that dies (`Stack.check`). `stop()` takes
+everything down in reverse order, each child as a whole process group, so no process outlives
+the stack.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from devstack.monitoring import (
     MonitoringError,
 )
 from devstack.processes import cmdline, read_pid, signal_group, tail
+from devstack.supervise import Backoff, Component, Supervisor, describe_status
 from pinwatch.jose import create_key_file
 from pinwatch.logs import event
 from pinwatch.settings import Settings
@@ -52,11 +56,21 @@ Say = Callable[[str], None]
 
 
 class StackError(RuntimeError):
-    def __init__(self, component: str, why: str, log_path: Path | None = None) -> None:
+    """A part of the stack failed to start (`up` and the demo stop), or, for the demo, one that
+    was running exited (`what="exited"`)."""
+
+    def __init__(
+        self,
+        component: str,
+        why: str,
+        log_path: Path | None = None,
+        *,
+        what: str = "failed to start",
+    ) -> None:
         where = f"\n  log: {log_path}" if log_path else ""
         last_lines = tail(log_path, 15).splitlines() if log_path else []
         quoted = "".join(f"\n  | {line}" for line in last_lines)
-        super().__init__(f"{component} failed to start: {why}{where}{quoted}")
+        super().__init__(f"{component} {what}: {why}{where}{quoted}")
         self.component = component
         self.log_path = log_path
 
@@ -192,7 +206,7 @@ class ChildCommand:
         self.ready_url = ready_url
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def launch(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
@@ -206,22 +220,25 @@ class ChildCommand:
                 preexec_fn=_die_with_parent,
             )
 
-    def exited(self) -> int | None:
+    def exit_status(self) -> int | None:
         return None if self.process is None else self.process.poll()
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(self.ready_url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def wait_ready(self, timeout: float, progress: Callable[[float], None]) -> None:
         deadline = time.monotonic() + timeout
         started = time.monotonic()
         last = started
         while time.monotonic() < deadline:
-            code = self.exited()
+            code = self.exit_status()
             if code is not None:
-                raise StackError(self.name, f"exited with status {code}", self.log_path)
-            try:
-                if httpx.get(self.ready_url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+                raise StackError(self.name, describe_status(code), self.log_path)
+            if self.ready():
+                return
             if time.monotonic() - last >= 5:
                 last = time.monotonic()
                 progress(last - started)
@@ -232,7 +249,7 @@ class ChildCommand:
 
     def run_to_end(self, timeout: float) -> None:
         """For one-shot commands (migrate)."""
-        self.start()
+        self.launch()
         assert self.process is not None
         try:
             code = self.process.wait(timeout=timeout)
@@ -242,7 +259,7 @@ class ChildCommand:
                 self.name, f"did not finish in {timeout:.0f}s", self.log_path
             ) from None
         if code != 0:
-            raise StackError(self.name, f"exited with status {code}", self.log_path)
+            raise StackError(self.name, describe_status(code), self.log_path)
 
     def stop(self, timeout: float = 15.0) -> None:
         process, self.process = self.process, None
@@ -462,7 +479,7 @@ class Stack:
 
     def _step_child(self, child: ChildCommand, what: str) -> None:
         def start() -> None:
-            child.start()
+            child.launch()
             child.wait_ready(
                 self.options.ready_timeout,
                 lambda waited: self.say(
@@ -485,18 +502,32 @@ class Stack:
     def _child(self, name: str, argv: list[str], ready_url: str = "") -> ChildCommand:
         return ChildCommand(name, argv, self.env, self.logs_dir / f"{name}.log", ready_url)
 
+    def parts(self) -> list[tuple[str, Component]]:
+        """Every long-running part this stack started, in start order (a broker it did not
+        start is not among them)."""
+        parts: list[tuple[str, Component | None]] = [
+            ("Kafka", self.kafka),
+            ("ingest", self.ingest),
+            ("consumer", self.consumer),
+            ("probe", self.probe),
+            ("alertmanager", self.alertmanager),
+            ("prometheus", self.prometheus),
+        ]
+        return [(name, part) for name, part in parts if part is not None]
+
     def check(self) -> None:
-        """Raise StackError when a child that should be running has died."""
-        for child in (self.ingest, self.consumer, self.probe):
-            if child is not None and child.exited() is not None:
-                raise StackError(child.name, f"exited with status {child.exited()}", child.log_path)
-        for monitor in (self.prometheus, self.alertmanager):
-            if monitor is not None and monitor.process is not None:
-                if monitor.process.poll() is not None:
-                    raise StackError(monitor.name, "exited", monitor.log_path)
-        if self.kafka is not None and self.kafka.process is not None:
-            if self.kafka.process.poll() is not None:
-                raise StackError("Kafka", "exited", self.kafka.log_path)
+        """Raise StackError when a part that should be running has exited (the demo)."""
+        for name, part in self.parts():
+            status = part.exit_status()
+            if status is not None:
+                raise StackError(name, describe_status(status), part.log_path, what="exited")
+
+    def supervisor(self, backoff: Backoff) -> Supervisor:
+        """`pinwatch up`'s watch over the started stack: each part started again when it
+        exits (devstack.supervise)."""
+        return Supervisor(
+            self.parts(), backoff, ready_timeout=self.options.ready_timeout, say=self.say
+        )
 
     def stop(self) -> None:
         """Everything down, in reverse order; safe to call twice or after a failed start."""

@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from enum import StrEnum
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -36,7 +36,9 @@ class Reason(StrEnum):
     BAD_JSON = "bad_json"
     BAD_REPORT = "bad_report"
     BAD_ITEM = "bad_item"  # one item of a batch format that accepts the rest (NEL)
-    RATE_LIMITED = "rate_limited"
+    RATE_LIMITED = "rate_limited"  # the app's rate
+    RATE_LIMITED_DEVICE = "rate_limited_device"
+    RATE_LIMITED_NETWORK = "rate_limited_network"  # the client network's (/24, /48) rate
     UNAVAILABLE = "unavailable"  # Kafka down, slow or backlogged
     TIMEOUT = "timeout"  # headers and body not sent within ingest_read_timeout_seconds
     BAD_REQUEST = "bad_request"  # malformed HTTP, or asked for a protocol upgrade
@@ -144,6 +146,9 @@ class IngestMetrics:
             "(refused: older than the state served), failed (unreachable or not an answer).",
             ("outcome",),
         )
+        # process_start_time_seconds (and memory, CPU, open files), read from /proc when
+        # scraped, not per request: a restart is a new start time (PinwatchCrashLooping).
+        ProcessCollector(registry=self.registry)
         for metric in (
             self.requests,
             self.reports,

@@ -1,8 +1,9 @@
 """The report routes: one POST per registered format, all through the same request path.
 
-auth (401) -> rate limit (429) -> Content-Type (415) -> Content-Encoding (415) -> body within
-limits (413) -> JSON (400) -> the format's parser (400/413 naming the field) -> Kafka (202 only
-once acknowledged, else 503 with Retry-After).
+auth (401) -> the app's and the client network's rate limits (429) -> Content-Type (415) ->
+Content-Encoding (415) -> body within limits (413) -> JSON (400) -> the format's parser (400/413
+naming the field) -> the device's rate limit (429: the device hash is known only once the body is
+parsed) -> Kafka (202 only once acknowledged, else 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from ingest.formats import FORMATS
 from ingest.formats.base import BadReport, FormatSpec, IngestContext, NotJson, Parsed
 from ingest.metrics import IngestMetrics, Reason
 from ingest.producer import KafkaSink, ProduceFailed, RecordTooLarge
-from ingest.ratelimit import RateLimiter
+from ingest.ratelimit import limiter
 from pinwatch.logs import event
 from pinwatch.policy import Policy
 from pinwatch.privacy import DeviceHasher, network_prefix
+from pinwatch.record import Record
 from pinwatch.settings import Settings
 
 log = logging.getLogger("pinwatch.ingest")
@@ -147,8 +149,21 @@ class ReportPath:
         self.policy = policy
         self.sink = sink
         self.metrics = metrics
-        self.limiter = RateLimiter(
-            settings.ingest_rate_limit_per_second, settings.ingest_rate_limit_burst
+        s = settings
+        self.app_limit = limiter(
+            s.ingest_rate_limit_per_second,
+            s.ingest_rate_limit_burst,
+            max(1, len(policy.document.apps)),
+        )
+        self.network_limit = limiter(
+            s.ingest_network_rate_limit_per_second,
+            s.ingest_network_rate_limit_burst,
+            s.ingest_rate_limit_max_keys,
+        )
+        self.device_limit = limiter(
+            s.ingest_device_rate_limit_per_second,
+            s.ingest_device_rate_limit_burst,
+            s.ingest_rate_limit_max_keys,
         )
         # HMAC setup costs ~20 us; a device reports again and again, so remember its hash
         self.hasher = lru_cache(maxsize=65_536)(DeviceHasher(settings.device_hash_key))
@@ -191,15 +206,17 @@ class ReportPath:
                 "missing ingest key" if not key else "unknown ingest key",
                 reason=Reason.UNAUTHORIZED,
             )
-        wait = self.limiter.acquire(app_id)
-        if wait is not None:
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"{app_id} exceeds {settings.ingest_rate_limit_per_second:g} requests/s",
-                retry_after=wait,
-                reason=Reason.RATE_LIMITED,
-            )
+        now = time.monotonic()
+        if self.app_limit is not None:
+            wait = self.app_limit.take(app_id, now)
+            if wait is not None:
+                raise _limited(wait, Reason.RATE_LIMITED, app_id, self.app_limit.per_second)
+        network = _network_prefix(request.client_host)
+        if network and self.network_limit is not None:
+            wait = self.network_limit.take(network, now)
+            if wait is not None:
+                limit = self.network_limit.per_second
+                raise _limited(wait, Reason.RATE_LIMITED_NETWORK, f"network {network}", limit)
         media = (request.header(b"content-type") or "").split(";", 1)[0].strip().lower()
         if media not in spec.content_types:
             raise ApiError(
@@ -210,7 +227,9 @@ class ReportPath:
                 reason=Reason.MEDIA_TYPE,
             )
         body = await read_body(request, settings.max_body_bytes, settings.max_decompressed_bytes)
-        parsed = self._parse(spec, body, request, app_id)
+        parsed = self._parse(spec, body, request, network, app_id)
+        if self.device_limit is not None:
+            self._limit_devices(parsed.records, time.monotonic())  # the body took its time
         if not parsed.records and parsed.rejected:
             first = parsed.rejected[0]
             raise ApiError(
@@ -240,11 +259,30 @@ class ReportPath:
         ]
         return len(parsed.records), rejected
 
-    def _parse(self, spec: FormatSpec, body: bytes, request: Incoming, app_id: str) -> Parsed:
+    def _limit_devices(self, records: list[Record], now: float) -> None:
+        """Every device of the request within its rate. One in practice (a native batch and a
+        TrustKit report come from one device; HPKP and NEL reports carry none), so a device is
+        charged once per run of its records, without building a set for each request."""
+        limit = self.device_limit
+        assert limit is not None
+        charged = ""
+        for record in records:
+            device = record.device
+            if device and device != charged:
+                charged = device
+                wait = limit.take(device, now)
+                if wait is not None:
+                    raise _limited(
+                        wait, Reason.RATE_LIMITED_DEVICE, "this device", limit.per_second
+                    )
+
+    def _parse(
+        self, spec: FormatSpec, body: bytes, request: Incoming, network: str, app_id: str
+    ) -> Parsed:
         ctx = IngestContext(
             app_id=app_id,
             received_at_ms=time.time_ns() // 1_000_000,
-            client_network=_network_prefix(request.client_host),
+            client_network=network,
             hash_device=self.hasher,
             settings=self.settings,
             policy=self.policy,
@@ -288,6 +326,16 @@ class ReportEndpoint:
 def report_endpoints(path: ReportPath) -> dict[str, ReportEndpoint]:
     """Route path -> its endpoint, for every registered format."""
     return {spec.path: ReportEndpoint(path, spec) for spec in FORMATS.values()}
+
+
+def _limited(wait: int, reason: Reason, who: str, per_second: float) -> ApiError:
+    return ApiError(
+        429,
+        "rate_limited",
+        f"{who} exceeds {per_second:g} requests/s; retry after {wait} s",
+        retry_after=wait,
+        reason=reason,
+    )
 
 
 # Parsing addresses with ipaddress costs ~30 us; clients repeat (NAT, keep-alive), so remember.

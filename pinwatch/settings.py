@@ -186,6 +186,39 @@ class Settings(BaseSettings):
     ingest_rate_limit_burst: int = Field(
         10_000, ge=1, description="Requests an app may send at once before the rate applies."
     )
+    ingest_device_rate_limit_per_second: float = Field(
+        1.0,
+        ge=0,
+        description="Requests per second per device (the keyed device hash; formats without a "
+        "device id, HPKP and NEL, are not limited by it), as a token bucket; beyond it 429 "
+        "with Retry-After. Checked after the body is parsed. 0 turns it off.",
+    )
+    ingest_device_rate_limit_burst: int = Field(
+        60,
+        ge=1,
+        description="Requests one device may send at once before its rate applies (reports "
+        "queued while offline, retries).",
+    )
+    ingest_network_rate_limit_per_second: float = Field(
+        1000.0,
+        ge=0,
+        description="Requests per second per client network (/24 or /48 of the client address: "
+        "name your load balancer in ingest_forwarded_allow_ips, or all clients are one "
+        "network), as a token bucket; beyond it 429 with Retry-After. Checked before the body "
+        "is read. High by default: a carrier's NAT puts many devices behind one prefix. 0 "
+        "turns it off.",
+    )
+    ingest_network_rate_limit_burst: int = Field(
+        10_000, ge=1, description="Requests one client network may send at once."
+    )
+    ingest_rate_limit_max_keys: int = Field(
+        100_000,
+        ge=1,
+        description="Most devices, and most networks, whose rate ingest remembers (about 200 "
+        "bytes each: 20 MB per limit when full). When full, the least recently seen is "
+        "forgotten; it starts with a full "
+        "burst if it comes back.",
+    )
     ingest_retry_after_seconds: int = Field(
         5, ge=1, description="`Retry-After` sent with 503 (Kafka down or slow) answers."
     )
@@ -513,6 +546,26 @@ class Settings(BaseSettings):
         # `PINWATCH_X=` in an environment file means "not set", as the descriptions say; pydantic
         # would make it Path("."), the current directory.
         return None if value == "" else value
+
+    # --- the local stack's supervisor (`pinwatch up`) ------------------------------------------
+    stack_restart_initial_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="`pinwatch up`: wait before starting a component that exited; doubles with "
+        "each exit or failed start in a row.",
+    )
+    stack_restart_max_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="`pinwatch up`: longest wait between two starts of a component that keeps "
+        "exiting (it is tried again for as long as `up` runs).",
+    )
+    stack_restart_reset_after_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="`pinwatch up`: a component that ran this long before it exited is "
+        "restarted after the initial wait again (shorter runs count as a crash loop).",
+    )
 
     @field_validator("runbook_url")
     @classmethod

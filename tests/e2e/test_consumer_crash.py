@@ -9,7 +9,6 @@ process, since chDB allows one data directory per process and this one holds the
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from devstack.clients import native_batch, network_error, pin_validation
 from devstack.localkafka import free_port
 from pinwatch.kafka import client_args
 from pinwatch.settings import Settings
+from tests.support.clickhouse import clickhouse_counts
 from tests.support.names import TEST_APP, TEST_HOST
 from tests.support.paths import REPO
 from tests.support.pipeline import metric_value, run_pipeline
@@ -35,32 +35,6 @@ from tests.support.serve import wait_ready
 
 ROOT = REPO
 PINWATCH = str(Path(sys.executable).parent / "pinwatch")
-
-_COUNT_SCRIPT = """
-import json, sys, clickhouse_connect
-c = clickhouse_connect.get_client(dsn=sys.argv[1])
-db = sys.argv[2]
-q = lambda sql: c.query(sql.replace("DB", db)).result_rows[0][0]
-print(json.dumps({
-    "rows": q("SELECT count() FROM DB.reports"),
-    "ids": q("SELECT uniqExact(id) FROM DB.reports"),
-    "reports_sum": q("SELECT sum(count) FROM DB.reports"),
-    "rollup_sum": q("SELECT sum(count) FROM DB.rollup_minute"),
-    "hourly_sum": q("SELECT sum(count) FROM DB.evidence_hourly"),
-    "failures": q("SELECT sum(count) FROM DB.rollup_minute WHERE result = 'pin_mismatch'"),
-}))
-"""
-
-
-def _clickhouse_counts(dsn: str, database: str) -> dict[str, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", _COUNT_SCRIPT, dsn, database],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 class ConsumerProcess:
@@ -168,7 +142,7 @@ async def test_kill_between_insert_and_commit_then_restart_counts_everything_onc
         finally:
             doomed.kill()
         assert all(v is None for v in (await _committed(settings)).values())
-        stored = _clickhouse_counts(dsn, settings.clickhouse_database)
+        stored = clickhouse_counts(dsn, settings.clickhouse_database)
         assert stored["rows"] == 3 * len(first)  # the dead consumer's inserts are there
 
         # 2. Restarted: it replays from the last commit (none) and must not add a thing twice.
@@ -193,7 +167,7 @@ async def test_kill_between_insert_and_commit_then_restart_counts_everything_onc
             assert await metric("pinwatch_consumer_consumed_records_total") == total_batches
         finally:
             assert survivor.stop() == 0
-    counts = _clickhouse_counts(dsn, settings.clickhouse_database)
+    counts = clickhouse_counts(dsn, settings.clickhouse_database)
     assert counts == {
         "rows": 3 * total_batches,
         "ids": 3 * total_batches,
@@ -269,6 +243,6 @@ async def test_a_replay_through_a_message_of_retries_only_keeps_the_counters_exa
             assert await metric("pinwatch_pin_validations_total", result="pin_mismatch") == 3
         finally:
             assert survivor.stop() == 0
-    counts = _clickhouse_counts(dsn, settings.clickhouse_database)
+    counts = clickhouse_counts(dsn, settings.clickhouse_database)
     assert counts["rows"] == counts["ids"] == 3
     assert counts["reports_sum"] == counts["rollup_sum"] == 1 + 2 + 4

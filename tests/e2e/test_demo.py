@@ -5,15 +5,13 @@ ends in a delivered page, a named component when one fails, and nothing left run
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from devstack.simulate.timeline import Timeline, _parse_time, consumer_failures
 from tests.support.paths import REPO
+from tests.support.polling import wait_until
 from tests.support.stack import processes_mentioning, stack_env, start_up
 
 
@@ -78,22 +76,15 @@ def test_demo_kill_switch_plays_detect_kill_and_recover(tmp_path: Path):
 
 def test_up_runs_until_ctrl_c_and_leaves_nothing_running(tmp_path: Path):
     env, flags = stack_env(tmp_path, own_ports=True)
-    proc, text = start_up(env, flags)
+    up, text = start_up(env, flags)
     try:
         assert f"http://127.0.0.1:{env['PINWATCH_PROMETHEUS_PORT']}" in text
         assert f"http://127.0.0.1:{env['PINWATCH_INGEST_PORT']}/v1/reports" in text
         assert processes_mentioning(str(tmp_path))  # the children are running
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=90)
     finally:
-        if proc.poll() is None:  # the test failed early: stop the stack the way a user would
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    assert proc.returncode == 0, text + rest
-    assert "stopped Prometheus" in rest and "stopped consumer" in rest
+        code = up.interrupt()  # also when the test failed early: stop it as a user would
+    assert code == 0, up.text
+    assert "stopped Prometheus" in up.text and "stopped consumer" in up.text
     assert processes_mentioning(str(tmp_path)) == []
 
 
@@ -103,12 +94,12 @@ def test_a_killed_stack_leaves_no_ingest_or_consumer_and_the_next_one_reaps_the_
     env, flags = stack_env(tmp_path, own_ports=True)
     first, _ = start_up(env, flags)
     first.kill()  # SIGKILL: no chance to clean up
-    first.wait()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(
-        " ingest" in p or " consume" in p for p in processes_mentioning(str(tmp_path))
-    ):
-        time.sleep(0.2)
+
+    def runtime_gone() -> bool:
+        left = processes_mentioning(str(tmp_path))
+        return not any(" ingest" in p or " consume" in p for p in left)
+
+    wait_until(runtime_gone, 30)
     left = processes_mentioning(str(tmp_path))
     assert not any(" ingest" in p or " consume" in p for p in left), left
     assert any("prometheus" in p for p in left)  # the engines outlive a SIGKILLed supervisor
@@ -118,8 +109,7 @@ def test_a_killed_stack_leaves_no_ingest_or_consumer_and_the_next_one_reaps_the_
         assert "stopping prometheus, left running by an earlier stack" in text
         assert "stopping alertmanager, left running by an earlier stack" in text
     finally:
-        second.send_signal(signal.SIGINT)
-        second.communicate(timeout=90)
+        second.interrupt()
     assert processes_mentioning(str(tmp_path)) == []
 
 
@@ -144,27 +134,3 @@ def test_a_component_that_fails_to_start_is_named_with_its_log(tmp_path: Path):
     assert "ingest failed to start" in proc.stderr
     assert f"log: {tmp_path / 'logs' / 'ingest.log'}" in proc.stderr
     assert processes_mentioning(str(tmp_path)) == []
-
-
-def test_consumer_failures_reads_the_pin_failure_counter():
-    text = (
-        "# TYPE pinwatch_pin_validations_total counter\n"
-        'pinwatch_pin_validations_total{app="a",result="ok"} 40.0\n'
-        'pinwatch_pin_validations_total{app="a",result="pin_mismatch"} 3.0\n'
-        'pinwatch_pin_validations_total{app="b",result="chain_invalid"} 2.0\n'
-        "# TYPE pinwatch_network_errors_total counter\n"
-        'pinwatch_network_errors_total{app="a",category="dns"} 9.0\n'
-    )
-    assert consumer_failures(text) == 5.0
-
-
-def test_timeline_renders_seconds_since_the_rotation():
-    timeline = Timeline(rotated_at=1000.0)
-    assert timeline.mark("sent", 1000.4) and not timeline.mark("sent", 1009.0)
-    timeline.mark("paged", 1061.25)
-    timeline.alertname = "PinwatchRotationBreakage"
-    text = timeline.render()
-    assert "+0.4s  first failing report sent" in text
-    assert "+61.2s  page delivered" in text or "+61.3s  page delivered" in text
-    assert timeline.complete
-    assert _parse_time("1970-01-01T00:16:40.5Z") == 1000.5

@@ -7,7 +7,6 @@ simulated devices' failing reports stop (they report the same failures as report
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -96,18 +95,13 @@ class Up:
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     data_dir = tmp_path_factory.mktemp("up")
     env, flags = stack_env(data_dir, own_ports=True)
-    proc, _ = start_up(env, ["--policy-refresh", str(REFRESH), *flags])
+    up, _ = start_up(env, ["--policy-refresh", str(REFRESH), *flags])
     try:
         running = Up(env, data_dir)
         wait_until(lambda: httpx.get(f"{running.ingest}/v1/policy/{APP}").status_code == 200, 30)
         yield running
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        up.interrupt()
     assert processes_mentioning(str(data_dir)) == []
 
 

@@ -33,13 +33,15 @@ from alerts import generate
 from alerts.alertmanager import alertmanager_config
 from alerts.config import CONFIG
 from alerts.rules import WATCHDOG
-from devstack.certs import CertificateAuthority, Chain
-from devstack.clients import native_batch, network_error, pin_validation
+from devstack.certs import CertificateAuthority
+from devstack.clients import native_batch, network_error
 from devstack.localkafka import free_port
 from devstack.monitoring import LocalAlertmanager, LocalPrometheus, pipeline_jobs
 from devstack.stack import PageReceiver
 from pinwatch.settings import Settings
 from tests.support.names import TEST_APP, TEST_HOST, TEST_KEY
+from tests.support.payloads import VALIDATIONS_PER_BATCH as COUNT
+from tests.support.payloads import failing_batch, ok_batch
 from tests.support.pipeline import Pipeline, run_pipeline
 from tests.support.polling import eventually
 
@@ -53,7 +55,6 @@ SCRAPE_SECONDS = EVALUATION_SECONDS = float(
 WARM_UP_SECONDS = 15  # normal traffic before the incident: the rates' baseline
 QUIET_WATCH_SECONDS = 75  # longer than the rotation takes to page (about a minute)
 PAGE_DEADLINE_SECONDS = 240
-COUNT = 20  # validations one device reports per batch (clients aggregate with `count`)
 
 
 @dataclass
@@ -137,23 +138,6 @@ async def watched_pipeline(settings: Settings, tmp_path: Path) -> AsyncIterator[
             await asyncio.to_thread(prometheus.stop)
         await asyncio.to_thread(alertmanager.stop)
         receiver.stop()
-
-
-def ok_batch(ca: CertificateAuthority, device: str, count: int = COUNT) -> dict[str, Any]:
-    """Normal traffic: a device whose validations against the pinned primary key pass."""
-    return native_batch(
-        [pin_validation(TEST_HOST, ca.chain("primary"), result="ok", count=count)],
-        app=TEST_APP,
-        device=device,
-    )
-
-
-def failing_batch(chain: Chain, device: str, count: int = COUNT) -> dict[str, Any]:
-    return native_batch(
-        [pin_validation(TEST_HOST, chain, result="pin_mismatch", enforced=True, count=count)],
-        app=TEST_APP,
-        device=device,
-    )
 
 
 async def warm_up(w: Watched, ca: CertificateAuthority) -> None:

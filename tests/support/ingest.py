@@ -28,7 +28,8 @@ DEFAULT_HEADERS = {"X-Pinwatch-Key": TEST_KEY, "Content-Type": "application/json
 
 class RunningIngest:
     """An ingest app served by uvicorn as `pinwatch ingest` serves it, with a client that sends
-    the default headers."""
+    the default headers (from 127.0.0.1, or from another loopback `source` address: each
+    127.x.y.0/24 is a client network of its own)."""
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class RunningIngest:
         self.settings = settings
         self.default_headers = default_headers
         self.client = httpx.AsyncClient(base_url=self.url, timeout=30)
+        self._sources: dict[str, httpx.AsyncClient] = {}
 
     async def send(
         self, path: str, body: Any, content_type: str = "application/json", **headers: str
@@ -59,6 +61,20 @@ class RunningIngest:
         """Sum of `name`'s samples with these labels on ingest's own /metrics."""
         return metric_value((await self.client.get("/metrics")).text, name, **labels)
 
+    def client_from(self, source: str | None) -> httpx.AsyncClient:
+        if source is None:
+            return self.client
+        if source not in self._sources:
+            transport = httpx.AsyncHTTPTransport(local_address=source)
+            self._sources[source] = httpx.AsyncClient(
+                base_url=self.url, transport=transport, timeout=30
+            )
+        return self._sources[source]
+
+    async def aclose(self) -> None:
+        for client in (self.client, *self._sources.values()):
+            await client.aclose()
+
     async def post(
         self,
         body: Any,
@@ -66,10 +82,12 @@ class RunningIngest:
         headers: dict[str, str] | None = None,
         path: str = "/v1/reports",
         params: dict[str, str] | None = None,
+        source: str | None = None,
     ) -> httpx.Response:
         content = body if isinstance(body, bytes) else orjson.dumps(body)
         all_headers = {**self.default_headers, **(headers or {})}
-        return await self.client.post(path, content=content, headers=all_headers, params=params)
+        client = self.client_from(source)
+        return await client.post(path, content=content, headers=all_headers, params=params)
 
 
 @asynccontextmanager
@@ -85,7 +103,7 @@ async def ingest_apps(
             served = await start_ingest(settings)
             stack.push_async_callback(served.stop, 30)
             running = RunningIngest(served, settings, default_headers)
-            stack.push_async_callback(running.client.aclose)
+            stack.push_async_callback(running.aclose)
             return running
 
         yield start

@@ -10,8 +10,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from devstack.certs import CertificateAuthority, Chain
+from devstack.clients import native_batch, pin_validation
 from pinwatch.record import Record
 from pinwatch.vocabulary import Format, Kind, Result
+from tests.support.names import TEST_APP, TEST_HOST
 
 
 def kafka_record(*, app_id: str, host: str, **overrides: Any) -> Record:
@@ -52,3 +55,29 @@ def unusable_key_certificates(leaf: x509.Certificate) -> dict[str, bytes]:
         "unknown_key_algorithm": der.replace(EC_PUBLIC_KEY_OID, UNKNOWN_KEY_OID),
         "point_off_curve": der.replace(point, off_curve),
     }
+
+
+# --- traffic for the alert tests: one device's batch of validations of TEST_HOST ---------------
+
+# Validations one device reports per batch (clients aggregate with `count`).
+VALIDATIONS_PER_BATCH = 20
+
+
+def ok_batch(
+    ca: CertificateAuthority, device: str, count: int = VALIDATIONS_PER_BATCH
+) -> dict[str, Any]:
+    """Normal traffic: a device whose validations against the pinned primary key pass."""
+    return native_batch(
+        [pin_validation(TEST_HOST, ca.chain("primary"), result="ok", count=count)],
+        app=TEST_APP,
+        device=device,
+    )
+
+
+def failing_batch(chain: Chain, device: str, count: int = VALIDATIONS_PER_BATCH) -> dict[str, Any]:
+    """A device whose enforced validations of TEST_HOST fail against `chain`."""
+    return native_batch(
+        [pin_validation(TEST_HOST, chain, result="pin_mismatch", enforced=True, count=count)],
+        app=TEST_APP,
+        device=device,
+    )

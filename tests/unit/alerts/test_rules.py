@@ -141,7 +141,9 @@ def test_rules_use_only_metrics_and_labels_the_services_expose() -> None:
     used = set()
     for rule in shipped_rules():
         expr = rule["expr"]
-        for name, selector in re.findall(r"(?<![:\w])(pinwatch_\w+|up)(?![:\w])(\{[^}]*\})?", expr):
+        for name, selector in re.findall(
+            r"(?<![:\w])(pinwatch_\w+|process_\w+|up)(?![:\w])(\{[^}]*\})?", expr
+        ):
             assert name in exposed, f"{rule.get('record') or rule.get('alert')} uses {name}"
             for label in re.findall(r"(\w+)\s*[!=]~?", selector):
                 assert label in exposed[name], f"{name} has no label {label}"

@@ -21,6 +21,7 @@ from devstack.simulate import (
 from devstack.simulate.emit import NATIVE_PATH, NEL_PATH, TRUSTKIT_PATH
 from devstack.simulate.scenarios import BAD_RELEASE_VERSION, WRONG_PIN, flood_device
 from devstack.simulate.sender import NotLoopback
+from devstack.simulate.timeline import Timeline, _parse_time, consumer_failures
 from pinwatch.pins import spki_pin
 from pinwatch.policy import load_policy
 from tests.support.names import TEST_APP, TEST_HOST
@@ -290,3 +291,27 @@ def test_devices_enforce_by_cohort_at_the_documented_percentage(policy_file, cha
     assert 60 < len(enforcing) < 140
     without = build_population(load_policy(policy_file), PopulationConfig(devices=10))
     assert all(d.enforces(target) for d in without.devices)  # no document: as built (enforce)
+
+
+def test_consumer_failures_reads_the_pin_failure_counter():
+    text = (
+        "# TYPE pinwatch_pin_validations_total counter\n"
+        'pinwatch_pin_validations_total{app="a",result="ok"} 40.0\n'
+        'pinwatch_pin_validations_total{app="a",result="pin_mismatch"} 3.0\n'
+        'pinwatch_pin_validations_total{app="b",result="chain_invalid"} 2.0\n'
+        "# TYPE pinwatch_network_errors_total counter\n"
+        'pinwatch_network_errors_total{app="a",category="dns"} 9.0\n'
+    )
+    assert consumer_failures(text) == 5.0
+
+
+def test_timeline_renders_seconds_since_the_rotation():
+    timeline = Timeline(rotated_at=1000.0)
+    assert timeline.mark("sent", 1000.4) and not timeline.mark("sent", 1009.0)
+    timeline.mark("paged", 1061.25)
+    timeline.alertname = "PinwatchRotationBreakage"
+    text = timeline.render()
+    assert "+0.4s  first failing report sent" in text
+    assert "+61.2s  page delivered" in text or "+61.3s  page delivered" in text
+    assert timeline.complete
+    assert _parse_time("1970-01-01T00:16:40.5Z") == 1000.5
