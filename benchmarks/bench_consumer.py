@@ -53,7 +53,7 @@ from pinwatch.settings import Settings  # noqa: E402
 from pinwatch.topics import ensure_topics  # noqa: E402
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result  # noqa: E402
 
-PIECES = ("fetch", "decode", "dedup", "classify", "columns", "lookup", "insert")
+PIECES = ("fetch", "decode", "dedup", "classify", "columns", "lookup", "insert", "evidence")
 
 HOST = "api.bench.test"
 APP = "com.example.bench"
@@ -174,6 +174,7 @@ async def run_consumer(
             break
         await asyncio.sleep(0.01)
     started, cpu_started = time.perf_counter(), time.process_time()
+    loop_started = time.thread_time()
     consumer.timings.clear()
     registry = consumer.metrics.registry
 
@@ -203,9 +204,18 @@ async def run_consumer(
         consumer.stop()
         await task
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    loop_cpu = time.thread_time() - loop_started
     if committed() != total:
         raise RuntimeError(f"consumer committed {committed()} reports, sent {total}")
-    return elapsed, cpu, consumer.timings.per_report()
+    recent = consumer.steps.recent
+    print(
+        f"  retry lookups: {recent.lookups['memory']} batches answered from memory "
+        f"({len(recent):,} ids held), {recent.lookups['clickhouse']} asked ClickHouse",
+        flush=True,
+    )
+    pieces = consumer.timings.per_report()
+    pieces["event loop"] = loop_cpu / total * 1e6
+    return elapsed, cpu, pieces
 
 
 def ceiling_tables(settings: Settings, values: list[bytes], rows: int) -> list[pa.Table]:
@@ -385,6 +395,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
     print("loop's thread; lookup and insert: wall clock on the ClickHouse thread)")
     for piece in PIECES:
         print(f"  {piece:<10}{pieces.get(piece, 0.0):6.2f} us")
+    print(f"  {'loop':<10}{pieces['event loop']:6.2f} us CPU of the event loop's thread in all")
     print(f"  {'process':<10}{consumer_cpu / n * 1e6:6.2f} us CPU a report in all")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (consumer, ceilings, generated reports): {rss:,.0f} MiB")

@@ -73,6 +73,9 @@ class Batch:
     started: float = 0.0
     messages: int = 0
     duplicates: int = 0  # reports dropped as client retries
+    # `reports_table()` once built (the batch is complete): built while the insert before it
+    # runs, so the insert thread never waits for it; forgotten when reports are dropped.
+    table: pa.Table | None = None
 
     @property
     def empty(self) -> bool:
@@ -92,6 +95,7 @@ class Batch:
         self.messages += 1
 
     def add(self, part: Part) -> None:
+        self.table = None  # (an aged batch the writer could not take yet may still grow)
         self.evidence.extend(part.evidence)
         if len(part.block):
             self.parts.append(part)
@@ -140,6 +144,7 @@ class Batch:
         they are client retries. Returns how many."""
         if not stored:
             return 0
+        self.table = None
         dropped = 0
         for n, part in enumerate(self.parts):
             if not part.store:
@@ -177,16 +182,33 @@ class Batch:
         return counts
 
     def reports_table(self) -> pa.Table:
-        """The `reports` rows (consumers.schema.REPORT_COLUMNS) as an Arrow table."""
+        """The `reports` rows (consumers.schema.REPORT_COLUMNS) as an Arrow table (built once;
+        call it only once the batch is complete)."""
+        if self.table is None:
+            self.table = self._build_table()
+        return self.table
+
+    def _build_table(self) -> pa.Table:
         parts = [p for p in self.parts if p.store]
+        # The batch's distinct profiles: consecutive messages repeat the same few, so the
+        # per-profile values below are computed once per batch, not once per message.
+        distinct: dict[Any, int] = {}
         profiles: list[Any] = []
         labels: list[Labels] = []
         codes = []
         for part in parts:
-            codes.append(np.asarray(part.block.profile, dtype=np.int32) + len(profiles))
-            profiles.extend(part.block.profiles)
-            # A profile that did not classify has no report left in its block.
-            labels.extend(_UNUSED if lab is None else lab for lab in part.labels)
+            remap = []
+            for profile, lab in zip(part.block.profiles, part.labels, strict=True):
+                code = distinct.get(profile) if lab is not None else None
+                if code is None:
+                    code = len(profiles)
+                    profiles.append(profile)
+                    # A profile that did not classify has no report left in its block.
+                    labels.append(_UNUSED if lab is None else lab)
+                    if lab is not None:
+                        distinct[profile] = code
+                remap.append(code)
+            codes.append(np.asarray(remap, dtype=np.int32)[part.block.profile])
         index = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
         rows = [list(chain.from_iterable(p.block.rows[i] for p in parts)) for i in range(7)]
         sizes = [len(p.block) for p in parts]
@@ -242,18 +264,25 @@ def _repeat(values: list[Any], sizes: list[int], kind: pa.DataType | None) -> pa
 
 
 def _expand(values: list[Any], index: np.ndarray, kind: pa.DataType | None) -> pa.Array:
-    """Each report's value of a per-profile column: `values[index]`. `kind` None: a
-    LowCardinality string column, sent as an Arrow dictionary (distinct values once)."""
-    if kind is None:
-        distinct: dict[str, int] = {}
-        codes = [distinct.setdefault(v, len(distinct)) for v in values]
-        positions = np.asarray(codes, dtype=np.int32)[index] if len(index) else index
-        return pa.DictionaryArray.from_arrays(
-            pa.array(positions, pa.int32()), pa.array(list(distinct), pa.string())
-        )
-    return pa.array(values, kind).take(pa.array(index, pa.int32()))
+    """Each report's value of a per-profile column: `values[index]`. Numbers by numpy
+    indexing; strings and lists of strings as an Arrow dictionary (the distinct values once,
+    an index per report: no value copied per report), which ClickHouse reads into
+    LowCardinality, String and Array(String) columns alike. `kind` None: LowCardinality."""
+    if kind is not None and kind in _NUMPY:
+        return pa.array(np.asarray(values, dtype=_NUMPY[kind])[index], kind)
+    distinct: dict[Any, int] = {}
+    codes = [
+        distinct.setdefault(tuple(v) if isinstance(v, list) else v, len(distinct)) for v in values
+    ]
+    positions = np.asarray(codes, dtype=np.int32)[index] if len(index) else index
+    dictionary = pa.array(
+        [list(v) if kind is not None and pa.types.is_list(kind) else v for v in distinct],
+        kind or pa.string(),
+    )
+    return pa.DictionaryArray.from_arrays(pa.array(positions, pa.int32()), dictionary)
 
 
+_NUMPY = {pa.uint8(): np.uint8, pa.uint16(): np.uint16}
 _MS = pa.timestamp("ms", tz="UTC")
 _UNUSED: Labels = (Classification("", [], True, "", False, "", "", False, False, ""), (), False)
 # Per-profile columns: the value from the profile and its classification.

@@ -251,6 +251,12 @@ class Consumer:
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         self.steps.progress.forget([(tp.topic, tp.partition) for tp in assigned])
+        # Owning every partition of the topic, this consumer is the only one inserting: its
+        # memory of ids, loaded now, stays complete (consumers.dedup.RecentIds).
+        topic = self.settings.kafka_topic
+        every = self._kafka.partitions_for_topic(topic) if self._kafka is not None else None
+        mine = {tp.partition for tp in assigned if tp.topic == topic}
+        self.steps.recent.reset(exclusive=bool(every) and mine >= set(every or ()))
         self._paused = False
         self.metrics.paused.set(1 if self._trouble else 0)
         event(log, "partitions_assigned", partitions=[tp.partition for tp in assigned])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from itertools import repeat
@@ -13,12 +14,15 @@ from consumers import storage
 from consumers.batch import Batch
 from consumers.decode import Block
 from consumers.schema import ID_DEDUP_FORMATS
-from consumers.store import Store
+from consumers.store import Store, StoreError
 from pinwatch.logs import event
 
 log = logging.getLogger("pinwatch.consumer")
 
 TopicPartition = tuple[str, int]
+_NEVER = 2**63 - 1  # a horizon no received_at reaches: the memory is complete for nothing
+_LOAD_CHUNK = 10_000  # ids loaded per age entry (forgotten together)
+_LOAD_RETRY_SECONDS = 10.0
 
 
 class RecentIds:
@@ -33,7 +37,19 @@ class RecentIds:
 
     Per message, not per report: ids are kept per app in a dict (id -> nothing), checked and
     added with set operations in C; a message whose ids are all new and distinct (real traffic)
-    costs no Python per report."""
+    costs no Python per report.
+
+    When the memory is known complete, `stored` answers without asking ClickHouse. Complete
+    means: every id in `report_ids` with `received_at >= horizon` is in memory. That holds when
+    this consumer (a) owns every partition of the topic (`reset(exclusive=True)` on each
+    assignment: no other member of the group inserts meanwhile), and (b) loaded the memory from
+    `report_ids` after that assignment (`ensure_loaded`, before the first message: the
+    previous owners drained their inserts before giving the partitions up), and since then
+    remembered every id it handled. Forgetting (ids older than the window, or beyond
+    `max_ids`, at load or later) raises `horizon` past what was forgotten. A batch whose
+    window starts at or after the horizon needs no lookup; any other batch (a backlog older
+    than the load, a memory truncated by `max_ids`, a consumer sharing the topic with others)
+    is looked up as before. docs/reliability.md says what this rests on."""
 
     def __init__(self, store: Store, window: float, max_ids: int) -> None:
         self.store = store
@@ -43,6 +59,11 @@ class RecentIds:
         # (newest received_at, app, ids) per message, oldest first: what to forget.
         self._ages: deque[tuple[int, str, list[str]]] = deque()
         self._size = 0
+        self.exclusive = False  # this consumer owns every partition of the topic
+        self.loaded = False  # the memory was loaded from report_ids since the last reset
+        self.horizon = _NEVER  # complete for ids received at or after this (ms), once loaded
+        self.lookups = {"memory": 0, "clickhouse": 0}  # batches answered by each
+        self._retry_load_at = 0.0
 
     def __len__(self) -> int:
         return self._size
@@ -56,7 +77,9 @@ class RecentIds:
         keep: list[bool] | None = None
         for app, rows, ids in groups:
             known = self._ids.setdefault(app, {})
-            if known.keys().isdisjoint(ids) and len(set(ids)) == len(ids):
+            new = dict.fromkeys(ids)
+            if len(new) == len(ids) and known.keys().isdisjoint(new):
+                known.update(new)
                 self._add(app, ids, block)
                 continue
             if keep is None:
@@ -68,7 +91,7 @@ class RecentIds:
                 else:
                     known[i] = None
                     added.append(i)
-            self._add(app, added, block, counted=True)
+            self._add(app, added, block)
         if keep is None:
             return block, 0
         return block.take(keep), keep.count(False)
@@ -79,23 +102,78 @@ class RecentIds:
             known = self._ids.setdefault(app, {})
             new = [i for i in dict.fromkeys(ids) if i not in known]
             known.update(dict.fromkeys(new))
-            self._add(app, new, block, counted=True)
+            self._add(app, new, block)
 
-    def _add(self, app: str, ids: list[str], block: Block, counted: bool = False) -> None:
+    def _add(self, app: str, ids: list[str], block: Block) -> None:
+        """`ids` (already in memory) will be forgotten with `block`'s newest report."""
         if not ids:
             return
-        if not counted:
-            self._ids[app].update(dict.fromkeys(ids))
         newest = max(block.received)
-        self._ages.append((newest, app, list(ids)))
+        self._ages.append((newest, app, ids))  # (a block's columns are never changed in place)
         self._size += len(ids)
-        horizon = newest - self.window_ms
+        expired = newest - self.window_ms
         ages = self._ages
-        while ages and (self._size > self.max_ids or ages[0][0] < horizon):
-            _, old_app, old = ages.popleft()
-            known = self._ids[old_app]
-            deque(map(known.pop, old, repeat(None)), maxlen=0)
-            self._size -= len(old)
+        while ages and (self._size > self.max_ids or ages[0][0] < expired):
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        newest, app, old = self._ages.popleft()
+        known = self._ids[app]
+        deque(map(known.pop, old, repeat(None)), maxlen=0)
+        self._size -= len(old)
+        # What is left no longer holds these ids: complete only for later ones.
+        self.horizon = max(self.horizon, newest + 1)
+
+    def reset(self, exclusive: bool) -> None:
+        """Partitions were (re)assigned: forget everything; when this consumer owns them all,
+        the memory is loaded from ClickHouse before the next message (`ensure_loaded`)."""
+        self._ids.clear()
+        self._ages.clear()
+        self._size = 0
+        self.exclusive = exclusive
+        self.loaded = False
+        self.horizon = _NEVER
+
+    async def ensure_loaded(self, block: Block) -> None:
+        """Once after an exclusive assignment, before its first message (`block`): load the ids
+        stored since the window before that message's oldest report (up to `max_ids`, newest
+        first), so a backlog read from there on finds its retries in memory. A failed load
+        is not fatal: batches are looked up meanwhile, and it is tried again later."""
+        if self.loaded or not self.exclusive or time.monotonic() < self._retry_load_at:
+            return
+        now_ms = int(time.time() * 1000)
+        since = min(min(block.received, default=now_ms), now_ms) - self.window_ms
+        try:
+            rows = await storage.stored_since(self.store, since, self.max_ids + 1)
+        except StoreError as exc:
+            self._retry_load_at = time.monotonic() + _LOAD_RETRY_SECONDS
+            event(log, "dedup_memory_load_failed", logging.WARNING, error=str(exc)[:300])
+            return
+        horizon = since
+        if len(rows) > self.max_ids:  # truncated: complete only after the first one left out
+            horizon = rows[self.max_ids][2] + 1
+            del rows[self.max_ids :]
+        self.reset(exclusive=True)
+        for start in range(len(rows) - 1, -1, -_LOAD_CHUNK):  # oldest first, as _ages wants
+            chunk = rows[max(0, start - _LOAD_CHUNK + 1) : start + 1]
+            by_app: dict[str, list[str]] = {}
+            for app, i, _ in chunk:
+                by_app.setdefault(app, []).append(i)
+            newest = chunk[0][2]
+            for app, ids in by_app.items():
+                known = self._ids.setdefault(app, {})
+                new = [i for i in dict.fromkeys(ids) if i not in known]
+                known.update(dict.fromkeys(new))
+                self._ages.append((newest, app, new))
+                self._size += len(new)
+        self.horizon = horizon
+        self.loaded = True
+        event(log, "dedup_memory_loaded", ids=self._size, since_ms=since, complete_from=horizon)
+
+    @property
+    def complete_from(self) -> int | None:
+        """The memory holds every stored id received at or after this (ms); None: unknown."""
+        return self.horizon if self.exclusive and self.loaded else None
 
     async def stored(self, batch: Batch) -> set[tuple[str, str]]:
         """(app_id, id) of the batch's reports already in ClickHouse within the window (stored
@@ -104,6 +182,13 @@ class RecentIds:
         if not ids:
             return set()
         since = batch.newest_received() - self.window_ms
+        complete_from = self.complete_from
+        if complete_from is not None and since >= complete_from:
+            # Every stored id of the window is in memory, and the batch's ids were not in it
+            # when `fresh` took them: none is stored.
+            self.lookups["memory"] += 1
+            return set()
+        self.lookups["clickhouse"] += 1
         found = await storage.stored_ids(self.store, apps, ids, since)
         return found & batch.dedup_keys() if found else found
 
