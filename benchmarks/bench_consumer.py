@@ -207,10 +207,18 @@ async def run_consumer(
     loop_cpu = time.thread_time() - loop_started
     if committed() != total:
         raise RuntimeError(f"consumer committed {committed()} reports, sent {total}")
-    recent = consumer.steps.recent
+    lookups = {
+        source: int(
+            registry.get_sample_value(
+                "pinwatch_consumer_retry_lookups_total", {"answered_by": source}
+            )
+            or 0
+        )
+        for source in ("memory", "clickhouse")
+    }
     print(
-        f"  retry lookups: {recent.lookups['memory']} batches answered from memory "
-        f"({len(recent):,} ids held), {recent.lookups['clickhouse']} asked ClickHouse",
+        f"  retry lookups: {lookups['memory']} batches answered from memory "
+        f"({len(consumer.steps.recent):,} ids held), {lookups['clickhouse']} read ClickHouse",
         flush=True,
     )
     pieces = consumer.timings.per_report()

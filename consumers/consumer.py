@@ -115,6 +115,7 @@ class Consumer:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
+            metadata_max_age_ms=int(s.kafka_metadata_max_age_seconds * 1000),
         )
         await self._kafka.start()
         self._kafka.subscribe([s.kafka_topic], listener=_Rebalance(self))

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from itertools import repeat
 from typing import Any
 
+from prometheus_client import Counter
+
 from consumers import storage
 from consumers.batch import Batch
 from consumers.decode import Block
@@ -51,8 +53,11 @@ class RecentIds:
     than the load, a memory truncated by `max_ids`, a consumer sharing the topic with others)
     is looked up as before. docs/reliability.md says what this rests on."""
 
-    def __init__(self, store: Store, window: float, max_ids: int) -> None:
+    def __init__(
+        self, store: Store, window: float, max_ids: int, lookups: Counter | None = None
+    ) -> None:
         self.store = store
+        self.lookups = lookups  # pinwatch_consumer_retry_lookups_total, by what answered
         self.window_ms = int(window * 1000)
         self.max_ids = max_ids
         self._ids: dict[str, dict[str, None]] = {}
@@ -62,7 +67,6 @@ class RecentIds:
         self.exclusive = False  # this consumer owns every partition of the topic
         self.loaded = False  # the memory was loaded from report_ids since the last reset
         self.horizon = _NEVER  # complete for ids received at or after this (ms), once loaded
-        self.lookups = {"memory": 0, "clickhouse": 0}  # batches answered by each
         self._retry_load_at = 0.0
 
     def __len__(self) -> int:
@@ -175,6 +179,10 @@ class RecentIds:
         """The memory holds every stored id received at or after this (ms); None: unknown."""
         return self.horizon if self.exclusive and self.loaded else None
 
+    def _count_lookup(self, answered_by: str) -> None:
+        if self.lookups is not None:
+            self.lookups.labels(answered_by=answered_by).inc()
+
     async def stored(self, batch: Batch) -> set[tuple[str, str]]:
         """(app_id, id) of the batch's reports already in ClickHouse within the window (stored
         before a restart or rebalance, or by another process). Raises StoreError."""
@@ -186,9 +194,9 @@ class RecentIds:
         if complete_from is not None and since >= complete_from:
             # Every stored id of the window is in memory, and the batch's ids were not in it
             # when `fresh` took them: none is stored.
-            self.lookups["memory"] += 1
+            self._count_lookup("memory")
             return set()
-        self.lookups["clickhouse"] += 1
+        self._count_lookup("clickhouse")
         found = await storage.stored_ids(self.store, apps, ids, since)
         return found & batch.dedup_keys() if found else found
 

@@ -730,7 +730,9 @@ def build_steps(
     """The one place the chain is composed (as snuba's strategy factory)."""
     timings = timings or Timings(enabled=False)
     window = ReceivedWindow.from_settings(settings)
-    recent = RecentIds(store, settings.dedup_window_seconds, settings.dedup_max_ids)
+    recent = RecentIds(
+        store, settings.dedup_window_seconds, settings.dedup_max_ids, metrics.retry_lookups
+    )
     dead_letters = DeadLetters(send_dead_letter, settings, metrics)
     committer = Commit(commit, metrics, settings.commit_interval_seconds)
     write = Write(

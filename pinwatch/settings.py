@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     kafka_replication_factor: int = Field(1, ge=1, description="Replication when creating topics.")
     kafka_retention_hours: int = Field(168, ge=1, description="Topic retention (retention.ms).")
     kafka_consumer_group: str = Field("pinwatch-consumers", description="Consumer group id.")
+    kafka_metadata_max_age_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often a consumer refreshes the topic's metadata: partitions added to "
+        "the topic are assigned (and read) within this time.",
+    )
     kafka_produce_timeout_seconds: float = Field(
         5.0, gt=0, description="Longest an ingest request waits for Kafka before answering 503."
     )

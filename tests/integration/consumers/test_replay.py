@@ -76,15 +76,20 @@ def _counted(consumers: list[HandDriven], name: str, **labels: str) -> float:
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(scenario=scenarios())
+@given(scenario=scenarios(), memory=st.booleans())
 # The issue: A, A again, B; everything inserted, nothing committed.
-@example(scenario=([[0], [0], [1, 2]], [2], 1, 0, []))
-@example(scenario=([[0], [0], [1, 2]], [0, 1, 2], 3, 0, [0, 1, 2]))
-@example(scenario=([[0, 1], [1, 2], [2], [3]], [1, 3], 1, 1, [2]))  # partly retried messages
+@example(scenario=([[0], [0], [1, 2]], [2], 1, 0, []), memory=False)
+@example(scenario=([[0], [0], [1, 2]], [0, 1, 2], 3, 0, [0, 1, 2]), memory=False)
+@example(scenario=([[0], [0], [1, 2]], [0, 1, 2], 3, 0, [0, 1, 2]), memory=True)
+@example(scenario=([[0, 1], [1, 2], [2], [3]], [1, 3], 1, 1, [2]), memory=False)  # partly retried
+@example(scenario=([[0, 1], [1, 2], [2], [3]], [1, 3], 1, 1, [2]), memory=True)
 async def test_counters_are_exact_whatever_the_crash_point(
     target: Target,
     scenario: tuple[list[list[int]], list[int], int, int, list[int]],
+    memory: bool,
 ) -> None:
+    """`memory`: the fresh consumer owns the whole topic, so it loads the stored ids before its
+    first message and answers its batches' retry lookups from memory (consumers.dedup)."""
     base, store = target.settings, target.store
     sent, ends, inserted, committed, replay_ends = scenario
     # Every example: a topic (its offsets and kafka_progress) and report ids of its own.
@@ -113,6 +118,7 @@ async def test_counters_are_exact_whatever_the_crash_point(
 
     # 2. A fresh consumer (empty memory) gets every message from the committed offset on.
     survivor = HandDriven(settings, store)
+    survivor.steps.recent.reset(exclusive=memory)  # as an assignment of every partition does
     for offset in range(resume, len(values)):
         await survivor.handle(topic, 0, KafkaMessage(offset, values[offset], 1000 + offset))
         if offset in replay_ends or offset == len(values) - 1:
@@ -132,3 +138,8 @@ async def test_counters_are_exact_whatever_the_crash_point(
         {"t": topic},
     )
     assert sorted(rows) == sorted((pool[i], 1) for i in distinct)
+    if memory:
+        lookups = survivor.consumer.metrics.registry.get_sample_value(
+            "pinwatch_consumer_retry_lookups_total", {"answered_by": "clickhouse"}
+        )
+        assert lookups == 0, "every lookup of the replaying consumer is answered from memory"
