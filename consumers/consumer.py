@@ -154,8 +154,11 @@ class Consumer:
                 # MessageRejected); partitions are paused meanwhile, and getmany is still
                 # called (returning nothing) so the group sees this member polling.
                 with self.timings.measure("fetch"):
+                    # With messages pending, the chain waited for the writer (below) and may
+                    # take them now: no wait here (paused partitions would return nothing
+                    # only after the whole timeout, and the next insert would start that late).
                     chunks = await self._kafka.getmany(
-                        timeout_ms=_POLL_MS if not self._pending else 10,
+                        timeout_ms=_POLL_MS if not self._pending else 0,
                         max_records=_MAX_POLL_RECORDS,
                     )
                     for tp, messages in chunks.items():

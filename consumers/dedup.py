@@ -7,7 +7,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from itertools import repeat
 from typing import Any
 
 from prometheus_client import Counter
@@ -37,9 +36,10 @@ class RecentIds:
     loop; `stored` asks ClickHouse (`report_ids`, sorted by id) about a whole batch's ids right
     before its insert, on the writer's side, so the lookup never holds up decoding.
 
-    Per message, not per report: ids are kept per app in a dict (id -> nothing), checked and
-    added with set operations in C; a message whose ids are all new and distinct (real traffic)
-    costs no Python per report.
+    Per message, not per report: ids are kept per app in a set, checked and added with set
+    operations in C; a message whose ids are all new and distinct (real traffic) costs no
+    Python per report. (A set, not a dict: half the memory touched per id, measured 0.11
+    against 0.2 us an id at 300,000 ids.)
 
     When the memory is known complete, `stored` answers without asking ClickHouse. Complete
     means: every id in `report_ids` with `received_at >= horizon` is in memory. That holds when
@@ -60,7 +60,7 @@ class RecentIds:
         self.lookups = lookups  # pinwatch_consumer_retry_lookups_total, by what answered
         self.window_ms = int(window * 1000)
         self.max_ids = max_ids
-        self._ids: dict[str, dict[str, None]] = {}
+        self._ids: dict[str, set[str]] = {}  # per app
         # (newest received_at, app, ids) per message, oldest first: what to forget.
         self._ages: deque[tuple[int, str, list[str]]] = deque()
         self._size = 0
@@ -80,10 +80,10 @@ class RecentIds:
             return block, 0
         keep: list[bool] | None = None
         for app, rows, ids in groups:
-            known = self._ids.setdefault(app, {})
-            new = dict.fromkeys(ids)
-            if len(new) == len(ids) and known.keys().isdisjoint(new):
-                known.update(new)
+            known = self._ids.setdefault(app, set())
+            new = set(ids)
+            if len(new) == len(ids) and known.isdisjoint(new):
+                known |= new
                 self._add(app, ids, block)
                 continue
             if keep is None:
@@ -93,7 +93,7 @@ class RecentIds:
                 if i in known:
                     keep[row] = False
                 else:
-                    known[i] = None
+                    known.add(i)
                     added.append(i)
             self._add(app, added, block)
         if keep is None:
@@ -103,9 +103,9 @@ class RecentIds:
     def remember(self, block: Block) -> None:
         """Reports counted elsewhere (already stored before a crash): later copies are not."""
         for app, _, ids in _by_app(block):
-            known = self._ids.setdefault(app, {})
+            known = self._ids.setdefault(app, set())
             new = [i for i in dict.fromkeys(ids) if i not in known]
-            known.update(dict.fromkeys(new))
+            known.update(new)
             self._add(app, new, block)
 
     def _add(self, app: str, ids: list[str], block: Block) -> None:
@@ -122,8 +122,7 @@ class RecentIds:
 
     def _forget_oldest(self) -> None:
         newest, app, old = self._ages.popleft()
-        known = self._ids[app]
-        deque(map(known.pop, old, repeat(None)), maxlen=0)
+        self._ids[app].difference_update(old)
         self._size -= len(old)
         # What is left no longer holds these ids: complete only for later ones.
         self.horizon = max(self.horizon, newest + 1)
@@ -165,9 +164,9 @@ class RecentIds:
                 by_app.setdefault(app, []).append(i)
             newest = chunk[0][2]
             for app, ids in by_app.items():
-                known = self._ids.setdefault(app, {})
+                known = self._ids.setdefault(app, set())
                 new = [i for i in dict.fromkeys(ids) if i not in known]
-                known.update(dict.fromkeys(new))
+                known.update(new)
                 self._ages.append((newest, app, new))
                 self._size += len(new)
         self.horizon = horizon
