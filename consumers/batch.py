@@ -73,9 +73,10 @@ class Batch:
     started: float = 0.0
     messages: int = 0
     duplicates: int = 0  # reports dropped as client retries
-    # `reports_table()` once built (the batch is complete): built while the insert before it
-    # runs, so the insert thread never waits for it; forgotten when reports are dropped.
+    # `reports_table()` and `tally()` once built (the batch is complete): built while the
+    # insert before it runs, so the next insert never waits for them; forgotten on a change.
     table: pa.Table | None = None
+    counts: BatchCounts | None = None
 
     @property
     def empty(self) -> bool:
@@ -85,6 +86,7 @@ class Batch:
         """A Kafka message was handled into this batch (whatever it held)."""
         topic, partition, offset = origin
         key = (topic, partition)
+        self._changed()
         if self.empty:
             self.started = started
         self.first.setdefault(key, offset)
@@ -95,7 +97,7 @@ class Batch:
         self.messages += 1
 
     def add(self, part: Part) -> None:
-        self.table = None  # (an aged batch the writer could not take yet may still grow)
+        self._changed()
         self.evidence.extend(part.evidence)
         if len(part.block):
             self.parts.append(part)
@@ -144,7 +146,7 @@ class Batch:
         they are client retries. Returns how many."""
         if not stored:
             return 0
-        self.table = None
+        self._changed()
         dropped = 0
         for n, part in enumerate(self.parts):
             if not part.store:
@@ -164,8 +166,18 @@ class Batch:
         ]
         return dropped
 
+    def _changed(self) -> None:
+        # (an aged batch the writer could not take yet may still grow)
+        self.table = self.counts = None
+
     def tally(self) -> BatchCounts:
-        """The metric increments committing this batch causes, summed per profile."""
+        """The metric increments committing this batch causes, summed per profile (built once;
+        call it only once the batch is complete)."""
+        if self.counts is None:
+            self.counts = self._count()
+        return self.counts
+
+    def _count(self) -> BatchCounts:
         counts = BatchCounts()
         counts.messages, counts.duplicates = self.messages, self.duplicates
         for part in self.parts:

@@ -479,11 +479,13 @@ class Reduce(Step[tuple[Decoded, Part]]):
     async def _hand_over(self) -> None:
         if self.batch.empty:
             return
-        if self.batch.rows and self.batch.table is None:
-            # The batch is complete: its columns are built now, on the event loop, while the
-            # insert before it (if any) runs, rather than on the insert's path.
+        if self.batch.table is None or self.batch.counts is None:
+            # The batch is complete: its columns and counts are built now, on the event loop,
+            # while the insert before it (if any) runs, rather than on the next insert's path.
             with self.timings.measure("columns"):
-                self.batch.reports_table()
+                if self.batch.rows:
+                    self.batch.reports_table()
+                self.batch.tally()
         try:
             await self.next.submit(self.batch)
         except MessageRejected:
