@@ -196,18 +196,20 @@ class Consumer:
 
     async def _feed(self) -> None:
         """Hand pending messages to the chain until it rejects one."""
-        head = self.steps.head
+        head, write = self.steps.head, self.steps.write
         while self._pending:
             message = self._pending[0]
+            writing = write.task
             try:
                 await head.submit(message)
             except MessageRejected:
                 return
             self._pending.popleft()
             self._position[(message.topic, message.partition)] = message.offset + 1
-            # Let the writer's task run: a batch handed over just now starts its insert at
-            # once, not after every pending message is decoded (up to tens of ms).
-            await asyncio.sleep(0)
+            if write.task is not writing:
+                # A batch was handed over: let its insert start now, not after every pending
+                # message is decoded (tens of ms).
+                await asyncio.sleep(0)
 
     async def _shutdown(self) -> None:
         self.steps.write.stopping = True

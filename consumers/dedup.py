@@ -112,7 +112,7 @@ class RecentIds:
         """`ids` (already in memory) will be forgotten with `block`'s newest report."""
         if not ids:
             return
-        newest = max(block.received)
+        newest = block.span()[1]
         self._ages.append((newest, app, ids))  # (a block's columns are never changed in place)
         self._size += len(ids)
         expired = newest - self.window_ms
@@ -145,7 +145,8 @@ class RecentIds:
         if self.loaded or not self.exclusive or time.monotonic() < self._retry_load_at:
             return
         now_ms = int(time.time() * 1000)
-        since = min(min(block.received, default=now_ms), now_ms) - self.window_ms
+        oldest = block.span()[0] if len(block) else now_ms
+        since = min(oldest, now_ms) - self.window_ms
         try:
             rows = await storage.stored_since(self.store, since, self.max_ids + 1)
         except StoreError as exc:
@@ -282,7 +283,7 @@ class Progress:
             if not keys:
                 return found
             apps = {app for app, _ in keys}
-            since = max(block.received) - recent.window_ms
+            since = block.span()[1] - recent.window_ms
             if keys <= await storage.stored_ids(self.store, apps, [i for _, i in keys], since):
                 return found
         topic, partition, offset = origin

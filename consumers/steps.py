@@ -397,7 +397,7 @@ class Classify(Forward[Decoded]):
         if not wanted or not len(block):
             return
         received = block.received
-        first, last = min(received) // 3_600_000, max(received) // 3_600_000
+        first, last = (at // 3_600_000 for at in block.span())
         seen = self._evidence_seen
         if first == last == self._evidence_hour and all(
             seen.get((block.profiles[c].host, part.labels[c][0].leaf_pin, first), 0)
