@@ -188,8 +188,10 @@ async def run_consumer(
         )
 
     last_print = started
+    rss_started = peak_rss = _rss_mib()
     try:
         while True:
+            peak_rss = max(peak_rss, _rss_mib())
             positions = consumer.positions
             if all(positions.get(tp, 0) >= end for tp, end in ends.items()):
                 break
@@ -223,7 +225,17 @@ async def run_consumer(
     )
     pieces = consumer.timings.per_report()
     pieces["event loop"] = loop_cpu / total * 1e6
+    print(
+        f"  consumer RSS: {rss_started:,.0f} MiB at its start (generated data, ceiling tables), "
+        f"+{peak_rss - rss_started:,.0f} MiB at most while it ran",
+        flush=True,
+    )
     return elapsed, cpu, pieces
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
 
 
 def ceiling_tables(settings: Settings, values: list[bytes], rows: int) -> list[pa.Table]:
