@@ -6,15 +6,16 @@
    (devstack.localkafka, as the tests do) and says so.
 2. Runs the real consumer (one process, this one) until every report is inserted and
    committed: reports/s, and where a report's microseconds go (fetch, decode, dedup,
-   classify, columns, lookup, insert). Once it has handled the last message it is asked to
-   stop, which inserts and commits at once (the batch-age and commit-interval timers are the
-   stream end's latency, not throughput).
+   classify, columns, lookup, insert, evidence; the event loop's CPU in all), which answered
+   the retry lookups (memory or ClickHouse), and how much its RSS grew while it ran. Once it
+   has handled the last message it is asked to stop, which inserts and commits at once (the
+   batch-age and commit-interval timers are the stream end's latency, not throughput).
 3. The ceiling, in the same run: a bare clickhouse-connect insert of the very same rows (same
    schema, views included, same batch size) with no Kafka, decoding, classification or retry
    lookup, both ways clickhouse-connect inserts: Arrow (what the consumer sends) and Native
    (column lists, the column types given). The ratio is taken against the faster one.
 4. Prints both and their ratios, wall clock and per CPU-second of this process, and its peak
-   RSS.
+   RSS (the generated reports and the ceiling's tables included).
 
     timeout 900 .venv/bin/python benchmarks/bench_consumer.py   # 300k reports, ~2 minutes
     .venv/bin/python benchmarks/bench_consumer.py --bootstrap 127.0.0.1:9092 --reports 500000
