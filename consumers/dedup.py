@@ -21,7 +21,6 @@ from pinwatch.logs import event
 log = logging.getLogger("pinwatch.consumer")
 
 TopicPartition = tuple[str, int]
-_NEVER = 2**63 - 1  # a horizon no received_at reaches: the memory is complete for nothing
 _LOAD_CHUNK = 10_000  # ids loaded per age entry (forgotten together)
 _LOAD_RETRY_SECONDS = 10.0
 
@@ -42,16 +41,16 @@ class RecentIds:
     against 0.2 us an id at 300,000 ids.)
 
     When the memory is known complete, `stored` answers without asking ClickHouse. Complete
-    means: every id in `report_ids` with `received_at >= horizon` is in memory. That holds when
-    this consumer (a) owns every partition of the topic (`reset(exclusive=True)` on each
-    assignment: no other member of the group inserts meanwhile), and (b) loaded the memory from
-    `report_ids` after that assignment (`ensure_loaded`, before the first message: the
-    previous owners drained their inserts before giving the partitions up), and since then
-    remembered every id it handled. Forgetting (ids older than the window, or beyond
-    `max_ids`, at load or later) raises `horizon` past what was forgotten. A batch whose
-    window starts at or after the horizon needs no lookup; any other batch (a backlog older
-    than the load, a memory truncated by `max_ids`, a consumer sharing the topic with others)
-    is looked up as before. docs/reliability.md says what this rests on."""
+    means: every id in `report_ids` with `received_at >= complete_from` is in memory. That
+    holds when this consumer (a) owns every partition of the topic (`reset(exclusive=True)` on
+    each assignment: no other member of the group inserts meanwhile), and (b) loaded the
+    memory from `report_ids` after that assignment (`ensure_loaded`, before the first message:
+    the previous owners drained their inserts before giving the partitions up), and keeps
+    every id it handles. `complete_from` is the load's start, raised past every id forgotten
+    since the assignment (older than the window, or beyond `max_ids`). A batch whose window
+    starts there or later needs no lookup; any other batch (a backlog older than the load, a
+    memory truncated by `max_ids`, a consumer sharing the topic with others) is looked up as
+    before. docs/reliability.md says what this rests on."""
 
     def __init__(
         self, store: Store, window: float, max_ids: int, lookups: Counter | None = None
@@ -65,8 +64,8 @@ class RecentIds:
         self._ages: deque[tuple[int, str, list[str]]] = deque()
         self._size = 0
         self.exclusive = False  # this consumer owns every partition of the topic
-        self.loaded = False  # the memory was loaded from report_ids since the last reset
-        self.horizon = _NEVER  # complete for ids received at or after this (ms), once loaded
+        self.loaded_from: int | None = None  # the load's start (ms), once loaded since a reset
+        self.forgotten = 0  # past the newest id forgotten since the last reset (ms)
         self._retry_load_at = 0.0
 
     def __len__(self) -> int:
@@ -125,7 +124,7 @@ class RecentIds:
         self._ids[app].difference_update(old)
         self._size -= len(old)
         # What is left no longer holds these ids: complete only for later ones.
-        self.horizon = max(self.horizon, newest + 1)
+        self.forgotten = max(self.forgotten, newest + 1)
 
     def reset(self, exclusive: bool) -> None:
         """Partitions were (re)assigned: forget everything; when this consumer owns them all,
@@ -134,15 +133,18 @@ class RecentIds:
         self._ages.clear()
         self._size = 0
         self.exclusive = exclusive
-        self.loaded = False
-        self.horizon = _NEVER
+        self.loaded_from = None
+        self.forgotten = 0
 
     async def ensure_loaded(self, block: Block) -> None:
         """Once after an exclusive assignment, before its first message (`block`): load the ids
         stored since the window before that message's oldest report (up to `max_ids`, newest
         first), so a backlog read from there on finds its retries in memory. A failed load
-        is not fatal: batches are looked up meanwhile, and it is tried again later."""
-        if self.loaded or not self.exclusive or time.monotonic() < self._retry_load_at:
+        is not fatal: batches are looked up meanwhile, and it is tried again later. The load is
+        added to what is in memory, never in its place: after a failed load, the open batch
+        and the insert in flight hold ids that are not stored yet."""
+        loaded = self.loaded_from is not None
+        if loaded or not self.exclusive or time.monotonic() < self._retry_load_at:
             return
         now_ms = int(time.time() * 1000)
         oldest = block.span()[0] if len(block) else now_ms
@@ -153,13 +155,13 @@ class RecentIds:
             self._retry_load_at = time.monotonic() + _LOAD_RETRY_SECONDS
             event(log, "dedup_memory_load_failed", logging.WARNING, error=str(exc)[:300])
             return
-        horizon = since
+        loaded_from = since
         if len(rows) > self.max_ids:  # truncated: complete only after the first one left out
-            horizon = rows[self.max_ids][2] + 1
+            loaded_from = rows[self.max_ids][2] + 1
             del rows[self.max_ids :]
-        self.reset(exclusive=True)
-        for start in range(len(rows) - 1, -1, -_LOAD_CHUNK):  # oldest first, as _ages wants
-            chunk = rows[max(0, start - _LOAD_CHUNK + 1) : start + 1]
+        # Older than what is in memory already: in front of it, oldest first (as _ages is).
+        for end in range(0, len(rows), _LOAD_CHUNK):  # newest chunk first
+            chunk = rows[end : end + _LOAD_CHUNK]
             by_app: dict[str, list[str]] = {}
             for app, i, _ in chunk:
                 by_app.setdefault(app, []).append(i)
@@ -168,16 +170,25 @@ class RecentIds:
                 known = self._ids.setdefault(app, set())
                 new = [i for i in dict.fromkeys(ids) if i not in known]
                 known.update(new)
-                self._ages.append((newest, app, new))
+                self._ages.appendleft((newest, app, new))
                 self._size += len(new)
-        self.horizon = horizon
-        self.loaded = True
-        event(log, "dedup_memory_loaded", ids=self._size, since_ms=since, complete_from=horizon)
+        while self._size > self.max_ids:
+            self._forget_oldest()
+        self.loaded_from = loaded_from
+        event(
+            log,
+            "dedup_memory_loaded",
+            ids=self._size,
+            since_ms=since,
+            complete_from=self.complete_from,
+        )
 
     @property
     def complete_from(self) -> int | None:
         """The memory holds every stored id received at or after this (ms); None: unknown."""
-        return self.horizon if self.exclusive and self.loaded else None
+        if not self.exclusive or self.loaded_from is None:
+            return None
+        return max(self.loaded_from, self.forgotten)
 
     def _count_lookup(self, answered_by: str) -> None:
         if self.lookups is not None:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from consumers import dedup
 from consumers.batch import Batch, Part
 from consumers.decode import Block, decode
 from consumers.dedup import RecentIds
+from consumers.store import StoreError
 from pinwatch.record import encode_batch
 from tests.support.names import TEST_APP, TEST_HOST
 from tests.support.payloads import kafka_record
@@ -21,13 +25,17 @@ HOUR_MS = 3_600_000
 class Stored:
     """What `report_ids` holds, (app, id, received ms); counts the reads of each kind."""
 
-    def __init__(self, rows: list[tuple[str, str, int]]) -> None:
+    def __init__(self, rows: list[tuple[str, str, int]], failing_loads: int = 0) -> None:
         self.rows = rows
         self.loads = 0
         self.lookups = 0
+        self.failing_loads = failing_loads
 
     async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
         assert "ORDER BY at DESC" in sql
+        if self.failing_loads:
+            self.failing_loads -= 1
+            raise StoreError("query: ClickHouse is down")
         self.loads += 1
         since, limit = parameters["since"], parameters["limit"]
         found = sorted((r for r in self.rows if r[2] >= since), key=lambda r: -r[2])
@@ -96,3 +104,22 @@ async def test_a_load_cut_at_max_ids_is_complete_only_after_what_it_left_out() -
     await recent.ensure_loaded(block(("x", now)))
     assert len(recent) == 2
     assert recent.complete_from == now - 2 * HOUR_MS + 1
+
+
+async def test_a_load_that_failed_first_keeps_the_ids_handled_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the load fails, messages go on (looked up); their ids, in the open batch or an
+    insert in flight, are not stored yet, so the load that succeeds later must add to the
+    memory, not replace it: otherwise a retry of one of them is found nowhere."""
+    monkeypatch.setattr(dedup, "_LOAD_RETRY_SECONDS", 0.0)
+    now = 10_000 * HOUR_MS
+    store = Stored([(TEST_APP, "stored", now - HOUR_MS)], failing_loads=1)
+    recent = RecentIds(store, window=86_400, max_ids=100)  # type: ignore[arg-type]
+    recent.reset(exclusive=True)
+    assert await handled(recent, block(("pending", now))) == set()  # load failed: looked up
+    assert (store.loads, store.lookups, recent.complete_from) == (0, 1, None)
+    await recent.ensure_loaded(block(("next", now)))  # loads now; "pending" is not stored yet
+    assert recent.complete_from == now - 86_400_000
+    again, dropped = recent.fresh(block(("pending", now), ("stored", now)))
+    assert (len(again), dropped) == (0, 2)
