@@ -23,6 +23,10 @@ log = logging.getLogger("pinwatch.consumer")
 TopicPartition = tuple[str, int]
 _LOAD_CHUNK = 10_000  # ids loaded per age entry (forgotten together)
 _LOAD_RETRY_SECONDS = 10.0
+# Loaded from this much before the first message's window too: other partitions' messages (a
+# partition further behind, another ingest's clock) may be older than that first message, and
+# their batches are answered from memory only if their window starts after the load's start.
+_LOAD_MARGIN_MS = 3_600_000
 
 
 class RecentIds:
@@ -148,7 +152,7 @@ class RecentIds:
             return
         now_ms = int(time.time() * 1000)
         oldest = block.span()[0] if len(block) else now_ms
-        since = min(oldest, now_ms) - self.window_ms
+        since = min(oldest, now_ms) - self.window_ms - _LOAD_MARGIN_MS
         try:
             rows = await storage.stored_since(self.store, since, self.max_ids + 1)
         except StoreError as exc:

@@ -120,6 +120,6 @@ async def test_a_load_that_failed_first_keeps_the_ids_handled_meanwhile(
     assert await handled(recent, block(("pending", now))) == set()  # load failed: looked up
     assert (store.loads, store.lookups, recent.complete_from) == (0, 1, None)
     await recent.ensure_loaded(block(("next", now)))  # loads now; "pending" is not stored yet
-    assert recent.complete_from == now - 86_400_000
+    assert recent.complete_from == now - 86_400_000 - dedup._LOAD_MARGIN_MS
     again, dropped = recent.fresh(block(("pending", now), ("stored", now)))
     assert (len(again), dropped) == (0, 2)
