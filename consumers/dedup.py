@@ -70,6 +70,7 @@ class RecentIds:
         self.exclusive = False  # this consumer owns every partition of the topic
         self.loaded_from: int | None = None  # the load's start (ms), once loaded since a reset
         self.forgotten = 0  # past the newest id forgotten since the last reset (ms)
+        self._too_many = False  # the window held more than max_ids ids: not loaded
         self._retry_load_at = 0.0
 
     def __len__(self) -> int:
@@ -139,27 +140,36 @@ class RecentIds:
         self.exclusive = exclusive
         self.loaded_from = None
         self.forgotten = 0
+        self._too_many = False
 
     async def ensure_loaded(self, block: Block) -> None:
         """Once after an exclusive assignment, before its first message (`block`): load the ids
-        stored since the window before that message's oldest report (up to `max_ids`, newest
-        first), so a backlog read from there on finds its retries in memory. A failed load
-        is not fatal: batches are looked up meanwhile, and it is tried again later. The load is
-        added to what is in memory, never in its place: after a failed load, the open batch
-        and the insert in flight hold ids that are not stored yet."""
-        loaded = self.loaded_from is not None
-        if loaded or not self.exclusive or time.monotonic() < self._retry_load_at:
+        stored since the window before that message's oldest report, so a backlog read from
+        there on finds its retries in memory. Only when they fit in `max_ids`: a window holding
+        more can never be complete in memory, and reading it would scan the whole window for
+        nothing (batches are looked up then, as before). A failed load is not fatal: batches
+        are looked up meanwhile, and it is tried again later. The load is added to what is in
+        memory, never in its place: after a failed load, the open batch and the insert in
+        flight hold ids that are not stored yet."""
+        done = self.loaded_from is not None or self._too_many
+        if done or not self.exclusive or time.monotonic() < self._retry_load_at:
             return
         now_ms = int(time.time() * 1000)
         oldest = block.span()[0] if len(block) else now_ms
         since = min(oldest, now_ms) - self.window_ms - _LOAD_MARGIN_MS
         try:
+            held = await storage.count_stored_since(self.store, since, self.max_ids + 1)
+            if held > self.max_ids:
+                self._too_many = True
+                event(log, "dedup_memory_not_loaded", since_ms=since, more_ids_than=self.max_ids)
+                return
             rows = await storage.stored_since(self.store, since, self.max_ids + 1)
         except StoreError as exc:
             self._retry_load_at = time.monotonic() + _LOAD_RETRY_SECONDS
             event(log, "dedup_memory_load_failed", logging.WARNING, error=str(exc)[:300])
             return
         loaded_from = since
+        # (ids this consumer inserted since the count may have pushed it over)
         if len(rows) > self.max_ids:  # truncated: complete only after the first one left out
             loaded_from = rows[self.max_ids][2] + 1
             del rows[self.max_ids :]

@@ -75,6 +75,18 @@ async def stored_ids(
     return {(str(a), str(i)) for a, i in found}
 
 
+async def count_stored_since(store: Store, since_ms: int, limit: int) -> int:
+    """How many ids `report_ids` holds received since `since_ms`, counted up to `limit` only
+    (reads at most that many rows: a window of billions is not scanned to say so)."""
+    rows = await store.query(
+        "SELECT count() FROM (SELECT 1 FROM {db}.report_ids "
+        "WHERE received_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
+        "LIMIT {limit:UInt64})",
+        {"since": since_ms, "limit": limit},
+    )
+    return int(rows[0][0])
+
+
 async def stored_since(store: Store, since_ms: int, limit: int) -> list[tuple[str, str, int]]:
     """(app_id, id, received_at ms) of the ids in `report_ids` received since `since_ms`, newest
     first, at most `limit` (the consumer's in-memory id set is loaded from it)."""

@@ -147,11 +147,11 @@ async def test_partitions_added_to_the_topic_are_read_with_the_memory_reloaded(
         await stored_once(store, [x, y])
 
 
-async def test_a_memory_cut_short_by_its_cap_falls_back_to_clickhouse(
+async def test_a_window_beyond_the_cap_is_not_loaded_and_the_lookup_finds_the_retry(
     make_settings: Callable[..., Settings],
 ) -> None:
-    """dedup_max_ids smaller than what the window holds: the load keeps the newest ids, the
-    memory is complete only after them, and a retry of an older id is found by the lookup."""
+    """dedup_max_ids smaller than what the window holds: the memory is not loaded (it could
+    never hold the whole window), and a retry of a stored id is found by the lookup."""
     settings = make_settings(dedup_max_ids=2, **FAST)
     old, newer, newest, fresh = ids(4)
     async with migrated_store(settings) as store:
