@@ -6,15 +6,16 @@
    (devstack.localkafka, as the tests do) and says so.
 2. Runs the real consumer (one process, this one) until every report is inserted and
    committed: reports/s, and where a report's microseconds go (fetch, decode, dedup,
-   classify, columns, lookup, insert). Once it has handled the last message it is asked to
-   stop, which inserts and commits at once (the batch-age and commit-interval timers are the
-   stream end's latency, not throughput).
+   classify, columns, lookup, insert, evidence; the event loop's CPU in all), which answered
+   the retry lookups (memory or ClickHouse), and how much its RSS grew while it ran. Once it
+   has handled the last message it is asked to stop, which inserts and commits at once (the
+   batch-age and commit-interval timers are the stream end's latency, not throughput).
 3. The ceiling, in the same run: a bare clickhouse-connect insert of the very same rows (same
    schema, views included, same batch size) with no Kafka, decoding, classification or retry
    lookup, both ways clickhouse-connect inserts: Arrow (what the consumer sends) and Native
    (column lists, the column types given). The ratio is taken against the faster one.
 4. Prints both and their ratios, wall clock and per CPU-second of this process, and its peak
-   RSS.
+   RSS (the generated reports and the ceiling's tables included).
 
     timeout 900 .venv/bin/python benchmarks/bench_consumer.py   # 300k reports, ~2 minutes
     .venv/bin/python benchmarks/bench_consumer.py --bootstrap 127.0.0.1:9092 --reports 500000
@@ -54,7 +55,7 @@ from pinwatch.settings import Settings  # noqa: E402
 from pinwatch.topics import ensure_topics  # noqa: E402
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result  # noqa: E402
 
-PIECES = ("fetch", "decode", "dedup", "classify", "columns", "lookup", "insert")
+PIECES = ("fetch", "decode", "dedup", "classify", "columns", "lookup", "insert", "evidence")
 
 HOST = "api.bench.test"
 APP = "com.example.bench"
@@ -175,6 +176,7 @@ async def run_consumer(
             break
         await asyncio.sleep(0.01)
     started, cpu_started = time.perf_counter(), time.process_time()
+    loop_started = time.thread_time()
     consumer.timings.clear()
     registry = consumer.metrics.registry
 
@@ -188,8 +190,10 @@ async def run_consumer(
         )
 
     last_print = started
+    rss_started = peak_rss = _rss_mib()
     try:
         while True:
+            peak_rss = max(peak_rss, _rss_mib())
             positions = consumer.positions
             if all(positions.get(tp, 0) >= end for tp, end in ends.items()):
                 break
@@ -204,9 +208,36 @@ async def run_consumer(
         consumer.stop()
         await task
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    loop_cpu = time.thread_time() - loop_started
     if committed() != total:
         raise RuntimeError(f"consumer committed {committed()} reports, sent {total}")
-    return elapsed, cpu, consumer.timings.per_report()
+    lookups = {
+        source: int(
+            registry.get_sample_value(
+                "pinwatch_consumer_retry_lookups_total", {"answered_by": source}
+            )
+            or 0
+        )
+        for source in ("memory", "clickhouse")
+    }
+    print(
+        f"  retry lookups: {lookups['memory']} batches answered from memory "
+        f"({len(consumer.steps.recent):,} ids held), {lookups['clickhouse']} read ClickHouse",
+        flush=True,
+    )
+    pieces = consumer.timings.per_report()
+    pieces["event loop"] = loop_cpu / total * 1e6
+    print(
+        f"  consumer RSS: {rss_started:,.0f} MiB at its start (generated data, ceiling tables), "
+        f"+{peak_rss - rss_started:,.0f} MiB at most while it ran",
+        flush=True,
+    )
+    return elapsed, cpu, pieces
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
 
 
 def ceiling_tables(settings: Settings, values: list[bytes], rows: int) -> list[pa.Table]:
@@ -367,6 +398,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
     print("loop's thread; lookup and insert: wall clock on the ClickHouse thread)")
     for piece in PIECES:
         print(f"  {piece:<10}{pieces.get(piece, 0.0):6.2f} us")
+    print(f"  {'loop':<10}{pieces['event loop']:6.2f} us CPU of the event loop's thread in all")
     print(f"  {'process':<10}{consumer_cpu / n * 1e6:6.2f} us CPU a report in all")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (consumer, ceilings, generated reports): {rss:,.0f} MiB")

@@ -140,16 +140,27 @@ def ready(port: int) -> bool:
 
 
 def dedup_set_mib(ids: int) -> float:
-    """Memory of the consumer's report-id dedup memory at `ids` entries (the structure
-    consumers/steps.py keeps: (app, id) -> received_at_ms, oldest first), measured in a child
+    """Memory of the consumer's report-id dedup memory at `ids` entries (consumers.dedup
+    RecentIds itself, fed messages of 1,000 new native report ids), measured in a child
     interpreter: the part of the consumer's memory that grows to PINWATCH_DEDUP_MAX_IDS."""
     code = (
-        "import collections, uuid\n"
+        "import time, uuid\n"
+        "from consumers.decode import decode\n"
+        "from consumers.dedup import RecentIds\n"
+        "from pinwatch.record import Record, encode_batch\n"
+        "from pinwatch.vocabulary import Format, Kind, Result\n"
         "def rss():\n"
         "    return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])\n"
-        "before = rss(); ids = collections.OrderedDict()\n"
-        f"for i in range({ids}):\n"
-        "    ids[('com.example.bench', str(uuid.uuid4()))] = 1796291150586 + i\n"
+        "now = int(time.time() * 1000)\n"
+        "def message():\n"
+        "    return encode_batch([Record(id=str(uuid.uuid4()), kind=Kind.PIN_VALIDATION,\n"
+        "        format=Format.NATIVE, app_id='com.example.bench', host='api.example.com',\n"
+        "        received_at_ms=now, result=Result.OK) for _ in range(1000)])\n"
+        "recent = RecentIds(None, 86400, 10**9)\n"
+        "recent.fresh(decode(message())[0])\n"
+        "before = rss()\n"
+        f"for _ in range({ids} // 1000 - 1):\n"
+        "    recent.fresh(decode(message())[0])\n"
         "print(rss() - before)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

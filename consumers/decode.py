@@ -24,6 +24,7 @@ from itertools import compress
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 
 from pinwatch.record import (
     COLUMNS_VERSION,
@@ -129,9 +130,20 @@ class Block:
     profile: list[int]
     rows: list[list[Any]]
     index: list[int] | range = field(default_factory=list)
+    # (oldest, newest) received_at, computed once: the window, the id memory, the batch and
+    # the evidence sampling all ask.
+    _span: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    _codes: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.profile)
+
+    def span(self) -> tuple[int, int]:
+        """(oldest, newest) received_at of the block's reports (it has some)."""
+        if self._span is None:
+            received = self.rows[1]
+            self._span = (min(received), max(received))
+        return self._span
 
     @property
     def ids(self) -> list[str]:
@@ -140,6 +152,12 @@ class Block:
     @property
     def received(self) -> list[int]:
         return self.rows[1]
+
+    def codes(self) -> Any:
+        """`profile` as a numpy array (tally and columns index with it)."""
+        if self._codes is None:
+            self._codes = np.asarray(self.profile, dtype=np.intp)
+        return self._codes
 
     def take(self, keep: list[bool]) -> Block:
         """The reports where `keep` is true (the rare path: rejected or duplicate reports)."""
@@ -354,7 +372,8 @@ class ReceivedWindow:
         if not received:
             return block, []
         lo, hi = now_ms - self.back_ms, now_ms + self.ahead_ms
-        if lo <= min(received) and max(received) <= hi:
+        oldest, newest = block.span()
+        if lo <= oldest and newest <= hi:
             return block, []
         keep = [lo <= at <= hi for at in received]
         rejected: list[Rejected] = []

@@ -192,6 +192,13 @@ class ConsumerMetrics:
             "Reports dropped as client retries (report id already seen within the dedup window).",
             registry=r,
         )
+        self.retry_lookups = prometheus_client.Counter(
+            "pinwatch_consumer_retry_lookups",
+            "Batches checked for client retries stored before, by what answered: memory (it "
+            "held every id stored within the window) or clickhouse (report_ids was read).",
+            ["answered_by"],
+            registry=r,
+        )
         self.insert_seconds = Histogram(
             "pinwatch_consumer_insert_seconds",
             "Duration of one successful ClickHouse batch insert.",
@@ -225,6 +232,8 @@ class ConsumerMetrics:
         )
         for kind in ("pin_validation", "network_error"):
             self.inserted.labels(kind=kind)
+        for source in ("memory", "clickhouse"):
+            self.retry_lookups.labels(answered_by=source)
 
     def apply(self, counts: BatchCounts) -> None:
         """Add a committed batch's counts. Called with no await in between the commit and this,

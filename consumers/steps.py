@@ -256,8 +256,10 @@ class Deduplicate(Forward[Decoded]):
 
     async def process(self, message: Decoded) -> Decoded:
         topic, partition, offset = message.origin
-        # Before the first message of a partition: what is already stored (see Progress).
+        # Before the first message of a partition: what is already stored (see Progress), and
+        # the ids stored lately when this consumer owns the whole topic (see RecentIds).
         await self.progress.ensure(topic, partition)
+        await self.recent.ensure_loaded(message.block)
         replayed = None
         if self.progress.is_stored(topic, partition, offset):
             replayed = await self.progress.replayed(
@@ -395,7 +397,7 @@ class Classify(Forward[Decoded]):
         if not wanted or not len(block):
             return
         received = block.received
-        first, last = min(received) // 3_600_000, max(received) // 3_600_000
+        first, last = (at // 3_600_000 for at in block.span())
         seen = self._evidence_seen
         if first == last == self._evidence_hour and all(
             seen.get((block.profiles[c].host, part.labels[c][0].leaf_pin, first), 0)
@@ -449,8 +451,9 @@ class Reduce(Step[tuple[Decoded, Part]]):
     `batch_max_seconds`, then hands the batch to `next` (Write). A full batch that Write cannot
     take yet rejects further messages (arroyo's Reduce with backpressure)."""
 
-    def __init__(self, next_step: Step[Batch], settings: Settings) -> None:
+    def __init__(self, next_step: Step[Batch], settings: Settings, timings: Timings) -> None:
         self.next = next_step
+        self.timings = timings
         self.max_rows = settings.batch_max_rows
         self.max_bytes = settings.batch_max_bytes
         self.max_seconds = settings.batch_max_seconds
@@ -476,6 +479,13 @@ class Reduce(Step[tuple[Decoded, Part]]):
     async def _hand_over(self) -> None:
         if self.batch.empty:
             return
+        if self.batch.table is None or self.batch.counts is None:
+            # The batch is complete: its columns and counts are built now, on the event loop,
+            # while the insert before it (if any) runs, rather than on the next insert's path.
+            with self.timings.measure("columns"):
+                if self.batch.rows:
+                    self.batch.reports_table()
+                self.batch.tally()
         try:
             await self.next.submit(self.batch)
         except MessageRejected:
@@ -593,7 +603,8 @@ class Write(Step[Batch]):
                         table = batch.reports_table()
                 with self.timings.measure("insert", thread=False):
                     await storage.insert_reports(self.store, table, token, self._partitions)
-                    if batch.evidence:
+                if batch.evidence:
+                    with self.timings.measure("evidence", thread=False):
                         await storage.insert_evidence(
                             self.store, batch.evidence, token, self._partitions
                         )
@@ -721,7 +732,9 @@ def build_steps(
     """The one place the chain is composed (as snuba's strategy factory)."""
     timings = timings or Timings(enabled=False)
     window = ReceivedWindow.from_settings(settings)
-    recent = RecentIds(store, settings.dedup_window_seconds, settings.dedup_max_ids)
+    recent = RecentIds(
+        store, settings.dedup_window_seconds, settings.dedup_max_ids, metrics.retry_lookups
+    )
     dead_letters = DeadLetters(send_dead_letter, settings, metrics)
     committer = Commit(commit, metrics, settings.commit_interval_seconds)
     write = Write(
@@ -734,7 +747,7 @@ def build_steps(
         timings,
         max_days=window.days,
     )
-    reduce = Reduce(write, settings)
+    reduce = Reduce(write, settings, timings)
     classify = Classify(
         reduce, classifier, metrics, settings.evidence_per_pin_hour, dead_letters, timings
     )

@@ -75,6 +75,30 @@ async def stored_ids(
     return {(str(a), str(i)) for a, i in found}
 
 
+async def count_stored_since(store: Store, since_ms: int, limit: int) -> int:
+    """How many ids `report_ids` holds received since `since_ms`, counted up to `limit` only
+    (reads at most that many rows: a window of billions is not scanned to say so)."""
+    rows = await store.query(
+        "SELECT count() FROM (SELECT 1 FROM {db}.report_ids "
+        "WHERE received_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
+        "LIMIT {limit:UInt64})",
+        {"since": since_ms, "limit": limit},
+    )
+    return int(rows[0][0])
+
+
+async def stored_since(store: Store, since_ms: int, limit: int) -> list[tuple[str, str, int]]:
+    """(app_id, id, received_at ms) of the ids in `report_ids` received since `since_ms`, newest
+    first, at most `limit` (the consumer's in-memory id set is loaded from it)."""
+    rows = await store.query(
+        "SELECT app_id, id, toUnixTimestamp64Milli(received_at) AS at FROM {db}.report_ids "
+        "WHERE received_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
+        "ORDER BY at DESC LIMIT {limit:UInt64}",
+        {"since": since_ms, "limit": limit},
+    )
+    return [(str(a), str(i), int(at)) for a, i, at in rows]
+
+
 async def recent_versions(store: Store, days: int = 30) -> list[tuple[str, str]]:
     """(app_id, app_version) pairs seen lately: the version labels a restart keeps."""
     rows = await store.query(

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if any(before != after for _, before, after in changes):
         print(
             "ingest writes to the new partitions within seconds and the consumer group takes "
-            "them within 30 s; a device's reports may move to another partition once (report "
-            "ids keep the counts exact)."
+            "them within kafka_metadata_max_age_seconds (30 s by default); a device's reports "
+            "may move to another partition once (report ids keep the counts exact)."
         )
     return 0

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     )
     kafka_retention_hours: int = Field(168, ge=1, description="Topic retention (retention.ms).")
     kafka_consumer_group: str = Field("pinwatch-consumers", description="Consumer group id.")
+    kafka_metadata_max_age_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often a consumer refreshes the topic's metadata: partitions added to "
+        "the topic (`pinwatch topics --partitions`) are assigned (and read) within this time "
+        "(aiokafka's own default is 5 minutes).",
+    )
     kafka_produce_timeout_seconds: float = Field(
         5.0, gt=0, description="Longest an ingest request waits for Kafka before answering 503."
     )

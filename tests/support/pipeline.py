@@ -124,14 +124,14 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     )
 
 
-async def produce(settings: Settings, values: list[bytes]) -> None:
+async def produce(settings: Settings, values: list[bytes], partition: int | None = None) -> None:
     """Put message values on the test's topic straight (as a hostile producer, or an ingest
-    before a fix, would), one acknowledged message each, in order."""
+    before a fix, would), one acknowledged message each, in order; on `partition` if given."""
     producer = AIOKafkaProducer(**client_args(settings), acks="all")
     await producer.start()
     try:
         for value in values:
-            await producer.send_and_wait(settings.kafka_topic, value)
+            await producer.send_and_wait(settings.kafka_topic, value, partition=partition)
     finally:
         await producer.stop()
 
@@ -236,6 +236,23 @@ class HandDriven:
 
 
 @contextlib.asynccontextmanager
+async def running_consumer(
+    settings: Settings, store: Store
+) -> AsyncIterator[tuple[Consumer, asyncio.Task[None]]]:
+    """A started Consumer and the task running it (several may share one Store: chDB allows
+    one engine per process); stopped on the way out, writing and committing what it holds."""
+    engine = Consumer(settings, store)
+    await engine.start()
+    task = asyncio.create_task(engine.run())
+    try:
+        yield engine, task
+    finally:
+        engine.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
 async def run_pipeline(
     settings: Settings, *, ingest: bool = True, consumer: bool = True
 ) -> AsyncIterator[Pipeline]:
@@ -245,24 +262,21 @@ async def run_pipeline(
     engine: Consumer | None = None
     run_task: asyncio.Task[None] | None = None
     try:
-        await ensure_topics(settings)
-        await store.migrate(settings)
-        ingest_url = ""
-        if ingest:
-            servers.append(await start_ingest(settings))
-            ingest_url = servers[-1].url
-        if consumer:
-            engine = Consumer(settings, store)
-            await engine.start()
-            run_task = asyncio.create_task(engine.run())
-        api = create_api(settings, store, consumer=engine)
-        servers.append(await start_server(api, lifespan="off"))
-        yield Pipeline(settings, store, engine, ingest_url, servers[-1].url, run_task)
+        async with contextlib.AsyncExitStack() as stack:
+            await ensure_topics(settings)
+            await store.migrate(settings)
+            ingest_url = ""
+            if ingest:
+                servers.append(await start_ingest(settings))
+                ingest_url = servers[-1].url
+            if consumer:
+                engine, run_task = await stack.enter_async_context(
+                    running_consumer(settings, store)
+                )
+            api = create_api(settings, store, consumer=engine)
+            servers.append(await start_server(api, lifespan="off"))
+            yield Pipeline(settings, store, engine, ingest_url, servers[-1].url, run_task)
     finally:
-        if engine is not None and run_task is not None:
-            engine.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(run_task, 30)
         for served in reversed(servers):
             with contextlib.suppress(Exception):
                 await served.stop(10)

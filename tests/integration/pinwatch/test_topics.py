@@ -26,7 +26,7 @@ def _topics(settings: Settings, partitions: int | None = None) -> int:
 def test_show_raise_and_refuse_to_lower(
     make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = make_settings(kafka_partitions=2)
+    settings = make_settings(kafka_partitions=2, kafka_metadata_max_age_seconds=2)
     reports, dead = settings.kafka_topic, settings.kafka_dead_letter_topic
 
     assert _topics(settings) == 0
@@ -57,11 +57,11 @@ def test_show_raise_and_refuse_to_lower(
 async def test_partitions_raised_while_running_carry_reports_end_to_end(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = make_settings(kafka_partitions=2)
+    settings = make_settings(kafka_partitions=2, kafka_metadata_max_age_seconds=2)
     async with run_pipeline(settings) as p:
         assert p.consumer is not None
         await raise_partitions(settings, 4)
-        # The consumer group sees the new partitions at its next metadata refresh (30 s).
+        # The consumer group sees the new partitions at its next metadata refresh.
         deadline = time.monotonic() + 90
         while len(p.consumer.assignment) < 4:
             assert time.monotonic() < deadline, p.consumer.assignment
