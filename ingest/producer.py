@@ -209,7 +209,11 @@ class KafkaSink:
     async def _watch(self) -> None:
         """Ask the cluster for metadata now and then: readiness means Kafka answered recently,
         and the partition list follows topic changes."""
-        interval = max(self.settings.ingest_ready_max_age_seconds / 3, 0.5)
+        settings = self.settings
+        interval = max(
+            min(settings.ingest_ready_max_age_seconds / 3, settings.kafka_metadata_max_age_seconds),
+            0.5,
+        )
         while True:
             await asyncio.sleep(interval)
             try:

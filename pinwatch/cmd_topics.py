@@ -70,8 +70,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{name}: " + (f"{before} -> {after}" if before != after else f"already {after}"))
     if any(before != after for _, before, after in changes):
         print(
-            "ingest writes to the new partitions within seconds and the consumer group takes "
-            "them within kafka_metadata_max_age_seconds (30 s by default); a device's reports "
+            "ingest writes to the new partitions and the consumer group takes them within "
+            "kafka_metadata_max_age_seconds (30 s by default; ingest checks every few "
+            "seconds); a device's reports "
             "may move to another partition once (report ids keep the counts exact)."
         )
     return 0

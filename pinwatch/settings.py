@@ -87,9 +87,9 @@ class Settings(BaseSettings):
     kafka_metadata_max_age_seconds: float = Field(
         30.0,
         gt=0,
-        description="How often a consumer refreshes the topic's metadata: partitions added to "
-        "the topic (`pinwatch topics --partitions`) are assigned (and read) within this time "
-        "(aiokafka's own default is 5 minutes).",
+        description="Longest time between refreshes of the topic's metadata, in ingest and the "
+        "consumer: partitions added to the topic (`pinwatch topics --partitions`) get reports "
+        "and are assigned (and read) within this time (aiokafka's own default is 5 minutes).",
     )
     kafka_produce_timeout_seconds: float = Field(
         5.0, gt=0, description="Longest an ingest request waits for Kafka before answering 503."

@@ -27,18 +27,19 @@ DEFAULT_HEADERS = {"X-Pinwatch-Key": TEST_KEY, "Content-Type": "application/json
 
 
 class RunningIngest:
-    """An ingest app served by uvicorn as `pinwatch ingest` serves it, with a client that sends
-    the default headers (from 127.0.0.1, or from another loopback `source` address: each
-    127.x.y.0/24 is a client network of its own)."""
+    """A client for an ingest at `url` (one this process serves, or a `pinwatch up` stack's)
+    that sends the default headers (from 127.0.0.1, or from another loopback `source` address:
+    each 127.x.y.0/24 is a client network of its own)."""
 
     def __init__(
         self,
-        served: Served,
+        url: str,
         settings: Settings,
         default_headers: dict[str, str] = DEFAULT_HEADERS,
+        served: Served | None = None,
     ) -> None:
-        self.url = served.url
-        self.server = served.server  # uvicorn's: its config names the protocol serving
+        self.url = url
+        self.served = served  # when this process serves it: uvicorn's server and config
         self.settings = settings
         self.default_headers = default_headers
         self.client = httpx.AsyncClient(base_url=self.url, timeout=30)
@@ -102,7 +103,7 @@ async def ingest_apps(
             settings = make_settings(**overrides)
             served = await start_ingest(settings)
             stack.push_async_callback(served.stop, 30)
-            running = RunningIngest(served, settings, default_headers)
+            running = RunningIngest(served.url, settings, default_headers, served)
             stack.push_async_callback(running.aclose)
             return running
 

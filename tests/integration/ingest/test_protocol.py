@@ -73,7 +73,8 @@ def _ids(records: list[Record]) -> list[str]:
 
 
 async def test_served_with_the_report_protocol(served: RunningIngest) -> None:
-    assert issubclass(served.server.config.http_protocol_class, ReportProtocol)
+    assert served.served is not None
+    assert issubclass(served.served.server.config.http_protocol_class, ReportProtocol)
 
 
 async def test_keep_alive_and_pipelining_answer_in_order(
