@@ -85,11 +85,13 @@ class RecentIds:
         keep: list[bool] | None = None
         for app, rows, ids in groups:
             known = self._ids.setdefault(app, set())
-            new = set(ids)
-            if len(new) == len(ids) and known.isdisjoint(new):
-                known |= new
-                self._add(app, ids, block)
-                continue
+            if known.isdisjoint(ids):  # (two passes over the ids, no set of them built)
+                size = len(known)
+                known.update(ids)
+                if len(known) - size == len(ids):
+                    self._add(app, ids, block)
+                    continue
+                known.difference_update(ids)  # a copy within the message: none was known
             if keep is None:
                 keep = [True] * len(block)
             added = []
