@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +28,7 @@ from consumers.schema import (
     REPORT_COLUMN_NAMES,
     REPORT_COLUMN_TYPES,
 )
+from pinwatch.record import NULL_INT
 from pinwatch.vocabulary import Kind
 
 TopicPartition = tuple[str, int]
@@ -58,6 +59,13 @@ class Part:
         return apps, [key[1] for key in _all_keys(self) if key is not None]
 
 
+class _Group(NamedTuple):
+    profiles: list[Any]
+    labels: list[Labels]
+    index: np.ndarray  # per report
+    parts: int  # how many parts it groups
+
+
 @dataclass
 class Batch:
     """Parts of consecutive Kafka messages, and what committing them will count."""
@@ -77,6 +85,7 @@ class Batch:
     # insert before it runs, so the next insert never waits for them; forgotten on a change.
     table: pa.Table | None = None
     counts: BatchCounts | None = None
+    group: _Group | None = None
 
     @property
     def empty(self) -> bool:
@@ -168,7 +177,7 @@ class Batch:
 
     def _changed(self) -> None:
         # (an aged batch the writer could not take yet may still grow)
-        self.table = self.counts = None
+        self.table = self.counts = self.group = None
 
     def tally(self) -> BatchCounts:
         """The metric increments committing this batch causes, summed per profile (built once;
@@ -180,30 +189,25 @@ class Batch:
     def _count(self) -> BatchCounts:
         counts = BatchCounts()
         counts.messages, counts.duplicates = self.messages, self.duplicates
-        for part in self.parts:
-            block = part.block
-            sizes, sums = _per_profile(block.codes(), block.rows[6], len(block.profiles))
-            for labels, profile, n, total in zip(
-                part.labels, block.profiles, sizes, sums, strict=True
-            ):
-                if not n:
-                    continue
-                _, key, pin = labels
-                (counts.pins if pin else counts.network)[key] += total
-                counts.kinds[profile.kind] += n
+        group = self._group(self.parts)
+        sizes, sums = _per_profile(group.index, _ints(self.parts, 6), len(group.profiles))
+        for labels, profile, n, total in zip(
+            group.labels, group.profiles, sizes, sums, strict=True
+        ):
+            if not n:
+                continue
+            _, key, pin = labels
+            (counts.pins if pin else counts.network)[key] += total
+            counts.kinds[profile.kind] += n
         return counts
 
-    def reports_table(self) -> pa.Table:
-        """The `reports` rows (consumers.schema.REPORT_COLUMNS) as an Arrow table (built once;
-        call it only once the batch is complete)."""
-        if self.table is None:
-            self.table = self._build_table()
-        return self.table
-
-    def _build_table(self) -> pa.Table:
-        parts = [p for p in self.parts if p.store]
-        # The batch's distinct profiles: consecutive messages repeat the same few, so the
-        # per-profile values below are computed once per batch, not once per message.
+    def _group(self, parts: list[Part]) -> _Group:
+        """The distinct profiles of `parts` (all of the batch's, or those to store), their
+        labels, and each report's index among them: consecutive messages repeat the same few,
+        so per-profile work (values, counts) is done once per batch, not once per message.
+        Built once for the table and the counts alike when every part is stored."""
+        if self.group is not None and self.group.parts == len(parts):
+            return self.group
         distinct: dict[Any, int] = {}
         profiles: list[Any] = []
         labels: list[Labels] = []
@@ -222,23 +226,38 @@ class Batch:
                 remap.append(code)
             codes.append(np.asarray(remap, dtype=np.int32)[part.block.codes()])
         index = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
-        rows = [list(chain.from_iterable(p.block.rows[i] for p in parts)) for i in range(7)]
+        group = _Group(profiles, labels, index, len(parts))
+        if len(parts) == len(self.parts):
+            self.group = group
+        return group
+
+    def reports_table(self) -> pa.Table:
+        """The `reports` rows (consumers.schema.REPORT_COLUMNS) as an Arrow table (built once;
+        call it only once the batch is complete)."""
+        if self.table is None:
+            self.table = self._build_table()
+        return self.table
+
+    def _build_table(self) -> pa.Table:
+        parts = [p for p in self.parts if p.store]
+        profiles, labels, index, _ = self._group(parts)
         sizes = [len(p.block) for p in parts]
         columns = {
-            "id": pa.array(rows[0], pa.string()),
-            "received_at": _times(rows[1]),
-            "event_at": _times(rows[2]),
-            "sent_at": _times(rows[3]),
-            "device": pa.array(rows[4], pa.string()),
-            "client_network": pa.array(rows[5], pa.string()),
-            "count": pa.array(rows[6], pa.uint32()),
+            "id": _strings(parts, 0),
+            "received_at": _times(parts, 1),
+            "event_at": _times(parts, 2),
+            "sent_at": _times(parts, 3),
+            "device": _strings(parts, 4),
+            "client_network": _strings(parts, 5),
+            "count": pa.array(_ints(parts, 6).astype(np.uint32), pa.uint32()),
             "kafka_topic": _repeat([p.origin[0] for p in parts], sizes, None),
             "kafka_partition": _repeat([p.origin[1] for p in parts], sizes, pa.uint32()),
             "kafka_offset": _repeat([p.origin[2] for p in parts], sizes, pa.uint64()),
         }
+        positions = _Positions(index)
         for name, value in _BY_PROFILE.items():
             values = [value(p, c) for p, (c, _, _) in zip(profiles, labels, strict=True)]
-            columns[name] = _expand(values, index, _ARROW[name])
+            columns[name] = _expand(values, positions, _ARROW[name])
         return pa.Table.from_arrays(
             [columns[name] for name in REPORT_COLUMN_NAMES], names=list(REPORT_COLUMN_NAMES)
         )
@@ -254,24 +273,67 @@ def _all_keys(part: Part) -> list[tuple[str, str] | None]:
     ]
 
 
-def _per_profile(index: np.ndarray, counts: list[int], n: int) -> tuple[list[int], list[int]]:
-    """(reports, sum of `count`) per profile index."""
+def _per_profile(index: np.ndarray, counts: Any, n: int) -> tuple[list[int], list[int]]:
+    """(reports, sum of `count`) per profile index; `counts` a list or a numpy array."""
     if n == 1:
-        return [len(index)], [sum(counts)]
+        total = int(counts.sum()) if isinstance(counts, np.ndarray) else sum(counts)
+        return [len(index)], [total]
+    if not len(index):
+        return [0] * n, [0] * n
     sizes = np.bincount(index, minlength=n)
-    # int64 weights: exact (float64 weights would round sums beyond 2**53)
-    sums = np.zeros(n, dtype=np.int64)
-    np.add.at(sums, index, np.asarray(counts, dtype=np.int64))
+    counts = np.asarray(counts, dtype=np.int64)
+    if len(counts) * int(counts.max()) < 2**53:  # float64 sums are exact below it
+        sums = np.bincount(index, weights=counts, minlength=n).astype(np.int64)
+    else:  # (np.add.at is exact at any size, and ten times slower)
+        sums = np.zeros(n, dtype=np.int64)
+        np.add.at(sums, index, counts)
     return sizes.tolist(), sums.tolist()
 
 
-def _times(values: list[int | None]) -> pa.Array:
-    """Milliseconds as a timestamp column: through numpy (12 ns a value, against 28 straight
-    from the list) unless some are null."""
+def _chunks(parts: list[Part], i: int) -> list[Any]:
+    """Per-report column `i` of the parts in as few pieces as it takes: a version 3 block's
+    buffer as it is, the lists of consecutive other blocks joined into one."""
+    chunks: list[Any] = []
+    pending: list[list[Any]] = []
+    for part in parts:
+        arrays = part.block.arrays
+        if arrays is None:
+            pending.append(part.block.column(i))
+            continue
+        if pending:
+            chunks.append(list(chain.from_iterable(pending)))
+            pending = []
+        chunks.append(arrays[i])
+    if pending or not chunks:
+        chunks.append(list(chain.from_iterable(pending)))
+    return chunks
+
+
+def _strings(parts: list[Part], i: int) -> pa.Array:
+    chunks = [c if isinstance(c, pa.Array) else pa.array(c, pa.string()) for c in _chunks(parts, i)]
+    return chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
+
+
+def _ints(parts: list[Part], i: int) -> np.ndarray:
+    """A number column as int64, `NULL_INT` for None."""
+    chunks = [c if isinstance(c, np.ndarray) else _int64(c) for c in _chunks(parts, i)]
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+def _int64(values: list[int | None]) -> np.ndarray:
+    """Through numpy's iterator (12 ns a value, against 28 straight from the list) unless some
+    are None."""
     try:
-        return pa.array(np.fromiter(values, dtype=np.int64, count=len(values)), _MS)
-    except TypeError:  # a None: a nullable column with nulls
-        return pa.array(values, _MS)
+        return np.fromiter(values, dtype=np.int64, count=len(values))
+    except TypeError:
+        return np.asarray([NULL_INT if v is None else v for v in values], dtype=np.int64)
+
+
+def _times(parts: list[Part], i: int) -> pa.Array:
+    """Milliseconds as a timestamp column (nullable)."""
+    values = _ints(parts, i)
+    nulls = values == NULL_INT
+    return pa.array(values, _MS, mask=nulls if nulls.any() else None)
 
 
 def _repeat(values: list[Any], sizes: list[int], kind: pa.DataType | None) -> pa.Array:
@@ -283,23 +345,46 @@ def _repeat(values: list[Any], sizes: list[int], kind: pa.DataType | None) -> pa
     return pa.array(np.repeat(np.asarray(values, dtype=np.uint64), sizes), kind)
 
 
-def _expand(values: list[Any], index: np.ndarray, kind: pa.DataType | None) -> pa.Array:
-    """Each report's value of a per-profile column: `values[index]`. Numbers by numpy
-    indexing; strings and lists of strings as an Arrow dictionary (the distinct values once,
-    an index per report: no value copied per report), which ClickHouse reads into
-    LowCardinality, String and Array(String) columns alike. `kind` None: LowCardinality."""
-    if kind is not None and kind in _NUMPY:
-        return pa.array(np.asarray(values, dtype=_NUMPY[kind])[index], kind)
+class _Positions:
+    """Per report, the position of its value among a column's distinct values, from the
+    per-profile positions (`codes`). Columns share them: most hold one value in a batch, or a
+    value per profile, so most need no per-report work of their own."""
+
+    def __init__(self, index: np.ndarray) -> None:
+        self.index = index  # the profile per report
+        self._known: dict[tuple[int, ...], np.ndarray] = {}
+
+    def __call__(self, codes: list[int]) -> np.ndarray:
+        key = tuple(codes)
+        found = self._known.get(key)
+        if found is None:
+            if not any(codes):
+                found = np.zeros(len(self.index), dtype=np.int32)
+            elif key == tuple(range(len(codes))):
+                found = self.index
+            else:
+                found = np.asarray(codes, dtype=np.int32)[self.index]
+            self._known[key] = found
+        return found
+
+
+def _expand(values: list[Any], positions: _Positions, kind: pa.DataType | None) -> pa.Array:
+    """Each report's value of a per-profile column: numbers by numpy indexing; strings and
+    lists of strings as an Arrow dictionary (the distinct values once, an index per report: no
+    value copied per report), which ClickHouse reads into LowCardinality, String and
+    Array(String) columns alike. `kind` None: LowCardinality."""
     distinct: dict[Any, int] = {}
     codes = [
         distinct.setdefault(tuple(v) if isinstance(v, list) else v, len(distinct)) for v in values
     ]
-    positions = np.asarray(codes, dtype=np.int32)[index] if len(index) else index
+    at = positions(codes)
+    if kind is not None and kind in _NUMPY:
+        return pa.array(np.asarray(list(distinct), dtype=_NUMPY[kind])[at], kind)
     dictionary = pa.array(
         [list(v) if kind is not None and pa.types.is_list(kind) else v for v in distinct],
         kind or pa.string(),
     )
-    return pa.DictionaryArray.from_arrays(pa.array(positions, pa.int32()), dictionary)
+    return pa.DictionaryArray.from_arrays(pa.array(at, pa.int32()), dictionary)
 
 
 _NUMPY = {pa.uint8(): np.uint8, pa.uint16(): np.uint16}

@@ -1,15 +1,19 @@
-"""Decoding: a Kafka message (either version of pinwatch.record's envelope) into a `Block`.
+"""Decoding: a Kafka message (any version of pinwatch.record's envelope) into a `Block`.
 
 A `Block` is one message's valid reports as columns: the distinct `Profile`s (every field of
 `pinwatch.record.Record` but the per-report ones, `PROFILE_FIELDS`) and, per report, the index of
-its profile and its per-report values (`ROW_FIELDS`). Version 2 messages are that already and
-decode in one msgspec call, checked in C (known fields, enum values, value types and ranges);
-version 1 messages (one JSON object per record, read for one release) are decoded as
-`WireRecord`s and grouped into a block in Python. The structs are built from `Record` itself,
-so they cannot drift from it.
+its profile and its per-report values (`ROW_FIELDS`). Version 3 messages (what ingest writes)
+carry the per-report values as buffers: one msgspec call reads the message, numpy checks the
+numbers' ranges and Arrow the strings' offsets and UTF-8, and the block keeps them as arrays
+for the insert, with no Python object per value. Version 2 messages (the same columns as
+msgpack lists) decode in one msgspec call, checked in C (known fields, enum values, value types
+and ranges); version 1 messages (one JSON object per record) are decoded as `WireRecord`s and
+grouped into a block in Python. Both older versions are read for one release. The structs are
+built from `Record` itself, so they cannot drift from it.
 
-A message decodes in one call when every record is valid (real traffic); otherwise record by
-record, so one bad record is dead-lettered and the rest of its message goes on.
+A message decodes whole when every record is valid (real traffic); otherwise record by record
+(version 3 read as version 2's lists), so one bad record is dead-lettered and the rest of its
+message goes on.
 """
 
 from __future__ import annotations
@@ -19,19 +23,25 @@ import enum
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import compress
 from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
+import pyarrow as pa
 
 from pinwatch.record import (
+    BUFFERS_VERSION,
     COLUMNS_VERSION,
+    NULL_INT,
     PROFILE_FIELDS,
     ROW_FIELDS,
+    ROW_NUMBERS,
+    ROW_STRINGS,
     SCHEMA_VERSION,
     Record,
+    as_columns,
     envelope,
 )
 from pinwatch.settings import Settings
@@ -116,47 +126,129 @@ _Columns = msgspec.defstruct(
     ],
 )
 _columns_decoder = msgspec.msgpack.Decoder(_Columns)
+# Version 3: the per-report columns as buffers, checked with numpy and Arrow (`_decode_v3`).
+_Buffers = msgspec.defstruct(
+    "Buffers",
+    [
+        ("v", Literal[BUFFERS_VERSION]),
+        ("profiles", list[Profile]),
+        ("profile", bytes),
+        ("strings", tuple[bytes, bytes]),
+        ("numbers", bytes),
+    ],
+)
+_buffers_decoder = msgspec.msgpack.Decoder(_Buffers)
+# A version 3 message as ingest writes it starts so: a map of 5 keys, "v" first.
+_BUFFERS_HEAD = b"\x85" + msgspec.msgpack.encode({"v": BUFFERS_VERSION})[1:]
+# Each number column's valid range (as msgspec checks version 1 and 2 records), and whether
+# it may hold None.
+_INT_RANGES = {
+    name: (meta.ge, meta.le, name not in ("received_at_ms", "count"))
+    for name, hint in _RANGES.items()
+    if name in ROW_FIELDS
+    for meta in typing.get_args(hint)[1:]
+}
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _ROW_COUNT = len(ROW_FIELDS)
 
 
-@dataclass(slots=True)
 class Block:
     """One message's valid reports, as columns (see the module's docstring). `index` is each
-    report's position in its message (dead letters name it); `rows` the per-report columns in
-    `ROW_FIELDS` order."""
+    report's position in its message (dead letters name it).
 
-    profiles: list[Any]
-    profile: list[int]
-    rows: list[list[Any]]
-    index: list[int] | range = field(default_factory=list)
-    # (oldest, newest) received_at, computed once: the window, the id memory, the batch and
-    # the evidence sampling all ask.
-    _span: tuple[int, int] | None = field(default=None, repr=False, compare=False)
-    _codes: Any = field(default=None, repr=False, compare=False)
+    A block holds its per-report columns one of two ways. Version 3 messages give them as
+    buffers (`arrays`: Arrow string arrays and int64 numpy arrays, `NULL_INT` for None), which
+    the batch's table takes whole; `profile`, `rows` and `ids` are then made as Python lists
+    only when asked (ids for deduplication, the rest on the rare paths: a report to drop, to
+    dead-letter or to sample). Older versions and filtered blocks hold the lists themselves."""
+
+    __slots__ = ("profiles", "index", "_profile", "_rows", "_arrays", "_n", "_span", "_codes")
+
+    def __init__(
+        self,
+        profiles: list[Any],
+        profile: list[int],
+        rows: list[list[Any]],
+        index: list[int] | range,
+    ) -> None:
+        self.profiles = profiles
+        self.index = index
+        self._profile: list[int] | None = profile
+        self._rows: list[list[Any] | None] = list(rows)
+        self._arrays: list[Any] | None = None
+        self._n = len(profile)
+        # (oldest, newest) received_at, computed once: the window, the id memory, the batch
+        # and the evidence sampling all ask.
+        self._span: tuple[int, int] | None = None
+        self._codes: Any = None
+
+    @classmethod
+    def of_arrays(cls, profiles: list[Any], codes: Any, arrays: list[Any]) -> Block:
+        """A version 3 block: `codes` the profile index per report (numpy), `arrays` the
+        per-report columns in `ROW_FIELDS` order (see the class's docstring)."""
+        block = cls(profiles, [], [], range(len(codes)))
+        block._profile = None
+        block._rows = [None] * len(ROW_FIELDS)
+        block._arrays = arrays
+        block._n = len(codes)
+        block._codes = codes
+        return block
 
     def __len__(self) -> int:
-        return len(self.profile)
+        return self._n
+
+    @property
+    def arrays(self) -> list[Any] | None:
+        """The per-report columns as buffers (version 3), else None."""
+        return self._arrays
+
+    @property
+    def profile(self) -> list[int]:
+        if self._profile is None:
+            self._profile = self._codes.tolist()
+        return self._profile
+
+    def column(self, i: int) -> list[Any]:
+        """Per-report column `i` (of `ROW_FIELDS`) as a list of values."""
+        values = self._rows[i]
+        if values is None:
+            array = self._arrays[i]  # type: ignore[index]
+            if isinstance(array, np.ndarray):
+                values = array.tolist()
+                if (array == NULL_INT).any():
+                    values = [None if v == NULL_INT else v for v in values]
+            else:
+                values = array.to_pylist()
+            self._rows[i] = values
+        return values
+
+    @property
+    def rows(self) -> list[list[Any]]:
+        return [self.column(i) for i in range(len(ROW_FIELDS))]
 
     def span(self) -> tuple[int, int]:
         """(oldest, newest) received_at of the block's reports (it has some)."""
         if self._span is None:
-            received = self.rows[1]
-            self._span = (min(received), max(received))
+            if self._rows[1] is None:
+                received = self._arrays[1]  # type: ignore[index]
+                self._span = (int(received.min()), int(received.max()))
+            else:
+                received = self._rows[1]
+                self._span = (min(received), max(received))
         return self._span
 
     @property
     def ids(self) -> list[str]:
-        return self.rows[0]
+        return self.column(0)
 
     @property
     def received(self) -> list[int]:
-        return self.rows[1]
+        return self.column(1)
 
     def codes(self) -> Any:
         """`profile` as a numpy array (tally and columns index with it)."""
         if self._codes is None:
-            self._codes = np.asarray(self.profile, dtype=np.intp)
+            self._codes = np.asarray(self._profile, dtype=np.intp)
         return self._codes
 
     def take(self, keep: list[bool]) -> Block:
@@ -246,6 +338,11 @@ def _undecodable(detail: str, value: bytes) -> tuple[list[Any], list[Rejected]]:
 def decode(value: bytes | None) -> tuple[Block, list[Rejected]]:
     """(a block of the valid reports, Rejected for the message or each invalid record)."""
     value = value or b""
+    if value[: len(_BUFFERS_HEAD)] == _BUFFERS_HEAD:
+        block = _decode_v3(value)
+        if block is not None:
+            return block, []
+        return _decode_v2_carefully(value)
     if value[:1] == b"{":
         records, index, rejected = _decode_v1(value)
         return Block.of_records(records, index), rejected
@@ -263,16 +360,71 @@ def decode(value: bytes | None) -> tuple[Block, list[Rejected]]:
     return _decode_v2_carefully(value)
 
 
+def _decode_v3(value: bytes) -> Block | None:
+    """A version 3 message whose every report is valid, in a few calls per column; None when
+    anything is off (the careful path then says what, report by report)."""
+    try:
+        message = _buffers_decoder.decode(value)
+    except msgspec.MsgspecError:
+        return None
+    offsets, data = message.strings
+    if len(message.profile) % 4 or len(offsets) % 4 or len(message.numbers) % 8:
+        return None
+    codes = np.frombuffer(message.profile, dtype="<u4")
+    n = len(codes)
+    if n and int(codes.max()) >= len(message.profiles):
+        return None
+    numbers = np.frombuffer(message.numbers, dtype="<i8")
+    if len(offsets) != 4 * (n * len(ROW_STRINGS) + 1) or len(numbers) != n * len(ROW_NUMBERS):
+        return None
+    try:
+        strings = pa.Array.from_buffers(
+            pa.string(), n * len(ROW_STRINGS), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        )
+        strings.validate(full=True)  # offsets in order and inside the data, the data UTF-8
+    except pa.ArrowInvalid:
+        return None
+    columns: dict[str, Any] = {name: strings.slice(k * n, n) for k, name in enumerate(ROW_STRINGS)}
+    for k, name in enumerate(ROW_NUMBERS):
+        columns[name] = numbers[k * n : (k + 1) * n]
+        if not _in_range(name, columns[name]):
+            return None
+    arrays = [columns[name] for name in ROW_FIELDS]
+    return Block.of_arrays(message.profiles, codes.astype(np.intp), arrays)
+
+
+def _in_range(name: str, values: np.ndarray) -> bool:
+    """Whether a number column's values are all valid (None as NULL_INT where allowed)."""
+    if not len(values):
+        return True
+    low, high, nullable = _INT_RANGES[name]
+    if low <= values.min() and values.max() <= high:
+        return True
+    if not nullable:
+        return False
+    known = values[values != NULL_INT]
+    return not len(known) or bool(low <= known.min() and known.max() <= high)
+
+
 def _empty() -> Block:
     return Block([], [], [[] for _ in ROW_FIELDS], [])
 
 
 def _decode_v2_carefully(value: bytes) -> tuple[Block, list[Rejected]]:
-    not_envelope = f"not a v{COLUMNS_VERSION} (msgpack) or v{SCHEMA_VERSION} (JSON) report envelope"
+    """Version 2 or 3, report by report (version 3 read as version 2's lists)."""
+    not_envelope = (
+        f"not a v{BUFFERS_VERSION} or v{COLUMNS_VERSION} (msgpack) "
+        f"or v{SCHEMA_VERSION} (JSON) report envelope"
+    )
     try:
         data = msgspec.msgpack.decode(value)
     except msgspec.MsgspecError as exc:
         return _empty(), _undecodable(f"{not_envelope}: {exc}", value)[1]
+    if isinstance(data, dict) and data.get("v") == BUFFERS_VERSION:
+        try:
+            data = as_columns(data)
+        except ValueError as exc:
+            return _empty(), _undecodable(f"{not_envelope}: {exc}", value)[1]
     shape_ok = (
         isinstance(data, dict)
         and data.get("v") == COLUMNS_VERSION
@@ -368,13 +520,13 @@ class ReceivedWindow:
         """(the block's reports inside the window, Rejected for the others). Per message: min
         and max run in C; only a message with a report outside is looked at report by
         report."""
-        received = block.received
-        if not received:
+        if not len(block):
             return block, []
         lo, hi = now_ms - self.back_ms, now_ms + self.ahead_ms
         oldest, newest = block.span()
         if lo <= oldest and newest <= hi:
             return block, []
+        received = block.received
         keep = [lo <= at <= hi for at in received]
         rejected: list[Rejected] = []
         for row, inside in enumerate(keep):

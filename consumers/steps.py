@@ -396,7 +396,6 @@ class Classify(Forward[Decoded]):
         }
         if not wanted or not len(block):
             return
-        received = block.received
         first, last = (at // 3_600_000 for at in block.span())
         seen = self._evidence_seen
         if first == last == self._evidence_hour and all(
@@ -405,7 +404,7 @@ class Classify(Forward[Decoded]):
             for c in wanted
         ):
             return  # every key of this hour has its samples: nothing to look at per report
-        rows = block.rows
+        ids, received, networks = block.ids, block.received, block.column(5)
         for row, code in enumerate(block.profile):
             if code not in wanted:
                 continue
@@ -426,7 +425,7 @@ class Classify(Forward[Decoded]):
                     hour * 3600,
                     r.host,
                     c.leaf_pin,
-                    rows[0][row],
+                    ids[row],
                     at,
                     r.app_id,
                     r.app_version,
@@ -435,7 +434,7 @@ class Classify(Forward[Decoded]):
                     r.result or "",
                     c.pin_match,
                     c.cause,
-                    rows[5][row],
+                    networks[row],
                     r.observed_pins,
                     r.served_chain,
                     r.raw,

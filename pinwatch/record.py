@@ -12,7 +12,9 @@ Privacy is settled before a record exists: `device` is already the keyed hash an
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field, fields
+from itertools import accumulate, chain, pairwise
 from operator import attrgetter
 from typing import Any
 
@@ -74,12 +76,23 @@ encode_json = msgspec.json.Encoder().encode
 
 # --- the Kafka message value ---------------------------------------------------------------------
 #
-# Version 2 (what ingest writes): the records as columns, msgpack. A fleet sends the same few
+# Version 3 (what ingest writes): the records as columns, msgpack. A fleet sends the same few
 # combinations of everything but the per-report fields (one app, a few hosts and versions, a few
 # chains per server key): those combinations are written once per message as `profiles`, and
-# each report is a row of the per-report columns plus the index of its profile. The consumer
-# decodes a message in a handful of C calls and classifies once per profile, not per report
-# (benchmarks/README.md, "Consumer"); a chain of a few kilobytes travels once per message.
+# each report is a row of the per-report columns plus the index of its profile. The per-report
+# columns are bytes in Arrow's layout, so the consumer takes a message's reports without a
+# Python object per value, and ingest writes them with one join and one array per kind
+# (benchmarks/README.md, "Consumer"); a chain of a few kilobytes travels once per message:
+#
+#     {"v": 3, "profiles": [[PROFILE_FIELDS values], ...],
+#      "profile": uint32 little-endian, the profile's index per report,
+#      "strings": [offsets, data]: the ROW_STRINGS columns one after the other (n values
+#                 each), int32 little-endian offsets (3n + 1) into their UTF-8 data,
+#      "numbers": the ROW_NUMBERS columns one after the other, int64 little-endian, NULL_INT
+#                 where a value is None}
+#
+# Version 2 (written in 2026-12 before version 3; read for one release, and what a dead letter
+# holds): the same, but every column a msgpack array of values:
 #
 #     {"v": 2, "profiles": [[PROFILE_FIELDS values], ...], "profile": [index per report],
 #      "rows": [[ROW_FIELDS[0] per report], [ROW_FIELDS[1] per report], ...]}
@@ -102,7 +115,14 @@ _LISTS = ("observed_pins", "known_pins", "served_chain")
 _SCALARS = tuple(f for f in PROFILE_FIELDS if f not in _LISTS)
 # The encoder's keys, and where each profile field is in them.
 _PROFILE_ORDER = tuple((_SCALARS + _LISTS).index(f) for f in PROFILE_FIELDS)
+# The per-report columns holding strings, and those holding integers.
+ROW_STRINGS: tuple[str, ...] = ("id", "device", "client_network")
+ROW_NUMBERS: tuple[str, ...] = tuple(f for f in ROW_FIELDS if f not in ROW_STRINGS)
 COLUMNS_VERSION = 2
+BUFFERS_VERSION = 3
+NULL_INT = -(2**63)  # None in a version 3 number column (outside every valid value's range)
+_STRING_COLUMNS = tuple(ROW_FIELDS.index(f) for f in ROW_STRINGS)
+_NUMBER_COLUMNS = tuple(ROW_FIELDS.index(f) for f in ROW_NUMBERS)
 _row = attrgetter(*ROW_FIELDS)
 _scalars = attrgetter(*_SCALARS)
 _lists = attrgetter(*_LISTS)
@@ -110,7 +130,44 @@ _msgpack = msgspec.msgpack.Encoder()
 
 
 def encode_batch(records: list[Record]) -> bytes:
-    """One Kafka message value (version 2, columns)."""
+    """One Kafka message value (version 3, columns as buffers)."""
+    profiles, codes, rows = _columns(records)
+    n = len(codes)
+    values = list(chain.from_iterable(rows[i] for i in _STRING_COLUMNS))
+    text = "".join(values)
+    data = text.encode()
+    # A character is a byte when the text encodes to as many bytes as it has characters (all
+    # ASCII, as ids, device hashes and prefixes are); otherwise each value is measured.
+    lengths = map(len, values) if len(data) == len(text) else (len(v.encode()) for v in values)
+    # struct, not numpy: as fast per value, and a few microseconds less per message.
+    offsets = struct.pack(f"<{len(values) + 1}i", *accumulate(lengths, initial=0))
+    numbers = [rows[i] for i in _NUMBER_COLUMNS]
+    try:
+        packed = struct.pack(f"<{n * len(numbers)}q", *chain.from_iterable(numbers))
+    except struct.error:  # a None (checking for one first costs more than this)
+        nulls = [NULL_INT if v is None else v for v in chain.from_iterable(numbers)]
+        packed = struct.pack(f"<{len(nulls)}q", *nulls)
+    return _msgpack.encode(
+        {
+            "v": BUFFERS_VERSION,
+            "profiles": profiles,
+            "profile": struct.pack(f"<{n}I", *codes),
+            "strings": [offsets, data],
+            "numbers": packed,
+        }
+    )
+
+
+def encode_batch_v2(records: list[Record]) -> bytes:
+    """A version 2 message value, as ingest wrote them before version 3 (tests of the upgrade)."""
+    profiles, codes, rows = _columns(records)
+    return _msgpack.encode(
+        {"v": COLUMNS_VERSION, "profiles": profiles, "profile": codes, "rows": rows}
+    )
+
+
+def _columns(records: list[Record]) -> tuple[list[list[Any]], list[int], list[list[Any]]]:
+    """(distinct profiles, each record's profile index, the per-report columns)."""
     index: dict[tuple[Any, ...], int] = {}
     codes = []
     for r in records:
@@ -127,13 +184,58 @@ def encode_batch(records: list[Record]) -> bytes:
         if records
         else [[] for _ in ROW_FIELDS]
     )
-    return _msgpack.encode(
-        {"v": COLUMNS_VERSION, "profiles": profiles, "profile": codes, "rows": rows}
-    )
+    return profiles, codes, rows
+
+
+def as_columns(data: dict[str, Any]) -> dict[str, Any]:
+    """A version 3 message (as msgpack decodes it) in version 2's shape, every column a list of
+    values: for readers that want Python values (tools, the consumer's record-by-record path).
+    A string that is not UTF-8 stays bytes (the record's schema check names it); raises
+    ValueError naming the buffer that does not hold its columns."""
+    codes = _ints_of("profile", data.get("profile"), "I")
+    n = len(codes)
+    strings = _strings_of(n * len(ROW_STRINGS), data.get("strings"))
+    numbers = _ints_of("numbers", data.get("numbers"), "q")
+    if len(numbers) != n * len(ROW_NUMBERS):
+        raise ValueError(f"numbers: expected {n * len(ROW_NUMBERS)} values")
+    columns = {
+        **{name: strings[k * n : (k + 1) * n] for k, name in enumerate(ROW_STRINGS)},
+        **{
+            name: [None if v == NULL_INT else v for v in numbers[k * n : (k + 1) * n]]
+            for k, name in enumerate(ROW_NUMBERS)
+        },
+    }
+    rows = [columns[name] for name in ROW_FIELDS]
+    return {"v": COLUMNS_VERSION, "profiles": data.get("profiles"), "profile": codes, "rows": rows}
+
+
+def _ints_of(name: str, buffer: Any, code: str) -> list[int]:
+    """A buffer of little-endian integers (`code` as the struct module names their kind)."""
+    width = struct.calcsize(f"<{code}")
+    if not isinstance(buffer, bytes) or len(buffer) % width:
+        raise ValueError(f"{name}: expected {width}-byte integers")
+    return list(struct.unpack(f"<{len(buffer) // width}{code}", buffer))
+
+
+def _strings_of(count: int, buffers: Any) -> list[Any]:
+    if not (isinstance(buffers, list) and len(buffers) == 2):
+        raise ValueError("strings: expected [offsets, data]")
+    offsets, data = _ints_of("strings", buffers[0], "i"), buffers[1]
+    if len(offsets) != count + 1 or not isinstance(data, bytes):
+        raise ValueError(f"strings: expected {count + 1} offsets and the data")
+    if offsets[0] != 0 or offsets[-1] != len(data) or any(a > b for a, b in pairwise(offsets)):
+        raise ValueError("strings: offsets do not run from 0 to the data's end in order")
+    values: list[Any] = []
+    for a, b in pairwise(offsets):
+        try:
+            values.append(data[a:b].decode())
+        except UnicodeDecodeError:
+            values.append(data[a:b])
+    return values
 
 
 def encoded_size_bound(record: Record) -> int:
-    """About what `record` adds to a version 2 message at most (its profile written in full,
+    """About what `record` adds to a message at most (its profile written in full,
     as if no other record shared it): what a producer adds up to keep messages under a size,
     without encoding anything. Strings count their characters (an encoded byte each for
     the ASCII a record holds; `encode_batch` is checked against the real limit anyway)."""
@@ -180,7 +282,7 @@ class UndecodableBatch(ValueError):
 
 
 def decode_batch(value: bytes) -> list[Record]:
-    """The records of a message value of either version (tests and tools; the consumer has its
+    """The records of a message value of any version (tests and tools; the consumer has its
     own validating decoder, consumers/decode.py)."""
     try:
         if value[:1] == b"{":
@@ -189,6 +291,8 @@ def decode_batch(value: bytes) -> list[Record]:
                 raise UndecodableBatch(f"unknown envelope version: {str(data)[:80]!r}")
             return [Record.from_dict(item) for item in data["records"]]
         data = msgspec.msgpack.decode(value)
+        if isinstance(data, dict) and data.get("v") == BUFFERS_VERSION:
+            data = as_columns(data)
         if not isinstance(data, dict) or data.get("v") != COLUMNS_VERSION:
             raise UndecodableBatch(f"unknown envelope version: {str(data)[:80]!r}")
         profiles = [dict(zip(PROFILE_FIELDS, p, strict=True)) for p in data["profiles"]]

@@ -21,7 +21,7 @@ from consumers.steps import Classify, Step
 from consumers.timings import Timings
 from devstack.certs import CertificateAuthority, Chain
 from pinwatch.policy import load_policy
-from pinwatch.record import decode_batch, encode_batch, encode_batch_v1
+from pinwatch.record import decode_batch, encode_batch_v1, encode_batch_v2
 from pinwatch.roots import PublicRoots, RootsError
 from pinwatch.vocabulary import ErrorCategory, Format, Kind, Result
 from tests.support.names import REPORT_ONLY_HOST, TEST_APP, TEST_HOST
@@ -178,10 +178,10 @@ def test_decode_rejects_records_one_by_one() -> None:
 
 
 def test_decode_columns_rejects_reports_one_by_one() -> None:
-    """Version 2 envelopes (columns, what ingest writes): a bad value sinks its report only,
-    and the dead letter is a one-report envelope that decodes."""
+    """Version 2 envelopes (columns as lists, read for one release): a bad value sinks its
+    report only, and the dead letter is a one-report envelope that decodes."""
     good, bad = record(), record()
-    envelope = msgspec.msgpack.decode(encode_batch([good, bad]))
+    envelope = msgspec.msgpack.decode(encode_batch_v2([good, bad]))
     envelope["rows"][6][1] = "3"  # count
     block, rejected = decode(msgspec.msgpack.encode(envelope))
     assert block.ids == [good.id] and list(block.index) == [0]
@@ -203,7 +203,7 @@ def test_a_version_pushed_out_of_the_labels_is_counted_as_other(classifier: Clas
     classify = Classify(Step(), classifier, metrics, 0, None, Timings())  # type: ignore[arg-type]
     keys = []
     for version in ("5.1.0", "5.2.0", "5.1.0"):
-        block, _ = decode(encode_batch([record(app_version=version, enforced=True)]))
+        block, _ = decode(encode_batch_v2([record(app_version=version, enforced=True)]))
         ((_, key, _),) = [classify.labels(p) for p in block.profiles]
         keys.append(key[3])
     assert keys == ["5.1.0", "5.2.0", "other"]

@@ -1,0 +1,155 @@
+"""Version 3 envelopes (what ingest writes: the per-report columns as buffers). The consumer
+takes them whole when every report is valid, and otherwise sinks only the bad reports, as it
+does for the older versions; a batch of either version builds the same `reports` rows."""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from consumers.batch import Batch, Part
+from consumers.classify import Classification
+from consumers.decode import decode
+from pinwatch.record import (
+    NULL_INT,
+    PROFILE_FIELDS,
+    ROW_FIELDS,
+    ROW_NUMBERS,
+    Record,
+    decode_batch,
+    encode_batch,
+    encode_batch_v2,
+)
+from pinwatch.vocabulary import ErrorCategory, Kind, Result
+from tests.support.names import TEST_APP, TEST_HOST
+from tests.support.payloads import kafka_record
+
+EVENT = ROW_FIELDS.index("event_at_ms")
+_PORT = PROFILE_FIELDS.index("port")
+
+
+def records() -> list[Record]:
+    return [
+        kafka_record(app_id=TEST_APP, host=TEST_HOST, device="d1", count=3, event_at_ms=5),
+        kafka_record(app_id=TEST_APP, host=TEST_HOST, device="dévice ü", client_network="::/48"),
+        kafka_record(
+            app_id=TEST_APP,
+            host=TEST_HOST,
+            kind=Kind.NETWORK_ERROR,
+            result=None,
+            error=ErrorCategory.TIMEOUT,
+            count=0,
+        ),
+        kafka_record(app_id=TEST_APP, host=TEST_HOST, result=Result.OK, count=2**32 - 1),
+    ]
+
+
+def ints(buffer: bytes, kind: str) -> array[int]:
+    values = array(kind, buffer)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values
+
+
+def packed(values: array[int]) -> bytes:
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tobytes()
+
+
+def set_number(envelope: dict[str, Any], name: str, row: int, value: int) -> None:
+    """Report `row`'s `name` (a number column) in an envelope as msgpack decodes it."""
+    n = len(envelope["profile"]) // 4
+    values = ints(envelope["numbers"], "q")
+    values[ROW_NUMBERS.index(name) * n + row] = value
+    envelope["numbers"] = packed(values)
+
+
+def spoil_first_id_of_row(envelope: dict[str, Any], row: int) -> None:
+    """The last byte of report `row`'s id, not UTF-8 any more."""
+    offsets, data = envelope["strings"]
+    end = ints(offsets, "i")[row + 1]
+    envelope["strings"][1] = data[: end - 1] + b"\xff" + data[end:]
+
+
+def test_buffers_decode_to_the_same_reports_as_lists() -> None:
+    sent = records()
+    v3, rejected = decode(encode_batch(sent))
+    v2, _ = decode(encode_batch_v2(sent))
+    assert not rejected and v3.arrays is not None and v2.arrays is None
+    assert v3.rows == v2.rows and v3.profile == v2.profile and v3.profiles == v2.profiles
+    assert v3.span() == v2.span() and v3.ids == [r.id for r in sent]
+    assert v3.rows[EVENT] == [5, None, None, None]
+    assert decode_batch(encode_batch(sent)) == sent
+
+
+def test_a_batch_of_either_version_builds_the_same_rows() -> None:
+    sent = records()
+    tables = []
+    for blocks in (
+        [decode(encode_batch(sent))[0]],
+        [decode(encode_batch_v2(sent))[0]],
+        [decode(encode_batch(sent[:2]))[0], decode(encode_batch_v2(sent[2:]))[0]],
+    ):
+        batch = Batch()
+        for n, block in enumerate(blocks):
+            labels = [_labels(p) for p in block.profiles]
+            batch.add(Part(("t", 0, n), block, labels))
+        tables.append(batch.reports_table())
+        assert batch.tally().kinds == {"pin_validation": 3, "network_error": 1}
+    columns = ["id", "received_at", "event_at", "device", "client_network", "count"]
+    first = tables[0].select(columns)
+    assert all(t.select(columns).equals(first) for t in tables[1:])
+    assert first.column("count").to_pylist() == [3, 1, 0, 2**32 - 1]
+    assert first.column("event_at").null_count == 3
+    assert first.column("device").to_pylist()[:2] == ["d1", "dévice ü"]
+    assert first.schema.field("count").type == pa.uint32()
+
+
+def test_a_bad_value_sinks_its_report_only() -> None:
+    good, _, _, bad = records()  # (of two profiles)
+    for spoil, field_named in [
+        (lambda e: e["profiles"][1].__setitem__(_PORT, "x"), "port"),  # a profile's field
+        (lambda e: set_number(e, "count", 1, 2**32), "count"),
+        (lambda e: set_number(e, "count", 1, -1), "count"),
+        (lambda e: set_number(e, "received_at_ms", 1, NULL_INT), "received_at_ms"),
+        (lambda e: set_number(e, "event_at_ms", 1, 2**62), "event_at_ms"),
+        (lambda e: spoil_first_id_of_row(e, 1), "id"),
+    ]:
+        envelope = msgspec.msgpack.decode(encode_batch([good, bad]))
+        spoil(envelope)
+        block, rejected = decode(msgspec.msgpack.encode(envelope))
+        assert block.ids == [good.id] and list(block.index) == [0], field_named
+        assert [(r.reason, r.index) for r in rejected] == [("invalid_record", 1)]
+        assert rejected[0].detail.startswith(field_named), rejected[0].detail
+        # the dead letter is a one-report envelope that decodes
+        assert len(decode(rejected[0].value)[1]) == 1
+
+
+def test_broken_buffers_sink_the_message_and_a_bad_profile_its_report() -> None:
+    good, other = records()[:2]
+    envelope = msgspec.msgpack.decode(encode_batch([good, other]))
+    envelope["profile"] = envelope["profile"][:4] + (7).to_bytes(4, "little")
+    block, rejected = decode(msgspec.msgpack.encode(envelope))
+    assert block.ids == [good.id] and "profile" in rejected[0].detail
+    for spoil, named in [
+        (lambda e: e["strings"].__setitem__(0, e["strings"][0][:-4]), "strings"),
+        (lambda e: e.__setitem__("numbers", e["numbers"][:-8]), "numbers"),
+        (lambda e: e.__setitem__("profile", e["profile"][:-1]), "profile"),
+        (lambda e: e["strings"].__setitem__(0, bytes(reversed(e["strings"][0]))), "strings"),
+    ]:
+        envelope = msgspec.msgpack.decode(encode_batch([good, other]))
+        spoil(envelope)
+        block, rejected = decode(msgspec.msgpack.encode(envelope))
+        assert not len(block) and [r.reason for r in rejected] == ["undecodable_message"]
+        assert named in rejected[0].detail, rejected[0].detail
+
+
+def _labels(profile: Any) -> Any:
+    pin = profile.kind == Kind.PIN_VALIDATION.value
+    c = Classification("", [], pin, "", False, "", "", False, False, "")
+    return c, (profile.app_id, profile.host), pin
