@@ -2,14 +2,14 @@
 
 A `Block` is one message's valid reports as columns: the distinct `Profile`s (every field of
 `pinwatch.record.Record` but the per-report ones, `PROFILE_FIELDS`) and, per report, the index of
-its profile and its per-report values (`ROW_FIELDS`). Version 3 messages (what ingest writes)
-carry the per-report values as buffers: one msgspec call reads the message, numpy checks the
-numbers' ranges and Arrow the strings' offsets and UTF-8, and the block keeps them as arrays
-for the insert, with no Python object per value. Version 2 messages (the same columns as
-msgpack lists) decode in one msgspec call, checked in C (known fields, enum values, value types
-and ranges); version 1 messages (one JSON object per record) are decoded as `WireRecord`s and
-grouped into a block in Python. Both older versions are read for one release. The structs are
-built from `Record` itself, so they cannot drift from it.
+its profile and its per-report values (`ROW_FIELDS`). Version 3 messages (what ingest writes
+for large messages) carry the per-report values as buffers: one msgspec call reads the message,
+numpy checks the numbers' ranges and Arrow the strings' offsets and UTF-8, and the block keeps
+them as arrays for the insert, with no Python object per value. Version 2 messages (small ones:
+the same columns as msgpack lists) decode in one msgspec call, checked in C (known fields, enum
+values, value types and ranges); version 1 messages (one JSON object per record, read for one
+release) are decoded as `WireRecord`s and grouped into a block in Python. The structs are built
+from `Record` itself, so they cannot drift from it.
 
 A message decodes whole when every record is valid (real traffic); otherwise record by record
 (version 3 read as version 2's lists), so one bad record is dead-lettered and the rest of its
@@ -148,6 +148,8 @@ _INT_RANGES = {
     if name in ROW_FIELDS
     for meta in typing.get_args(hint)[1:]
 }
+assert ROW_NUMBERS[:3] == ("received_at_ms", "event_at_ms", "sent_at_ms")
+_TIMES = 3
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _ROW_COUNT = len(ROW_FIELDS)
 
@@ -361,21 +363,27 @@ def decode(value: bytes | None) -> tuple[Block, list[Rejected]]:
 
 
 def _decode_v3(value: bytes) -> Block | None:
-    """A version 3 message whose every report is valid, in a few calls per column; None when
-    anything is off (the careful path then says what, report by report)."""
+    """A version 3 message whose every report is valid, its columns kept as buffers and
+    checked in a few calls per message; None when anything is off (the careful path then says
+    what, report by report)."""
     try:
         message = _buffers_decoder.decode(value)
     except msgspec.MsgspecError:
         return None
-    offsets, data = message.strings
-    if len(message.profile) % 4 or len(offsets) % 4 or len(message.numbers) % 8:
+    if len(message.profile) % 4:
         return None
+    return _as_arrays(message, len(message.profile) // 4)
+
+
+def _as_arrays(message: Any, n: int) -> Block | None:
+    """The message's columns kept as buffers, checked in a few calls per message."""
+    offsets, data = message.strings
     codes = np.frombuffer(message.profile, dtype="<u4")
-    n = len(codes)
     if n and int(codes.max()) >= len(message.profiles):
         return None
-    numbers = np.frombuffer(message.numbers, dtype="<i8")
-    if len(offsets) != 4 * (n * len(ROW_STRINGS) + 1) or len(numbers) != n * len(ROW_NUMBERS):
+    if len(offsets) != 4 * (n * len(ROW_STRINGS) + 1) or len(message.numbers) != 8 * n * len(
+        ROW_NUMBERS
+    ):
         return None
     try:
         strings = pa.Array.from_buffers(
@@ -384,11 +392,18 @@ def _decode_v3(value: bytes) -> Block | None:
         strings.validate(full=True)  # offsets in order and inside the data, the data UTF-8
     except pa.ArrowInvalid:
         return None
+    numbers = np.frombuffer(message.numbers, dtype="<i8")
     columns: dict[str, Any] = {name: strings.slice(k * n, n) for k, name in enumerate(ROW_STRINGS)}
-    for k, name in enumerate(ROW_NUMBERS):
-        columns[name] = numbers[k * n : (k + 1) * n]
-        if not _in_range(name, columns[name]):
-            return None
+    columns.update((name, numbers[k * n : (k + 1) * n]) for k, name in enumerate(ROW_NUMBERS))
+    # The three times share a range: one look at them all when every one is set and valid.
+    times = numbers[: n * _TIMES]
+    low, high, _ = _INT_RANGES["received_at_ms"]
+    if not (low <= times.min() and times.max() <= high) and not all(
+        _in_range(name, columns[name]) for name in ROW_NUMBERS[:_TIMES]
+    ):
+        return None
+    if not _in_range("count", columns["count"]):
+        return None
     arrays = [columns[name] for name in ROW_FIELDS]
     return Block.of_arrays(message.profiles, codes.astype(np.intp), arrays)
 

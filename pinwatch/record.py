@@ -76,13 +76,16 @@ encode_json = msgspec.json.Encoder().encode
 
 # --- the Kafka message value ---------------------------------------------------------------------
 #
-# Version 3 (what ingest writes): the records as columns, msgpack. A fleet sends the same few
-# combinations of everything but the per-report fields (one app, a few hosts and versions, a few
-# chains per server key): those combinations are written once per message as `profiles`, and
-# each report is a row of the per-report columns plus the index of its profile. The per-report
-# columns are bytes in Arrow's layout, so the consumer takes a message's reports without a
-# Python object per value, and ingest writes them with one join and one array per kind
-# (benchmarks/README.md, "Consumer"); a chain of a few kilobytes travels once per message:
+# What ingest writes: the records as columns, msgpack. A fleet sends the same few combinations
+# of everything but the per-report fields (one app, a few hosts and versions, a few chains per
+# server key): those combinations are written once per message as `profiles`, and each report
+# is a row of the per-report columns plus the index of its profile; a chain of a few kilobytes
+# travels once per message. Two layouts of the per-report columns, chosen by the message's size
+# (`BUFFERS_FROM` records, `encode_batch`):
+#
+# Version 3 (large messages, what ingest writes under load): the per-report columns as bytes in
+# Arrow's layout, so the consumer takes a message's reports without a Python object per value,
+# and ingest writes them with one join and one pack per kind (benchmarks/README.md, "Consumer"):
 #
 #     {"v": 3, "profiles": [[PROFILE_FIELDS values], ...],
 #      "profile": uint32 little-endian, the profile's index per report,
@@ -91,8 +94,8 @@ encode_json = msgspec.json.Encoder().encode
 #      "numbers": the ROW_NUMBERS columns one after the other, int64 little-endian, NULL_INT
 #                 where a value is None}
 #
-# Version 2 (written in 2026-12 before version 3; read for one release, and what a dead letter
-# holds): the same, but every column a msgpack array of values:
+# Version 2 (small messages, and what a dead letter holds): every column a msgpack array of
+# values, which costs either side less than the buffers' fixed cost for a few reports:
 #
 #     {"v": 2, "profiles": [[PROFILE_FIELDS values], ...], "profile": [index per report],
 #      "rows": [[ROW_FIELDS[0] per report], [ROW_FIELDS[1] per report], ...]}
@@ -121,6 +124,11 @@ ROW_NUMBERS: tuple[str, ...] = tuple(f for f in ROW_FIELDS if f not in ROW_STRIN
 COLUMNS_VERSION = 2
 BUFFERS_VERSION = 3
 NULL_INT = -(2**63)  # None in a version 3 number column (outside every valid value's range)
+# Ingest writes a message of this many records or more as version 3, a smaller one as version
+# 2. The buffers cost the consumer a fixed ~15 us a message and save it ~0.4 us a report, and
+# cost ingest ~0.2 us a report more to encode: the consumer gains from about 30 records a
+# message, both together from about 64 (benchmarks/bench_envelope.py).
+BUFFERS_FROM = 64
 _STRING_COLUMNS = tuple(ROW_FIELDS.index(f) for f in ROW_STRINGS)
 _NUMBER_COLUMNS = tuple(ROW_FIELDS.index(f) for f in ROW_NUMBERS)
 _row = attrgetter(*ROW_FIELDS)
@@ -130,7 +138,14 @@ _msgpack = msgspec.msgpack.Encoder()
 
 
 def encode_batch(records: list[Record]) -> bytes:
-    """One Kafka message value (version 3, columns as buffers)."""
+    """One Kafka message value: version 3 from `BUFFERS_FROM` records on, else version 2."""
+    if len(records) >= BUFFERS_FROM:
+        return encode_batch_v3(records)
+    return encode_batch_v2(records)
+
+
+def encode_batch_v3(records: list[Record]) -> bytes:
+    """A version 3 message value (columns as buffers)."""
     profiles, codes, rows = _columns(records)
     n = len(codes)
     values = list(chain.from_iterable(rows[i] for i in _STRING_COLUMNS))
@@ -159,7 +174,7 @@ def encode_batch(records: list[Record]) -> bytes:
 
 
 def encode_batch_v2(records: list[Record]) -> bytes:
-    """A version 2 message value, as ingest wrote them before version 3 (tests of the upgrade)."""
+    """A version 2 message value (columns as msgpack lists)."""
     profiles, codes, rows = _columns(records)
     return _msgpack.encode(
         {"v": COLUMNS_VERSION, "profiles": profiles, "profile": codes, "rows": rows}

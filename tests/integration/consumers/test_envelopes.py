@@ -1,14 +1,15 @@
 """Upgrade: messages of every envelope on one topic, as at the releases that changed ingest's
-(version 1, JSON records; version 2, columns as msgpack lists; both already on Kafka; version 3,
-columns as buffers, written since). A real consumer stores every report of each once, counts a
-retry across envelopes once, and counts on /metrics what it stored."""
+(version 1, JSON records, already on Kafka; version 2, columns as msgpack lists; version 3,
+columns as buffers; ingest writes the last two, by message size). A real consumer stores every
+report of each once, counts a retry across envelopes once, and counts on /metrics what it
+stored."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from devstack.certs import CertificateAuthority
-from pinwatch.record import encode_batch, encode_batch_v1, encode_batch_v2
+from pinwatch.record import encode_batch_v1, encode_batch_v2, encode_batch_v3
 from pinwatch.settings import Settings
 from pinwatch.vocabulary import ErrorCategory, Kind, Result
 from tests.support.names import TEST_APP, TEST_HOST
@@ -39,8 +40,8 @@ async def test_every_envelope_interoperates_on_one_topic(
             [
                 encode_batch_v1(old),
                 encode_batch_v2(between),
-                encode_batch(new),
-                encode_batch([retry_of_old, between[0]]),
+                encode_batch_v3(new),
+                encode_batch_v3([retry_of_old, between[0]]),
                 encode_batch_v1([new[0]]),  # and the other way round
                 encode_batch_v2([new[1]]),
             ],

@@ -1,6 +1,7 @@
-"""Version 3 envelopes (what ingest writes: the per-report columns as buffers). The consumer
-takes them whole when every report is valid, and otherwise sinks only the bad reports, as it
-does for the older versions; a batch of either version builds the same `reports` rows."""
+"""Version 3 envelopes (what ingest writes for large messages: the per-report columns as
+buffers). The consumer takes them whole when every report is valid, and otherwise sinks only
+the bad reports, as it does for the other versions; a batch of any mix of versions builds the
+same `reports` rows. Each test runs with a small message and a large one."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pytest
 
 from consumers.batch import Batch, Part
 from consumers.classify import Classification
 from consumers.decode import decode
 from pinwatch.record import (
+    BUFFERS_FROM,
     NULL_INT,
     PROFILE_FIELDS,
     ROW_FIELDS,
@@ -23,6 +26,7 @@ from pinwatch.record import (
     decode_batch,
     encode_batch,
     encode_batch_v2,
+    encode_batch_v3,
 )
 from pinwatch.vocabulary import ErrorCategory, Kind, Result
 from tests.support.names import TEST_APP, TEST_HOST
@@ -32,7 +36,16 @@ EVENT = ROW_FIELDS.index("event_at_ms")
 _PORT = PROFILE_FIELDS.index("port")
 
 
-def records() -> list[Record]:
+SIZES = pytest.mark.parametrize("n", [4, 4 * (BUFFERS_FROM // 4 + 1)])
+
+
+def records(n: int = 4) -> list[Record]:
+    """`n` (a multiple of 4) reports: two pin validations of one profile, a network error, a
+    success, again and again."""
+    return [r for _ in range(n // 4) for r in four()]
+
+
+def four() -> list[Record]:
     return [
         kafka_record(app_id=TEST_APP, host=TEST_HOST, device="d1", count=3, event_at_ms=5),
         kafka_record(app_id=TEST_APP, host=TEST_HOST, device="dévice ü", client_network="::/48"),
@@ -76,42 +89,50 @@ def spoil_first_id_of_row(envelope: dict[str, Any], row: int) -> None:
     envelope["strings"][1] = data[: end - 1] + b"\xff" + data[end:]
 
 
-def test_buffers_decode_to_the_same_reports_as_lists() -> None:
-    sent = records()
-    v3, rejected = decode(encode_batch(sent))
+@SIZES
+def test_buffers_decode_to_the_same_reports_as_lists(n: int) -> None:
+    sent = records(n)
+    v3, rejected = decode(encode_batch_v3(sent))
     v2, _ = decode(encode_batch_v2(sent))
     assert not rejected and v3.arrays is not None and v2.arrays is None
     assert v3.rows == v2.rows and v3.profile == v2.profile and v3.profiles == v2.profiles
     assert v3.span() == v2.span() and v3.ids == [r.id for r in sent]
-    assert v3.rows[EVENT] == [5, None, None, None]
-    assert decode_batch(encode_batch(sent)) == sent
+    assert v3.rows[EVENT] == [5, None, None, None] * (n // 4)
+    assert decode_batch(encode_batch_v3(sent)) == sent
 
 
-def test_a_batch_of_either_version_builds_the_same_rows() -> None:
-    sent = records()
+@SIZES
+def test_a_batch_of_either_version_builds_the_same_rows(n: int) -> None:
+    sent = records(n)
     tables = []
     for blocks in (
-        [decode(encode_batch(sent))[0]],
+        [decode(encode_batch_v3(sent))[0]],
         [decode(encode_batch_v2(sent))[0]],
-        [decode(encode_batch(sent[:2]))[0], decode(encode_batch_v2(sent[2:]))[0]],
+        [decode(encode_batch_v3(sent[:2]))[0], decode(encode_batch_v2(sent[2:]))[0]],
+        [decode(encode_batch_v3(sent[:-2]))[0], decode(encode_batch_v3(sent[-2:]))[0]],
+        [decode(encode_batch(sent[:-2]))[0], decode(encode_batch(sent[-2:]))[0]],
     ):
         batch = Batch()
-        for n, block in enumerate(blocks):
+        for offset, block in enumerate(blocks):
             labels = [_labels(p) for p in block.profiles]
-            batch.add(Part(("t", 0, n), block, labels))
+            batch.add(Part(("t", 0, offset), block, labels))
         tables.append(batch.reports_table())
-        assert batch.tally().kinds == {"pin_validation": 3, "network_error": 1}
+        counts = batch.tally()
+        assert counts.kinds == {"pin_validation": 3 * n // 4, "network_error": n // 4}
+        assert sum(counts.pins.values()) == (3 + 1 + 2**32 - 1) * n // 4
     columns = ["id", "received_at", "event_at", "device", "client_network", "count"]
     first = tables[0].select(columns)
     assert all(t.select(columns).equals(first) for t in tables[1:])
-    assert first.column("count").to_pylist() == [3, 1, 0, 2**32 - 1]
-    assert first.column("event_at").null_count == 3
+    assert first.column("count").to_pylist() == [3, 1, 0, 2**32 - 1] * (n // 4)
+    assert first.column("event_at").null_count == 3 * n // 4
     assert first.column("device").to_pylist()[:2] == ["d1", "dévice ü"]
     assert first.schema.field("count").type == pa.uint32()
 
 
-def test_a_bad_value_sinks_its_report_only() -> None:
-    good, _, _, bad = records()  # (of two profiles)
+@SIZES
+def test_a_bad_value_sinks_its_report_only(n: int) -> None:
+    good, _, _, bad = four()  # (of two profiles)
+    rest = records(n)[2:]
     for spoil, field_named in [
         (lambda e: e["profiles"][1].__setitem__(_PORT, "x"), "port"),  # a profile's field
         (lambda e: set_number(e, "count", 1, 2**32), "count"),
@@ -120,33 +141,44 @@ def test_a_bad_value_sinks_its_report_only() -> None:
         (lambda e: set_number(e, "event_at_ms", 1, 2**62), "event_at_ms"),
         (lambda e: spoil_first_id_of_row(e, 1), "id"),
     ]:
-        envelope = msgspec.msgpack.decode(encode_batch([good, bad]))
+        envelope = msgspec.msgpack.decode(encode_batch_v3([good, bad, *rest]))
         spoil(envelope)
         block, rejected = decode(msgspec.msgpack.encode(envelope))
-        assert block.ids == [good.id] and list(block.index) == [0], field_named
-        assert [(r.reason, r.index) for r in rejected] == [("invalid_record", 1)]
+        if field_named == "port":  # every report of the bad one's profile
+            kept = [r for r in [good, *rest] if r.result != Result.OK]
+        else:
+            kept = [good, *rest]
+        assert block.ids == [r.id for r in kept]
+        assert rejected[0].reason == "invalid_record" and rejected[0].index == 1
         assert rejected[0].detail.startswith(field_named), rejected[0].detail
         # the dead letter is a one-report envelope that decodes
         assert len(decode(rejected[0].value)[1]) == 1
 
 
-def test_broken_buffers_sink_the_message_and_a_bad_profile_its_report() -> None:
-    good, other = records()[:2]
-    envelope = msgspec.msgpack.decode(encode_batch([good, other]))
-    envelope["profile"] = envelope["profile"][:4] + (7).to_bytes(4, "little")
+@SIZES
+def test_broken_buffers_sink_the_message_and_a_bad_profile_its_report(n: int) -> None:
+    sent = records(n)
+    envelope = msgspec.msgpack.decode(encode_batch_v3(sent))
+    envelope["profile"] = (7).to_bytes(4, "little") + envelope["profile"][4:]
     block, rejected = decode(msgspec.msgpack.encode(envelope))
-    assert block.ids == [good.id] and "profile" in rejected[0].detail
+    assert block.ids == [r.id for r in sent[1:]] and "profile" in rejected[0].detail
     for spoil, named in [
         (lambda e: e["strings"].__setitem__(0, e["strings"][0][:-4]), "strings"),
         (lambda e: e.__setitem__("numbers", e["numbers"][:-8]), "numbers"),
         (lambda e: e.__setitem__("profile", e["profile"][:-1]), "profile"),
         (lambda e: e["strings"].__setitem__(0, bytes(reversed(e["strings"][0]))), "strings"),
     ]:
-        envelope = msgspec.msgpack.decode(encode_batch([good, other]))
+        envelope = msgspec.msgpack.decode(encode_batch_v3(sent))
         spoil(envelope)
         block, rejected = decode(msgspec.msgpack.encode(envelope))
         assert not len(block) and [r.reason for r in rejected] == ["undecodable_message"]
         assert named in rejected[0].detail, rejected[0].detail
+
+
+def test_ingest_writes_large_messages_as_buffers_and_small_ones_as_lists() -> None:
+    sent = records(BUFFERS_FROM + 2)
+    assert encode_batch(sent[: BUFFERS_FROM - 1]) == encode_batch_v2(sent[: BUFFERS_FROM - 1])
+    assert encode_batch(sent[:BUFFERS_FROM]) == encode_batch_v3(sent[:BUFFERS_FROM])
 
 
 def _labels(profile: Any) -> Any:

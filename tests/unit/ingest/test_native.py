@@ -16,6 +16,8 @@ from pinwatch.record import (
     decode_batch,
     encode_batch,
     encode_batch_v1,
+    encode_batch_v2,
+    encode_batch_v3,
     encode_json,
     envelope,
 )
@@ -38,7 +40,7 @@ def test_pin_pattern_agrees_with_policy_check() -> None:
         assert not re.fullmatch(PIN_PATTERN, value), value
 
 
-def test_both_envelopes_decode_to_the_records_encoded() -> None:
+def test_every_envelope_decodes_to_the_records_encoded() -> None:
     records = [
         Record(
             id=f"r{i}",
@@ -52,6 +54,8 @@ def test_both_envelopes_decode_to_the_records_encoded() -> None:
         for i in range(3)
     ]
     assert decode_batch(encode_batch(records)) == records
+    assert decode_batch(encode_batch_v3(records)) == records
+    assert decode_batch(encode_batch_v2(records)) == records
     assert decode_batch(encode_batch_v1(records)) == records
     # version 1: records encoded one by one join into the same envelope
     assert envelope([encode_json(records)[1:-1]]) == encode_batch_v1(records)
