@@ -398,8 +398,10 @@ def _as_arrays(message: Any, n: int) -> Block | None:
     # The three times share a range: one look at them all when every one is set and valid.
     times = numbers[: n * _TIMES]
     low, high, _ = _INT_RANGES["received_at_ms"]
-    if not (low <= times.min() and times.max() <= high) and not all(
-        _in_range(name, columns[name]) for name in ROW_NUMBERS[:_TIMES]
+    if (
+        n
+        and not (low <= times.min() and times.max() <= high)
+        and not all(_in_range(name, columns[name]) for name in ROW_NUMBERS[:_TIMES])
     ):
         return None
     if not _in_range("count", columns["count"]):
