@@ -28,7 +28,7 @@ from consumers.schema import (
     REPORT_COLUMN_NAMES,
     REPORT_COLUMN_TYPES,
 )
-from pinwatch.record import NULL_INT
+from pinwatch.record import NULL_INT, ROW_FIELDS
 from pinwatch.vocabulary import Kind
 
 TopicPartition = tuple[str, int]
@@ -36,6 +36,7 @@ Origin = tuple[str, int, int]  # Kafka (topic, partition, offset)
 # A profile's classification, its metric labels and whether they are pin validation labels.
 Labels = tuple[Classification, tuple[str, ...], bool]
 PIN_VALIDATION = Kind.PIN_VALIDATION.value
+_COLUMN = {name: i for i, name in enumerate(ROW_FIELDS)}  # per-report columns by name
 
 
 @dataclass(slots=True)
@@ -62,7 +63,8 @@ class Part:
 class _Group(NamedTuple):
     profiles: list[Any]
     labels: list[Labels]
-    index: np.ndarray  # per report
+    index: np.ndarray  # per report: its profile's position in `profiles`
+    counts: np.ndarray  # per report: its `count`
     parts: int  # how many parts it groups
 
 
@@ -190,7 +192,7 @@ class Batch:
         counts = BatchCounts()
         counts.messages, counts.duplicates = self.messages, self.duplicates
         group = self._group(self.parts)
-        sizes, sums = _per_profile(group.index, _ints(self.parts, 6), len(group.profiles))
+        sizes, sums = _per_profile(group.index, group.counts, len(group.profiles))
         for labels, profile, n, total in zip(
             group.labels, group.profiles, sizes, sums, strict=True
         ):
@@ -226,7 +228,7 @@ class Batch:
                 remap.append(code)
             codes.append(np.asarray(remap, dtype=np.int32)[part.block.codes()])
         index = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
-        group = _Group(profiles, labels, index, len(parts))
+        group = _Group(profiles, labels, index, _ints(parts, _COLUMN["count"]), len(parts))
         if len(parts) == len(self.parts):
             self.group = group
         return group
@@ -240,16 +242,16 @@ class Batch:
 
     def _build_table(self) -> pa.Table:
         parts = [p for p in self.parts if p.store]
-        profiles, labels, index, _ = self._group(parts)
+        profiles, labels, index, counts, _ = self._group(parts)
         sizes = [len(p.block) for p in parts]
         columns = {
-            "id": _strings(parts, 0),
-            "received_at": _times(parts, 1),
-            "event_at": _times(parts, 2),
-            "sent_at": _times(parts, 3),
-            "device": _strings(parts, 4),
-            "client_network": _strings(parts, 5),
-            "count": pa.array(_ints(parts, 6).astype(np.uint32), pa.uint32()),
+            "id": _strings(parts, _COLUMN["id"]),
+            "received_at": _times(parts, _COLUMN["received_at_ms"]),
+            "event_at": _times(parts, _COLUMN["event_at_ms"]),
+            "sent_at": _times(parts, _COLUMN["sent_at_ms"]),
+            "device": _strings(parts, _COLUMN["device"]),
+            "client_network": _strings(parts, _COLUMN["client_network"]),
+            "count": pa.array(counts.astype(np.uint32), pa.uint32()),
             "kafka_topic": _repeat([p.origin[0] for p in parts], sizes, None),
             "kafka_partition": _repeat([p.origin[1] for p in parts], sizes, pa.uint32()),
             "kafka_offset": _repeat([p.origin[2] for p in parts], sizes, pa.uint64()),
@@ -273,15 +275,13 @@ def _all_keys(part: Part) -> list[tuple[str, str] | None]:
     ]
 
 
-def _per_profile(index: np.ndarray, counts: Any, n: int) -> tuple[list[int], list[int]]:
-    """(reports, sum of `count`) per profile index; `counts` a list or a numpy array."""
+def _per_profile(index: np.ndarray, counts: np.ndarray, n: int) -> tuple[list[int], list[int]]:
+    """(reports, sum of `count`) per profile index."""
     if n == 1:
-        total = int(counts.sum()) if isinstance(counts, np.ndarray) else sum(counts)
-        return [len(index)], [total]
+        return [len(index)], [int(counts.sum())]
     if not len(index):
         return [0] * n, [0] * n
     sizes = np.bincount(index, minlength=n)
-    counts = np.asarray(counts, dtype=np.int64)
     if len(counts) * int(counts.max()) < 2**53:  # float64 sums are exact below it
         sums = np.bincount(index, weights=counts, minlength=n).astype(np.int64)
     else:  # (np.add.at is exact at any size, and ten times slower)
