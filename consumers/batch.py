@@ -28,7 +28,7 @@ from consumers.schema import (
     REPORT_COLUMN_NAMES,
     REPORT_COLUMN_TYPES,
 )
-from pinwatch.record import NULL_INT, ROW_FIELDS
+from pinwatch.record import NULL_INT, ROW_INDEX
 from pinwatch.vocabulary import Kind
 
 TopicPartition = tuple[str, int]
@@ -36,7 +36,6 @@ Origin = tuple[str, int, int]  # Kafka (topic, partition, offset)
 # A profile's classification, its metric labels and whether they are pin validation labels.
 Labels = tuple[Classification, tuple[str, ...], bool]
 PIN_VALIDATION = Kind.PIN_VALIDATION.value
-_COLUMN = {name: i for i, name in enumerate(ROW_FIELDS)}  # per-report columns by name
 
 
 @dataclass(slots=True)
@@ -228,7 +227,7 @@ class Batch:
                 remap.append(code)
             codes.append(np.asarray(remap, dtype=np.int32)[part.block.codes()])
         index = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
-        group = _Group(profiles, labels, index, _ints(parts, _COLUMN["count"]), len(parts))
+        group = _Group(profiles, labels, index, _ints(parts, ROW_INDEX["count"]), len(parts))
         if len(parts) == len(self.parts):
             self.group = group
         return group
@@ -245,12 +244,12 @@ class Batch:
         profiles, labels, index, counts, _ = self._group(parts)
         sizes = [len(p.block) for p in parts]
         columns = {
-            "id": _strings(parts, _COLUMN["id"]),
-            "received_at": _times(parts, _COLUMN["received_at_ms"]),
-            "event_at": _times(parts, _COLUMN["event_at_ms"]),
-            "sent_at": _times(parts, _COLUMN["sent_at_ms"]),
-            "device": _strings(parts, _COLUMN["device"]),
-            "client_network": _strings(parts, _COLUMN["client_network"]),
+            "id": _strings(parts, ROW_INDEX["id"]),
+            "received_at": _times(parts, ROW_INDEX["received_at_ms"]),
+            "event_at": _times(parts, ROW_INDEX["event_at_ms"]),
+            "sent_at": _times(parts, ROW_INDEX["sent_at_ms"]),
+            "device": _strings(parts, ROW_INDEX["device"]),
+            "client_network": _strings(parts, ROW_INDEX["client_network"]),
             "count": pa.array(counts.astype(np.uint32), pa.uint32()),
             "kafka_topic": _repeat([p.origin[0] for p in parts], sizes, None),
             "kafka_partition": _repeat([p.origin[1] for p in parts], sizes, pa.uint32()),

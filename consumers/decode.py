@@ -37,6 +37,7 @@ from pinwatch.record import (
     NULL_INT,
     PROFILE_FIELDS,
     ROW_FIELDS,
+    ROW_INDEX,
     ROW_NUMBERS,
     ROW_STRINGS,
     SCHEMA_VERSION,
@@ -150,6 +151,7 @@ _INT_RANGES = {
 }
 assert ROW_NUMBERS[:3] == ("received_at_ms", "event_at_ms", "sent_at_ms")
 _TIMES = 3
+_ID, _RECEIVED = ROW_INDEX["id"], ROW_INDEX["received_at_ms"]
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _ROW_COUNT = len(ROW_FIELDS)
 
@@ -231,21 +233,21 @@ class Block:
     def span(self) -> tuple[int, int]:
         """(oldest, newest) received_at of the block's reports (it has some)."""
         if self._span is None:
-            if self._rows[1] is None:
-                received = self._arrays[1]  # type: ignore[index]
+            if self._rows[_RECEIVED] is None:
+                received = self._arrays[_RECEIVED]  # type: ignore[index]
                 self._span = (int(received.min()), int(received.max()))
             else:
-                received = self._rows[1]
+                received = self._rows[_RECEIVED]
                 self._span = (min(received), max(received))
         return self._span
 
     @property
     def ids(self) -> list[str]:
-        return self.column(0)
+        return self.column(_ID)
 
     @property
     def received(self) -> list[int]:
-        return self.column(1)
+        return self.column(_RECEIVED)
 
     def codes(self) -> Any:
         """`profile` as a numpy array (tally and columns index with it)."""

@@ -41,6 +41,7 @@ from consumers.metrics import BatchCounts, ConsumerMetrics, fold_labels
 from consumers.store import Store, StoreError
 from consumers.timings import Timings
 from pinwatch.logs import event
+from pinwatch.record import ROW_INDEX
 from pinwatch.settings import Settings
 from pinwatch.vocabulary import OTHER, Kind
 
@@ -404,7 +405,8 @@ class Classify(Forward[Decoded]):
             for c in wanted
         ):
             return  # every key of this hour has its samples: nothing to look at per report
-        ids, received, networks = block.ids, block.received, block.column(5)
+        ids, received = block.ids, block.received
+        networks = block.column(ROW_INDEX["client_network"])
         for row, code in enumerate(block.profile):
             if code not in wanted:
                 continue

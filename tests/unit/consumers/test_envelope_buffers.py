@@ -23,7 +23,7 @@ from pinwatch.record import (
     BUFFERS_FROM,
     NULL_INT,
     PROFILE_FIELDS,
-    ROW_FIELDS,
+    ROW_INDEX,
     ROW_NUMBERS,
     Record,
     decode_batch,
@@ -35,7 +35,7 @@ from pinwatch.vocabulary import ErrorCategory, Kind, Result
 from tests.support.names import TEST_APP, TEST_HOST
 from tests.support.payloads import kafka_record
 
-EVENT = ROW_FIELDS.index("event_at_ms")
+EVENT = ROW_INDEX["event_at_ms"]
 _PORT = PROFILE_FIELDS.index("port")
 
 
